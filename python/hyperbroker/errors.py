@@ -1,0 +1,28 @@
+"""Typed errors. Every error hyperbroker raises is a :class:`BrokerError`."""
+
+from __future__ import annotations
+
+from ._core import BrokerError, CodecError
+
+__all__ = [
+    "BrokerError",
+    "CodecError",
+    "NotConnectedError",
+    "FlushTimeoutError",
+    "RegistryError",
+]
+
+BrokerError.__module__ = "hyperbroker"
+CodecError.__module__ = "hyperbroker"
+
+
+class NotConnectedError(BrokerError):
+    """The operation needs a connected broker: call ``await broker.connect()`` first."""
+
+
+class FlushTimeoutError(BrokerError, TimeoutError):
+    """``flush()`` ran out of time before every published message was delivered or parked."""
+
+
+class RegistryError(BrokerError):
+    """The registry refused an operation or could not be reached."""

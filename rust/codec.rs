@@ -1,0 +1,340 @@
+//! The go-micro envelope: `{"Header": {":topic": "...", ...}, "Body": "<standard base64>"}`.
+//!
+//! This is what Go's `encoding/json` makes of go-micro's `broker.Message` (a `map[string]string`
+//! header and a `[]byte` body). Decoding follows encoding/json: field names match in any letter
+//! case, unknown fields are ignored, a `null` or missing body is empty. Pure Rust, no Python.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// Header key that carries the topic in go-micro's HTTP broker.
+pub const TOPIC_HEADER: &str = ":topic";
+/// Header key newer go-micro versions use for the topic.
+pub const MICRO_TOPIC_HEADER: &str = "Micro-Topic";
+
+/// A decoded envelope: the topic, the user header (without `:topic`) in wire order, the body.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    pub topic: String,
+    pub header: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Why an envelope could not be decoded. The message is meant for a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodecError {
+    InvalidJson(String),
+    BadHeader(String),
+    BadBody(String),
+    NoTopic,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::InvalidJson(e) => write!(f, "invalid JSON envelope: {e}"),
+            CodecError::BadHeader(e) => write!(f, "invalid envelope Header: {e}"),
+            CodecError::BadBody(e) => write!(f, "invalid envelope Body: {e}"),
+            CodecError::NoTopic => write!(
+                f,
+                "envelope has no topic: neither a ':topic' nor a 'Micro-Topic' header is set"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json's escaping of a &str cannot fail when writing to a Vec.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Size hint for an encoded envelope, so callers can reserve once.
+pub fn encoded_len_hint<'a>(topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body_len: usize) -> usize {
+    let h: usize = header.map(|(k, v)| k.len() + v.len() + 6).sum();
+    32 + topic.len() + h + (body_len + 2) / 3 * 4
+}
+
+/// Encode one envelope into `out` (appending). A `:topic` key in `header` is ignored: the topic
+/// argument is authoritative.
+pub fn encode_into<'a>(
+    out: &mut Vec<u8>,
+    topic: &str,
+    header: impl Iterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) {
+    out.extend_from_slice(b"{\"Header\":{\":topic\":");
+    write_json_str(out, topic);
+    for (k, v) in header {
+        if k == TOPIC_HEADER {
+            continue;
+        }
+        out.push(b',');
+        write_json_str(out, k);
+        out.push(b':');
+        write_json_str(out, v);
+    }
+    out.extend_from_slice(b"},\"Body\":\"");
+    let start = out.len();
+    let b64_len = (body.len() + 2) / 3 * 4;
+    out.resize(start + b64_len, 0);
+    // The slice has exactly the encoded length, so this cannot fail.
+    let _ = STANDARD.encode_slice(body, &mut out[start..]);
+    out.extend_from_slice(b"\"}");
+}
+
+/// Encode one envelope into a new buffer.
+pub fn encode<'a>(
+    topic: &str,
+    header: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len_hint(topic, header.clone(), body.len()));
+    encode_into(&mut out, topic, header, body);
+    out
+}
+
+// --- decoding -------------------------------------------------------------------------------
+
+struct HeaderSeed;
+
+impl<'de> DeserializeSeed<'de> for HeaderSeed {
+    type Value = Vec<(String, String)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(HeaderVisitor)
+    }
+}
+
+struct HeaderVisitor;
+
+impl<'de> Visitor<'de> for HeaderVisitor {
+    type Value = Vec<(String, String)>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Header to be an object of strings")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<(String, String)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        while let Some(k) = map.next_key::<String>()? {
+            let v = map
+                .next_value::<Option<String>>()
+                .map_err(|_| de::Error::custom(format!("HDRERR value of header {k:?} is not a string")))?
+                .unwrap_or_default();
+            // Go's map decoding: a repeated key overwrites the earlier value.
+            if let Some(slot) = out.iter_mut().find(|(ek, _)| *ek == k) {
+                slot.1 = v;
+            } else {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct BodySeed;
+
+impl<'de> DeserializeSeed<'de> for BodySeed {
+    type Value = Option<String>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        <Option<String> as serde::Deserialize>::deserialize(d)
+            .map_err(|_| de::Error::custom("BODYERR Body is not a base64 string"))
+    }
+}
+
+struct RawEnvelope {
+    header: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = RawEnvelope;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with Header and Body")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut header = Vec::new();
+        let mut body = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key.eq_ignore_ascii_case("header") {
+                header = map
+                    .next_value_seed(HeaderSeed)
+                    .map_err(|e| {
+                        let m = e.to_string();
+                        if m.starts_with("HDRERR ") {
+                            e
+                        } else {
+                            de::Error::custom("HDRERR Header is not an object of strings")
+                        }
+                    })?;
+            } else if key.eq_ignore_ascii_case("body") {
+                body = map.next_value_seed(BodySeed)?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(RawEnvelope { header, body })
+    }
+}
+
+fn classify(e: serde_json::Error) -> CodecError {
+    let msg = e.to_string();
+    if let Some(rest) = msg.strip_prefix("HDRERR ") {
+        CodecError::BadHeader(strip_location(rest))
+    } else if let Some(rest) = msg.strip_prefix("BODYERR ") {
+        CodecError::BadBody(strip_location(rest))
+    } else {
+        CodecError::InvalidJson(msg)
+    }
+}
+
+fn strip_location(s: &str) -> String {
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+fn decode_base64(s: &str) -> Result<Vec<u8>, CodecError> {
+    // Go's base64 decoder skips \r and \n; do the same.
+    let res = if s.bytes().any(|b| b == b'\r' || b == b'\n') {
+        let cleaned: Vec<u8> = s.bytes().filter(|b| *b != b'\r' && *b != b'\n').collect();
+        STANDARD.decode(cleaned)
+    } else {
+        STANDARD.decode(s.as_bytes())
+    };
+    res.map_err(|e| CodecError::BadBody(format!("Body is not valid standard base64: {e}")))
+}
+
+/// Decode one envelope. The returned header no longer contains `:topic`.
+pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let raw = de.deserialize_map(EnvelopeVisitor).map_err(classify)?;
+    de.end().map_err(classify)?;
+    let RawEnvelope { mut header, body } = raw;
+    let topic = match header.iter().position(|(k, _)| k == TOPIC_HEADER) {
+        Some(i) => header.remove(i).1,
+        None => String::new(),
+    };
+    let topic = if topic.is_empty() {
+        header
+            .iter()
+            .find(|(k, _)| k == MICRO_TOPIC_HEADER)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    } else {
+        topic
+    };
+    if topic.is_empty() {
+        return Err(CodecError::NoTopic);
+    }
+    let body = match body {
+        Some(s) if !s.is_empty() => decode_base64(&s)?,
+        _ => Vec::new(),
+    };
+    Ok(Envelope { topic, header, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn round_trip_simple() {
+        let h = [("id", "1"), ("Content-Type", "text/plain")];
+        let enc = encode("greetings", h.iter().copied(), b"hi");
+        assert_eq!(
+            std::str::from_utf8(&enc).unwrap(),
+            r#"{"Header":{":topic":"greetings","id":"1","Content-Type":"text/plain"},"Body":"aGk="}"#
+        );
+        let env = decode(&enc).unwrap();
+        assert_eq!(env.topic, "greetings");
+        assert_eq!(env.header, hdr(&h));
+        assert_eq!(env.body, b"hi");
+    }
+
+    #[test]
+    fn go_encoding_json_vector() {
+        // What Go's encoding/json produces for broker.Message (map keys sorted, <>& escaped).
+        let go = br#"{"Header":{":topic":"go.micro.topic","a\u003cb":"x\u0026y"},"Body":"SGVsbG8sIEdvIQ=="}"#;
+        let env = decode(go).unwrap();
+        assert_eq!(env.topic, "go.micro.topic");
+        assert_eq!(env.header, hdr(&[("a<b", "x&y")]));
+        assert_eq!(env.body, b"Hello, Go!");
+    }
+
+    #[test]
+    fn case_insensitive_fields_and_unknown_ignored() {
+        let env = decode(br#"{"header":{":topic":"t"},"BODY":"AAE=","extra":[1,{"a":2}]}"#).unwrap();
+        assert_eq!(env.topic, "t");
+        assert_eq!(env.body, vec![0, 1]);
+    }
+
+    #[test]
+    fn null_or_missing_body_is_empty() {
+        assert!(decode(br#"{"Header":{":topic":"t"},"Body":null}"#).unwrap().body.is_empty());
+        assert!(decode(br#"{"Header":{":topic":"t"}}"#).unwrap().body.is_empty());
+    }
+
+    #[test]
+    fn micro_topic_header() {
+        let env = decode(br#"{"Header":{"Micro-Topic":"new"},"Body":""}"#).unwrap();
+        assert_eq!(env.topic, "new");
+        assert_eq!(env.header, hdr(&[("Micro-Topic", "new")]));
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        assert!(matches!(decode(b"{"), Err(CodecError::InvalidJson(_))));
+        assert!(matches!(decode(b"[1]"), Err(CodecError::InvalidJson(_))));
+        assert!(matches!(decode(b"{} x"), Err(CodecError::InvalidJson(_))));
+        assert!(matches!(decode(br#"{"Header":{":topic":1}}"#), Err(CodecError::BadHeader(_))));
+        assert!(matches!(decode(br#"{"Header":[1]}"#), Err(CodecError::BadHeader(_))));
+        assert!(matches!(decode(br#"{"Header":{":topic":"t"},"Body":"!!"}"#), Err(CodecError::BadBody(_))));
+        assert!(matches!(decode(br#"{"Header":{":topic":"t"},"Body":5}"#), Err(CodecError::BadBody(_))));
+        assert_eq!(decode(br#"{"Header":{},"Body":""}"#), Err(CodecError::NoTopic));
+        assert_eq!(decode(br#"{"Header":{":topic":""}}"#), Err(CodecError::NoTopic));
+    }
+
+    #[test]
+    fn header_error_names_the_key() {
+        let e = decode(br#"{"Header":{":topic":"t","n":3}}"#).unwrap_err();
+        assert!(e.to_string().contains("\"n\""), "{e}");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9E3779B97F4A7C15;
+        for len in 0..2000usize {
+            let mut buf = Vec::with_capacity(len % 97);
+            for _ in 0..(len % 97) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push((x & 0xff) as u8);
+            }
+            let _ = decode(&buf);
+        }
+    }
+
+    #[test]
+    fn large_binary_body() {
+        let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let enc = encode("big", std::iter::empty(), &body);
+        assert_eq!(decode(&enc).unwrap().body, body);
+    }
+}

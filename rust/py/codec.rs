@@ -1,0 +1,81 @@
+//! `encode` / `decode` of the go-micro envelope for Python.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+
+use crate::codec;
+
+/// Borrow a Python `dict[str, str]` (or None) as key/value pairs.
+pub fn header_pairs<'py>(header: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>> {
+    let mut out = Vec::new();
+    if let Some(h) = header {
+        out.reserve(h.len());
+        for (k, v) in h.iter() {
+            let k = k.cast_into::<PyString>().map_err(|e| {
+                super::errors::CodecError::new_err(format!(
+                    "header keys must be str, got {}",
+                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })?;
+            let v = v.cast_into::<PyString>().map_err(|e| {
+                super::errors::CodecError::new_err(format!(
+                    "header value of {:?} must be str, got {}",
+                    k.to_string(),
+                    e.into_inner().get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                ))
+            })?;
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Encode appending to `out`, reading the header straight from a Python dict.
+pub fn encode_py_into(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<()> {
+    let pairs = header_pairs(header)?;
+    let mut strs: Vec<(&str, &str)> = Vec::with_capacity(pairs.len());
+    for (k, v) in &pairs {
+        strs.push((k.to_str()?, v.to_str()?));
+    }
+    out.reserve(codec::encoded_len_hint(topic, strs.iter().copied(), body.len()));
+    codec::encode_into(out, topic, strs.iter().copied(), body);
+    Ok(())
+}
+
+/// encode(topic, header, body) -> bytes
+///
+/// Encode a go-micro envelope: `{"Header": {":topic": topic, ...header}, "Body": base64(body)}`.
+#[pyfunction]
+#[pyo3(signature = (topic, header, body))]
+fn encode<'py>(py: Python<'py>, topic: &str, header: Option<&Bound<'py, PyDict>>, body: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if topic.is_empty() {
+        return Err(super::errors::CodecError::new_err("topic must not be empty"));
+    }
+    let mut out = Vec::new();
+    encode_py_into(&mut out, topic, header, body)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Build the Python `(topic, header, body)` triple of a decoded envelope.
+pub fn envelope_to_py<'py>(py: Python<'py>, env: &codec::Envelope) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>, Bound<'py, PyBytes>)> {
+    let h = PyDict::new(py);
+    for (k, v) in &env.header {
+        h.set_item(k, v)?;
+    }
+    Ok((PyString::new(py, &env.topic), h, PyBytes::new(py, &env.body)))
+}
+
+/// decode(data) -> (topic, header, body)
+///
+/// Decode a go-micro envelope. Raises CodecError saying what is wrong with bad input.
+#[pyfunction]
+fn decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>, Bound<'py, PyBytes>)> {
+    let env = codec::decode(data)?;
+    envelope_to_py(py, &env)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(encode, m)?)?;
+    m.add_function(wrap_pyfunction!(decode, m)?)?;
+    Ok(())
+}
