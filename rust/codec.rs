@@ -6,9 +6,19 @@
 
 use std::fmt;
 
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// Go's `base64.StdEncoding` decoder: padding required, non-zero trailing bits ignored.
+const GO_STD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
 
 /// Header key that carries the topic in go-micro's HTTP broker.
 pub const TOPIC_HEADER: &str = ":topic";
@@ -167,7 +177,8 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut body = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key.eq_ignore_ascii_case("header") {
-                header = map
+                // Go decodes a repeated field into the same map: the entries merge.
+                let more: Vec<(String, String)> = map
                     .next_value_seed(HeaderSeed)
                     .map_err(|e| {
                         let m = e.to_string();
@@ -177,6 +188,12 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                             de::Error::custom("HDRERR Header is not an object of strings")
                         }
                     })?;
+                for (k, v) in more {
+                    match header.iter_mut().find(|(ek, _): &&mut (String, String)| *ek == k) {
+                        Some(slot) => slot.1 = v,
+                        None => header.push((k, v)),
+                    }
+                }
             } else if key.eq_ignore_ascii_case("body") {
                 body = map.next_value_seed(BodySeed)?;
             } else {
@@ -209,18 +226,46 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, CodecError> {
     // Go's base64 decoder skips \r and \n; do the same.
     let res = if s.bytes().any(|b| b == b'\r' || b == b'\n') {
         let cleaned: Vec<u8> = s.bytes().filter(|b| *b != b'\r' && *b != b'\n').collect();
-        STANDARD.decode(cleaned)
+        GO_STD.decode(cleaned)
     } else {
-        STANDARD.decode(s.as_bytes())
+        GO_STD.decode(s.as_bytes())
     };
     res.map_err(|e| CodecError::BadBody(format!("Body is not valid standard base64: {e}")))
 }
 
+fn parse(data: &[u8]) -> Result<RawEnvelope, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(data);
+    let raw = de.deserialize_map(EnvelopeVisitor)?;
+    de.end()?;
+    Ok(raw)
+}
+
+/// On failure, report what Go would: a syntax error of the document first, and invalid UTF-8
+/// replaced by U+FFFD (Go's behaviour) rather than refused.
+fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<RawEnvelope, CodecError> {
+    if std::str::from_utf8(data).is_err() {
+        let lossy = String::from_utf8_lossy(data);
+        return match parse(lossy.as_bytes()) {
+            Ok(raw) => Ok(raw),
+            Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| classify_plain(first))),
+        };
+    }
+    if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(data) {
+        return Err(CodecError::InvalidJson(syntax.to_string()));
+    }
+    Err(classify(first))
+}
+
+fn classify_plain(e: serde_json::Error) -> CodecError {
+    CodecError::InvalidJson(e.to_string())
+}
+
 /// Decode one envelope. The returned header no longer contains `:topic`.
 pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let raw = de.deserialize_map(EnvelopeVisitor).map_err(classify)?;
-    de.end().map_err(classify)?;
+    let raw = match parse(data) {
+        Ok(raw) => raw,
+        Err(e) => parse_slow(data, e)?,
+    };
     let RawEnvelope { mut header, body } = raw;
     let topic = match header.iter().position(|(k, _)| k == TOPIC_HEADER) {
         Some(i) => header.remove(i).1,

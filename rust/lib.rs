@@ -4,8 +4,15 @@
 //! `cargo test` exercises them alone; `py/` is the thin PyO3 layer on top.
 
 pub mod backlog;
+pub mod batch;
+pub mod bridge;
 pub mod codec;
+pub mod node;
+pub mod publisher;
 mod py;
+pub mod runtime;
+pub mod server;
+pub mod stats;
 
 use pyo3::prelude::*;
 

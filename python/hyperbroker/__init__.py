@@ -1,10 +1,17 @@
 """hyperbroker: a peer-to-peer publish/subscribe broker speaking go-micro's HTTP broker protocol,
-with its hot path in Rust (tokio + hyper)."""
+with its hot path in Rust (tokio + hyper).
+
+    async with Broker(registry=MemoryRegistry()) as broker:
+        await broker.subscribe("greetings", lambda ev: print(ev.message.body))
+        await broker.publish("greetings", b"hi")
+        await broker.flush()
+"""
 
 from __future__ import annotations
 
 from ._core import __version__
 from .backlog import Backlog
+from .broker import Broker
 from .codec import decode, encode
 from .errors import (
     BrokerError,
@@ -13,15 +20,31 @@ from .errors import (
     NotConnectedError,
     RegistryError,
 )
+from .message import Event, Message
+from .options import BrokerOptions
+from .registry import BROADCAST_VERSION, MemoryRegistry, Node, Registry, Service, WatchEvent
+from .subscriber import SubscribeOptions, Subscriber
 
 __all__ = [
     "__version__",
+    "BROADCAST_VERSION",
     "Backlog",
+    "Broker",
     "BrokerError",
+    "BrokerOptions",
     "CodecError",
+    "Event",
     "FlushTimeoutError",
+    "MemoryRegistry",
+    "Message",
+    "Node",
     "NotConnectedError",
+    "Registry",
     "RegistryError",
+    "Service",
+    "SubscribeOptions",
+    "Subscriber",
+    "WatchEvent",
     "decode",
     "encode",
 ]

@@ -2,6 +2,7 @@
 
 mod backlog;
 mod codec;
+mod engine;
 pub mod errors;
 
 use pyo3::prelude::*;
@@ -11,5 +12,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     codec::register(m)?;
     backlog::register(m)?;
+    engine::register(m)?;
     Ok(())
 }

@@ -1,0 +1,416 @@
+"""The Broker: go-micro's broker interface over the Rust engine, on asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import uuid
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from . import _core
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError
+from .message import Handler, to_wire
+from .options import BrokerOptions, parse_address
+from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
+from .subscriber import SubscribeOptions, Subscriber
+
+__all__ = ["Broker"]
+
+log = logging.getLogger("hyperbroker")
+
+
+def _default_registry() -> Registry:
+    try:
+        from .registry.mdns import MdnsRegistry
+    except ImportError:  # pragma: no cover - zeroconf is a dependency
+        from .registry.memory import MemoryRegistry
+
+        return MemoryRegistry()
+    return MdnsRegistry()
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+class Broker:
+    """A peer-to-peer publish/subscribe broker speaking go-micro's HTTP broker protocol.
+
+    ``Broker(**options)`` (see :class:`BrokerOptions`), then ``await connect()``; or use
+    ``async with Broker(...) as broker``. ``publish`` queues in Rust and returns at once;
+    ``flush`` waits for delivery.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self._options = BrokerOptions().replace(**options)
+        self._id = uuid.uuid4().hex
+        self._engine: _core.Engine | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._registry: Registry | None = None
+        self._address: str | None = None
+        self._advertised: str | None = None
+        self._subs: dict[str, Subscriber] = {}
+        self._flushes: dict[int, asyncio.Future[bool]] = {}
+        self._tokens = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: Any = None
+        self._topics: dict[str, dict[str, Service]] = {}
+        self._connect_lock: asyncio.Lock | None = None
+
+    # --- go-micro's Broker interface -----------------------------------------------------------
+
+    def init(self, **options: Any) -> None:
+        """Change options before ``connect()`` (an error while connected, as in go-micro)."""
+        if self._engine is not None:
+            raise BrokerError("cannot change options while connected: disconnect() first")
+        self._options = self._options.replace(**options)
+
+    @property
+    def options(self) -> BrokerOptions:
+        return self._options
+
+    @property
+    def address(self) -> str:
+        """The bound ``host:port`` once connected, else the configured address."""
+        return self._address or self._options.address
+
+    @property
+    def advertised_address(self) -> str | None:
+        """The ``host:port`` announced in the registry (None before connect)."""
+        return self._advertised
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._options.registry or _default_registry()
+        return self._registry
+
+    @property
+    def connected(self) -> bool:
+        return self._engine is not None
+
+    def __str__(self) -> str:
+        return "http"
+
+    def __repr__(self) -> str:
+        state = f"address={self._address!r}" if self._engine else "disconnected"
+        return f"<Broker http {state} subscriptions={len(self._subs)}>"
+
+    async def __aenter__(self) -> Broker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.disconnect()
+
+    async def connect(self) -> None:
+        """Bind the endpoint, start routing from the registry and the heartbeat. Idempotent."""
+        if self._engine is not None:
+            return
+        if self._connect_lock is None:
+            self._connect_lock = asyncio.Lock()
+        async with self._connect_lock:
+            if self._engine is not None:
+                return
+            await self._connect()
+
+    async def _connect(self) -> None:
+        o = self._options
+        loop = asyncio.get_running_loop()
+        host, port = parse_address(o.address)
+        engine = _core.Engine(
+            backlog=o.backlog,
+            backlog_bytes=o.backlog_bytes,
+            max_body=o.max_body,
+            node_queue=o.node_queue,
+            max_batch=o.max_batch,
+            max_batch_bytes=o.max_batch_bytes,
+            retry_min=o.retry_min,
+            retry_max=o.retry_max,
+            request_timeout=o.request_timeout,
+            header_read_timeout=o.header_read_timeout,
+        )
+        bound_host, bound_port = engine.listen(host, port)
+        if o.auth_token is not None:
+            engine.set_auth_token(o.auth_token)
+        self._loop = loop
+        self._engine = engine
+        self._address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        self._advertised = self._advertise(bound_host, bound_port)
+        loop.add_reader(engine.wake_fd, self._on_wake)
+        try:
+            registry = self.registry
+            self._watcher = registry.watch()
+            self._tasks.append(loop.create_task(self._watch_loop(self._watcher), name="hyperbroker-watch"))
+            self._tasks.append(loop.create_task(self._heartbeat_loop(), name="hyperbroker-heartbeat"))
+        except BaseException:
+            await self._teardown()
+            raise
+
+    def _advertise(self, host: str, port: int) -> str:
+        adv = self._options.advertise
+        if adv:
+            if ":" in adv and not adv.startswith("["):
+                h, _, p = adv.rpartition(":")
+                if p.isdigit() and ":" not in h:
+                    return adv
+            return f"{adv}:{port}"
+        if _is_unspecified(host) and not getattr(self.registry, "expands_unspecified", False):
+            host = "127.0.0.1"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def disconnect(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (up to ``timeout``, default ``disconnect_timeout``), deregister
+        every subscription (goodbye), stop the endpoint. Idempotent."""
+        if self._engine is None:
+            return
+        wait = self._options.disconnect_timeout if timeout is None else timeout
+        if wait > 0:
+            try:
+                await self.flush(timeout=wait)
+            except FlushTimeoutError as e:
+                log.warning("disconnect: %s; undelivered messages are dropped", e)
+        for sub in list(self._subs.values()):
+            try:
+                await self._deregister(sub)
+            except Exception as e:  # the registry may be gone; still tear down
+                log.warning("disconnect: could not deregister %s: %s", sub.id, e)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        engine, self._engine = self._engine, None
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        for sub in list(self._subs.values()):
+            sub._active = False
+            sub._fail_pending("subscriber closing")
+        self._subs.clear()
+        self._topics.clear()
+        if engine is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(engine.wake_fd)
+            engine.close()
+        for fut in self._flushes.values():
+            if not fut.done():
+                fut.set_result(False)
+        self._flushes.clear()
+        self._address = None
+        self._advertised = None
+
+    def _need(self) -> _core.Engine:
+        if self._engine is None:
+            raise NotConnectedError("broker is not connected: await broker.connect() first")
+        return self._engine
+
+    # --- publish --------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, message: object, header: dict[str, str] | None = None) -> None:
+        """Queue ``message`` for every subscriber of ``topic``; returns without waiting for the
+        network. ``message`` is a :class:`Message`, ``bytes``, ``str`` or a JSON-serialisable
+        object (sent with ``Content-Type: application/json``)."""
+        engine = self._engine
+        if engine is None:
+            raise NotConnectedError("broker is not connected: await broker.connect() first")
+        h, body = to_wire(message, header)
+        if engine.publish(topic, h, body):
+            await self._wait_room()
+
+    def publish_nowait(self, topic: str, message: object, header: dict[str, str] | None = None) -> bool:
+        """``publish`` without the coroutine and without back-pressure. Returns True when a
+        subscriber is congested: the caller should then ``await broker.wait_room()``; a
+        producer that ignores it may make a slow node drop its oldest queued messages."""
+        h, body = to_wire(message, header)
+        return self._need().publish(topic, h, body)
+
+    async def publish_many(self, topic: str, messages: Iterable[object]) -> int:
+        """Queue many messages of one topic in one call; returns how many."""
+        engine = self._need()
+        items = [to_wire(m) for m in messages]
+        if engine.publish_many(topic, items):
+            await self._wait_room()
+        return len(items)
+
+    async def wait_room(self) -> None:
+        """Wait until no healthy subscriber node has a long queue (back-pressure)."""
+        await self._wait_room()
+
+    async def _wait_room(self) -> None:
+        engine = self._need()
+        token = next(self._tokens)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flushes[token] = fut
+        engine.wait_room(token, float(self._options.request_timeout))
+        try:
+            await fut
+        finally:
+            self._flushes.pop(token, None)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything published so far is delivered (or refused, or parked in the
+        backlog). Raises :class:`FlushTimeoutError` when ``timeout`` seconds pass first."""
+        engine = self._need()
+        if not timeout > 0:
+            raise BrokerError(f"timeout must be > 0, got {timeout!r}")
+        token = next(self._tokens)
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._flushes[token] = fut
+        engine.flush(token, float(timeout))
+        try:
+            ok = await fut
+        finally:
+            self._flushes.pop(token, None)
+        if not ok:
+            st = engine.stats() if self._engine is not None else {}
+            raise FlushTimeoutError(
+                f"flush timed out after {timeout}s with {st.get('in_flight', '?')} deliveries still pending"
+                f" (last error: {st.get('last_error')})"
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: published, delivered, failed, retried, backlogged, dropped, received,
+        handler_errors, in_flight (+ rejected, remote_handler_errors, backlog, last_error)."""
+        if self._engine is None:
+            return {}
+        return dict(self._engine.stats())
+
+    # --- subscribe ------------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, handler: Handler, queue: str | None = None, auto_ack: bool = True
+    ) -> Subscriber:
+        """Call ``handler(event)`` (a ``def`` or ``async def``) for each message of ``topic``.
+
+        With ``queue``, subscribers sharing the queue name get each message once between them.
+        """
+        engine = self._need()
+        if not isinstance(topic, str) or not topic:
+            raise BrokerError("topic must be a non-empty string")
+        if not callable(handler):
+            raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise BrokerError("queue must be a non-empty string or None")
+        sub_id = f"hb-{uuid.uuid4().hex}"
+        sub = Subscriber(self, sub_id, topic, handler, SubscribeOptions(queue=queue, auto_ack=auto_ack))
+        engine.add_subscriber(sub_id, topic, queue)
+        self._subs[sub_id] = sub
+        try:
+            await self.registry.register(self._service(sub), ttl=self._options.register_ttl)
+        except BaseException:
+            self._subs.pop(sub_id, None)
+            engine.remove_subscriber(sub_id)
+            raise
+        await self._refresh_topic(topic)
+        return sub
+
+    def _service(self, sub: Subscriber) -> Service:
+        assert self._advertised is not None
+        meta = {"secure": "false", "broker": "http"}
+        if self._options.batch:
+            meta["batch"] = "1"
+        node = Node(sub.id, self._advertised, meta)
+        return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
+
+    async def _deregister(self, sub: Subscriber) -> None:
+        if self._advertised is None:
+            return
+        await self.registry.deregister(self._service(sub))
+
+    async def _unsubscribe(self, sub: Subscriber) -> None:
+        if self._subs.pop(sub.id, None) is None:
+            return
+        sub._active = False
+        try:
+            await self._deregister(sub)
+        finally:
+            if self._engine is not None:
+                self._engine.remove_subscriber(sub.id)
+                failed = sub._fail_pending("subscriber unsubscribed")
+                if failed:
+                    self._engine.complete(failed)
+        await self._refresh_topic(sub.topic)
+
+    # --- from Rust to the handlers --------------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        events, flushes = engine.take()
+        if events:
+            results: list[tuple[int, str | None]] = []
+            subs = self._subs
+            for token, sub_id, topic, header, body in events:
+                sub = subs.get(sub_id)
+                if sub is None:
+                    results.append((token, "subscriber is gone"))
+                else:
+                    sub._deliver(token, topic, header, body, results)
+            if results:
+                engine.complete(results)
+        for token, ok in flushes:
+            fut = self._flushes.get(token)
+            if fut is not None and not fut.done():
+                fut.set_result(ok)
+
+    def _complete(self, results: list[tuple[int, str | None]]) -> None:
+        if self._engine is not None and results:
+            self._engine.complete(results)
+
+    # --- registry -> routes ---------------------------------------------------------------------
+
+    async def _watch_loop(self, watcher: Any) -> None:
+        try:
+            async for ev in watcher:
+                await self._on_registry_event(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("registry watch failed; routes are no longer updated")
+
+    async def _on_registry_event(self, ev: WatchEvent) -> None:
+        topic = topic_of(ev.service.name)
+        if topic is None:
+            return
+        await self._refresh_topic(topic)
+
+    async def _refresh_topic(self, topic: str) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        services = await self.registry.get_service(service_name(topic))
+        groups = []
+        for s in services:
+            nodes = [
+                (n.id, n.address, n.metadata.get("batch") == "1", n.metadata.get("secure") == "true")
+                for n in s.nodes
+            ]
+            if nodes:
+                groups.append((s.version, nodes))
+        if self._engine is engine:
+            engine.set_routes(topic, groups)
+
+    async def _heartbeat_loop(self) -> None:
+        o = self._options
+        while True:
+            await asyncio.sleep(o.register_interval)
+            for sub in list(self._subs.values()):
+                try:
+                    await self.registry.register(self._service(sub), ttl=o.register_ttl)
+                except Exception as e:
+                    log.warning("heartbeat: re-registering %s failed: %s", sub.topic, e)

@@ -1,0 +1,104 @@
+"""Broker options, validated once (go-micro's ``broker.Options``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import BrokerError
+
+if TYPE_CHECKING:
+    from .registry.base import Registry
+
+__all__ = ["BrokerOptions", "parse_address"]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port``, ``:port`` = every interface)."""
+    if not isinstance(address, str):
+        raise BrokerError(f"address must be a 'host:port' string, got {type(address).__name__}")
+    host, sep, port_s = address.rpartition(":")
+    if not sep:
+        raise BrokerError(f"address {address!r} must be 'host:port' (port 0 picks a free port)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "":
+        host = "0.0.0.0"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise BrokerError(f"address {address!r} has a non-numeric port {port_s!r}") from None
+    if not 0 <= port <= 65535:
+        raise BrokerError(f"address {address!r}: port must be 0..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Everything a :class:`~hyperbroker.Broker` can be configured with.
+
+    address: where the subscriber endpoint listens (``host:port``; port 0 picks one).
+    registry: where subscriptions are announced (default: :class:`MdnsRegistry`).
+    advertise: ``host`` or ``host:port`` announced instead of the bound address (containers).
+    backlog / backlog_bytes: per-topic count cap and total byte cap of the undeliverable backlog.
+    max_body: largest request body the endpoint accepts (413 above).
+    node_queue: messages queued per subscriber node before the oldest are dropped.
+    max_batch / max_batch_bytes: caps of one batched POST to nodes that accept batches.
+    batch: whether this broker's subscriptions accept batched POSTs.
+    retry_min / retry_max: back-off bounds (seconds) for a failing node.
+    request_timeout: seconds one delivery may take, handler included.
+    header_read_timeout: seconds a client has to send its request headers.
+    register_interval / register_ttl: heartbeat period and registry TTL (go-micro: 30 s / 60 s).
+    disconnect_timeout: how long ``disconnect()`` waits for queued deliveries.
+    auth_token: bearer token sent to (and, on the endpoint, required from) peers.
+    """
+
+    address: str = ":0"
+    registry: Registry | None = None
+    advertise: str | None = None
+    backlog: int = 1024
+    backlog_bytes: int = 64 << 20
+    max_body: int = 4 << 20
+    node_queue: int = 65536
+    max_batch: int = 1024
+    max_batch_bytes: int = 1 << 20
+    batch: bool = True
+    retry_min: float = 0.01
+    retry_max: float = 2.0
+    request_timeout: float = 30.0
+    header_read_timeout: float = 10.0
+    register_interval: float = 30.0
+    register_ttl: float = 60.0
+    disconnect_timeout: float = 5.0
+    auth_token: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parse_address(self.address)
+        for name in ("backlog", "backlog_bytes", "max_body", "node_queue", "max_batch", "max_batch_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise BrokerError(f"{name} must be a positive integer, got {v!r}")
+        for name in (
+            "retry_min",
+            "retry_max",
+            "request_timeout",
+            "header_read_timeout",
+            "register_interval",
+            "register_ttl",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+                raise BrokerError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.disconnect_timeout < 0:
+            raise BrokerError("disconnect_timeout must be >= 0")
+        if self.retry_max < self.retry_min:
+            raise BrokerError("retry_max must be >= retry_min")
+
+    def replace(self, **changes: Any) -> BrokerOptions:
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise BrokerError(f"unknown broker option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,147 @@
+//! A link to one subscriber node: its own bounded FIFO queue, retry state and worker task.
+//!
+//! The worker sends one envelope per POST, or for nodes that accept batches everything queued
+//! (capped by count and bytes) in one POST. One request at a time per node keeps the order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::backlog::Weighted;
+
+/// One published message: its sequence number, topic and encoded go-micro envelope.
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub seq: u64,
+    pub topic: Arc<str>,
+    pub envelope: Bytes,
+}
+
+impl Weighted for Msg {
+    fn weight(&self) -> usize {
+        self.envelope.len()
+    }
+}
+
+/// Where a node is reached and what it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSpec {
+    pub id: String,
+    pub address: String,
+    pub batch: bool,
+    pub secure: bool,
+}
+
+#[derive(Default)]
+pub struct LinkState {
+    pub queue: VecDeque<Msg>,
+    /// lowest sequence number of the request on the wire, if any
+    pub inflight_min: Option<u64>,
+    /// set when the node left the route; `graceful` when the registry said so
+    pub removed: bool,
+    pub graceful: bool,
+}
+
+pub struct NodeLink {
+    pub spec: NodeSpec,
+    pub topic: Arc<str>,
+    /// queue group name, None for a broadcast subscription
+    pub queue_group: Option<String>,
+    pub uri: hyper::Uri,
+    pub state: Mutex<LinkState>,
+    pub notify: Notify,
+    pub failing: AtomicBool,
+}
+
+pub enum Enqueued {
+    /// queued; `dropped`: an older entry was displaced by the per-node cap; `len`: queue length
+    Ok { dropped: bool, len: usize },
+    /// the link is gone; the message is handed back
+    Gone(Msg),
+}
+
+impl NodeLink {
+    pub fn new(spec: NodeSpec, topic: Arc<str>, queue_group: Option<String>) -> Result<Self, String> {
+        let scheme = if spec.secure { "https" } else { "http" };
+        let id = percent_encode(&spec.id);
+        let uri: hyper::Uri = format!("{scheme}://{}{}?id={id}", spec.address, crate::server::PATH)
+            .parse()
+            .map_err(|e| format!("node {:?} has an unusable address {:?}: {e}", spec.id, spec.address))?;
+        Ok(NodeLink {
+            spec,
+            topic,
+            queue_group,
+            uri,
+            state: Mutex::new(LinkState::default()),
+            notify: Notify::new(),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub fn push(&self, msg: Msg, cap: usize) -> Enqueued {
+        let dropped = {
+            let mut st = self.state.lock();
+            if st.removed {
+                return Enqueued::Gone(msg);
+            }
+            let dropped = if st.queue.len() >= cap { st.queue.pop_front().is_some() } else { false };
+            st.queue.push_back(msg);
+            (dropped, st.queue.len())
+        };
+        self.notify.notify_one();
+        Enqueued::Ok { dropped: dropped.0, len: dropped.1 }
+    }
+
+    /// Put messages back at the head of the queue (in their order), after a failed send.
+    pub fn requeue_front(&self, msgs: Vec<Msg>) {
+        let mut st = self.state.lock();
+        for m in msgs.into_iter().rev() {
+            st.queue.push_front(m);
+        }
+    }
+
+    pub fn mark_removed(&self, graceful: bool) {
+        {
+            let mut st = self.state.lock();
+            if !st.removed {
+                st.removed = true;
+                st.graceful = graceful;
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Lowest sequence number this link still owes (queued or on the wire).
+    pub fn min_pending(&self) -> Option<u64> {
+        let st = self.state.lock();
+        let q = st.queue.iter().map(|m| m.seq).min();
+        match (q, st.inflight_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

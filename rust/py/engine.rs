@@ -1,0 +1,291 @@
+//! `Engine`: one broker's native half — endpoint, publisher, bridge and counters.
+//! The Python `Broker` owns one and drives it from the asyncio loop.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::codec::{encode_py_into, envelope_to_py};
+use super::errors::BrokerError;
+use crate::bridge::{Bridge, Item, Outcome};
+use crate::node::NodeSpec;
+use crate::publisher::{PubConfig, Publisher};
+use crate::runtime;
+use crate::server::{self, ServerConfig, ServerHandle, ServerState, Subscription};
+use crate::stats::Stats;
+
+fn rt() -> PyResult<&'static tokio::runtime::Runtime> {
+    runtime::get().map_err(|e| BrokerError::new_err(e.to_string()))
+}
+
+fn secs(name: &str, v: f64) -> PyResult<Duration> {
+    if !v.is_finite() || v <= 0.0 {
+        return Err(PyValueError::new_err(format!("{name} must be a positive number of seconds, got {v}")));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn positive(name: &str, v: i64) -> PyResult<usize> {
+    if v < 1 {
+        return Err(PyValueError::new_err(format!("{name} must be >= 1, got {v}")));
+    }
+    Ok(v as usize)
+}
+
+#[pyclass(module = "hyperbroker._core", frozen)]
+pub struct Engine {
+    publisher: Arc<Publisher>,
+    server: Arc<ServerState>,
+    bridge: Arc<Bridge>,
+    stats: Arc<Stats>,
+    handle: Mutex<Option<ServerHandle>>,
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 64 << 20, max_body = 4 << 20, node_queue = 65536,
+        max_batch = 1024, max_batch_bytes = 1 << 20, retry_min = 0.01, retry_max = 2.0,
+        request_timeout = 30.0, header_read_timeout = 10.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        backlog: i64,
+        backlog_bytes: i64,
+        max_body: i64,
+        node_queue: i64,
+        max_batch: i64,
+        max_batch_bytes: i64,
+        retry_min: f64,
+        retry_max: f64,
+        request_timeout: f64,
+        header_read_timeout: f64,
+    ) -> PyResult<Self> {
+        let cfg = PubConfig {
+            backlog: positive("backlog", backlog)?,
+            backlog_bytes: positive("backlog_bytes", backlog_bytes)?,
+            node_queue: positive("node_queue", node_queue)?,
+            max_batch: positive("max_batch", max_batch)?,
+            max_batch_bytes: positive("max_batch_bytes", max_batch_bytes)?,
+            retry_min: secs("retry_min", retry_min)?,
+            retry_max: secs("retry_max", retry_max)?,
+            request_timeout: secs("request_timeout", request_timeout)?,
+        };
+        let stats = Arc::new(Stats::default());
+        let bridge = Arc::new(Bridge::new().map_err(|e| BrokerError::new_err(format!("could not create the wake-up socket: {e}")))?);
+        let server = Arc::new(ServerState {
+            subs: Default::default(),
+            bridge: bridge.clone(),
+            stats: stats.clone(),
+            config: ServerConfig {
+                max_body: positive("max_body", max_body)?,
+                header_read_timeout: secs("header_read_timeout", header_read_timeout)?,
+            },
+        });
+        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()));
+        Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None) })
+    }
+
+    /// Bind the subscriber endpoint; returns the bound (host, port). Idempotent while listening.
+    fn listen(&self, py: Python<'_>, host: &str, port: u16) -> PyResult<(String, u16)> {
+        if let Some(h) = self.handle.lock().as_ref() {
+            return Ok((h.local_addr.ip().to_string(), h.local_addr.port()));
+        }
+        let addr: SocketAddr = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| BrokerError::new_err(format!("cannot resolve listen address {host}:{port}: {e}")))?
+            .next()
+            .ok_or_else(|| BrokerError::new_err(format!("no address for {host}:{port}")))?;
+        let rt = rt()?;
+        let state = self.server.clone();
+        self.bridge.reopen();
+        let h = py
+            .detach(|| rt.block_on(server::serve(state, addr)))
+            .map_err(|e| BrokerError::new_err(format!("cannot listen on {addr}: {e}")))?;
+        let out = (h.local_addr.ip().to_string(), h.local_addr.port());
+        *self.handle.lock() = Some(h);
+        Ok(out)
+    }
+
+    /// Stop the endpoint and every delivery task; waiting requests are answered 503.
+    fn close(&self) {
+        if let Some(h) = self.handle.lock().take() {
+            h.stop();
+        }
+        self.bridge.close();
+        self.publisher.close();
+    }
+
+    /// Stop only the endpoint (the publisher keeps running).
+    fn stop_listening(&self) {
+        if let Some(h) = self.handle.lock().take() {
+            h.stop();
+        }
+        self.bridge.close();
+    }
+
+    /// The file descriptor the asyncio loop watches; readable when `take()` has something.
+    #[getter]
+    fn wake_fd(&self) -> i32 {
+        self.bridge.fd()
+    }
+
+    /// Take every queued item: (events, flushes). An event is (token, subscriber id, topic,
+    /// header, body); a flush is (token, ok).
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let items = self.bridge.take();
+        let events = PyList::empty(py);
+        let flushes = PyList::empty(py);
+        for it in items {
+            match it {
+                Item::Event { token, sub_id, env } => {
+                    let (t, h, b) = envelope_to_py(py, &env)?;
+                    let tup = PyTuple::new(py, [token.into_pyobject(py)?.into_any(), PyString::new(py, &sub_id).into_any(), t.into_any(), h.into_any(), b.into_any()])?;
+                    events.append(tup)?;
+                }
+                Item::Flushed { token, ok } => flushes.append((token, ok))?,
+            }
+        }
+        Ok((events, flushes))
+    }
+
+    /// Report handler outcomes: (token, None) handled, (token, "error text") raised.
+    fn complete(&self, results: &Bound<'_, PyList>) -> PyResult<()> {
+        for r in results.iter() {
+            let (token, err): (u64, Option<String>) = r.extract()?;
+            let outcome = match err {
+                None => Outcome::Ok,
+                Some(e) => {
+                    Stats::add(&self.stats.handler_errors, 1);
+                    Outcome::Failed(e)
+                }
+            };
+            self.bridge.complete(token, outcome);
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (id, topic, queue = None))]
+    fn add_subscriber(&self, id: String, topic: String, queue: Option<String>) {
+        self.server.subs.write().insert(id, Subscription { topic, queue });
+    }
+
+    fn remove_subscriber(&self, id: &str) -> bool {
+        self.server.subs.write().remove(id).is_some()
+    }
+
+    /// Replace the route of a topic: [(version, [(node id, "host:port", batch, secure), ...]), ...].
+    fn set_routes(&self, py: Python<'_>, topic: &str, groups: Vec<(String, Vec<(String, String, bool, bool)>)>) -> PyResult<()> {
+        let groups = groups
+            .into_iter()
+            .map(|(v, nodes)| (v, nodes.into_iter().map(|(id, address, batch, secure)| NodeSpec { id, address, batch, secure }).collect()))
+            .collect();
+        let p = self.publisher.clone();
+        let rt = rt()?;
+        let topic = topic.to_string();
+        py.detach(move || {
+            let _g = rt.enter();
+            p.set_routes(&topic, groups)
+        })
+        .map_err(BrokerError::new_err)
+    }
+
+    /// Number of nodes currently routed for `topic`.
+    fn route_count(&self, topic: &str) -> usize {
+        self.publisher.route_count(topic)
+    }
+
+    /// Encode and queue one message. Returns at once (delivery runs in Rust) with True when a
+    /// subscriber's queue is past its high-water mark: then await `wait_room` before more.
+    #[pyo3(signature = (topic, header, body))]
+    fn publish(&self, topic: &Bound<'_, PyString>, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<bool> {
+        let t = topic.to_str()?;
+        if t.is_empty() {
+            return Err(BrokerError::new_err("topic must not be empty"));
+        }
+        let mut out = Vec::new();
+        encode_py_into(&mut out, t, header, body)?;
+        Ok(self.publisher.publish(Arc::from(t), Bytes::from(out)))
+    }
+
+    /// Queue many messages of one topic: items are (header or None, body bytes). Returns the
+    /// same congestion flag as `publish`.
+    fn publish_many(&self, topic: &Bound<'_, PyString>, items: &Bound<'_, PyList>) -> PyResult<bool> {
+        let t = topic.to_str()?;
+        if t.is_empty() {
+            return Err(BrokerError::new_err("topic must not be empty"));
+        }
+        let topic: Arc<str> = Arc::from(t);
+        let mut encoded = Vec::with_capacity(items.len());
+        for it in items.iter() {
+            let (h, b): (Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = it.extract()?;
+            let mut out = Vec::new();
+            encode_py_into(&mut out, t, h.as_ref(), b.as_bytes())?;
+            encoded.push(Bytes::from(out));
+        }
+        let mut congested = false;
+        for e in encoded {
+            congested |= self.publisher.publish(topic.clone(), e);
+        }
+        Ok(congested)
+    }
+
+    /// Start waiting until no healthy subscriber is congested; `take()` later yields (token, ok).
+    fn wait_room(&self, token: u64, timeout: f64) -> PyResult<()> {
+        let timeout = secs("timeout", timeout)?;
+        let p = self.publisher.clone();
+        let b = self.bridge.clone();
+        rt()?.spawn(async move {
+            let ok = p.wait_room(timeout).await;
+            b.flushed(token, ok);
+        });
+        Ok(())
+    }
+
+    /// Start waiting for everything published so far; `take()` later yields (token, ok).
+    fn flush(&self, token: u64, timeout: f64) -> PyResult<()> {
+        let timeout = secs("timeout", timeout)?;
+        let target = self.publisher.last_seq();
+        let p = self.publisher.clone();
+        let b = self.bridge.clone();
+        rt()?.spawn(async move {
+            let ok = p.flush(target, timeout).await;
+            b.flushed(token, ok);
+        });
+        Ok(())
+    }
+
+    #[pyo3(signature = (token = None))]
+    fn set_auth_token(&self, token: Option<&str>) -> PyResult<()> {
+        self.publisher.set_auth_token(token).map_err(PyValueError::new_err)
+    }
+
+    fn backlog_len(&self, topic: &str) -> usize {
+        self.publisher.backlog.len(topic)
+    }
+
+    fn backlog_dropped(&self, topic: &str) -> u64 {
+        self.publisher.backlog.dropped(topic)
+    }
+
+    /// Counters (exact) and gauges, plus `last_error` (str or None).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in self.stats.snapshot() {
+            d.set_item(k, v)?;
+        }
+        d.set_item("backlog", self.publisher.backlog.total_len())?;
+        d.set_item("backlog_bytes", self.publisher.backlog.total_bytes())?;
+        d.set_item("last_error", self.stats.last_error.lock().clone())?;
+        Ok(d)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()
+}

@@ -1,0 +1,269 @@
+//! The subscriber endpoint: `POST /_sub?id=<node id>` with a go-micro envelope (or a batch).
+//!
+//! It answers after the handler ran: 200 handled; 500 the handler raised (the publisher retries);
+//! 405 not POST; 400 bad envelope or no topic; 404 unknown subscriber id; 413 body over the limit;
+//! 503 the broker is closing. Each error carries a short plain-text reason.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::batch;
+use crate::bridge::{Bridge, Outcome};
+use crate::codec;
+use crate::stats::Stats;
+
+pub const PATH: &str = "/_sub";
+
+/// A subscription this endpoint serves.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub topic: String,
+    pub queue: Option<String>,
+}
+
+pub struct ServerConfig {
+    pub max_body: usize,
+    pub header_read_timeout: std::time::Duration,
+}
+
+pub struct ServerState {
+    pub subs: RwLock<HashMap<String, Subscription>>,
+    pub bridge: Arc<Bridge>,
+    pub stats: Arc<Stats>,
+    pub config: ServerConfig,
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn query_id(req: &Request<Incoming>) -> Option<String> {
+    let q = req.uri().query()?;
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == "id" {
+            return Some(percent_decode(v));
+        }
+    }
+    None
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Check that an envelope may go to subscriber `id`; returns the status and reason otherwise.
+fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<(), (StatusCode, String)> {
+    let subs = state.subs.read();
+    match subs.get(id) {
+        None => Err((StatusCode::NOT_FOUND, format!("no subscriber with id {id:?} here"))),
+        Some(s) if s.topic != topic => Err((
+            StatusCode::NOT_FOUND,
+            format!("subscriber {id:?} is subscribed to {:?}, not {topic:?}", s.topic),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn outcome_status(o: Result<Outcome, tokio::sync::oneshot::error::RecvError>) -> (StatusCode, String) {
+    match o {
+        Ok(Outcome::Ok) => (StatusCode::OK, String::new()),
+        Ok(Outcome::Failed(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("handler error: {e}")),
+        Ok(Outcome::Unavailable) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "subscriber is closing".into()),
+    }
+}
+
+async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let r = handle_inner(&state, req).await;
+    if r.status().is_client_error() {
+        Stats::add(&state.stats.rejected, 1);
+    }
+    Ok(r)
+}
+
+async fn handle_inner(state: &Arc<ServerState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() != PATH {
+        return text(StatusCode::NOT_FOUND, format!("unknown path {:?}; the endpoint is {PATH}", req.uri().path()));
+    }
+    if req.method() != Method::POST {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
+        r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let Some(id) = query_id(&req) else {
+        return text(StatusCode::BAD_REQUEST, "missing ?id=<subscriber id> query parameter");
+    };
+    let max = state.config.max_body;
+    if let Some(len) = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > max as u64 {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {max} bytes"));
+        }
+    }
+    let is_batch = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(batch::CONTENT_TYPE));
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body is over the limit of {max} bytes"));
+            }
+            return text(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"));
+        }
+    };
+    if is_batch {
+        return handle_batch(state, id, &body).await;
+    }
+    let env = match codec::decode(&body) {
+        Ok(env) => env,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if let Err((s, m)) = route_check(state, &id, &env.topic) {
+        return text(s, m);
+    }
+    Stats::add(&state.stats.received, 1);
+    let rx = state.bridge.submit(id, env);
+    let (status, msg) = outcome_status(rx.await);
+    text(status, msg)
+}
+
+async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Response<Full<Bytes>> {
+    let mut failed = Vec::new();
+    let mut waits = Vec::new();
+    for (index, line) in batch::split(body).into_iter().enumerate() {
+        match codec::decode(line) {
+            Err(e) => failed.push(batch::Failure { index, status: 400, error: e.to_string() }),
+            Ok(env) => match route_check(state, &id, &env.topic) {
+                Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),
+                Ok(()) => {
+                    Stats::add(&state.stats.received, 1);
+                    waits.push((index, state.bridge.submit(id.clone(), env)));
+                }
+            },
+        }
+    }
+    for (index, rx) in waits {
+        let (status, error) = outcome_status(rx.await);
+        if status != StatusCode::OK {
+            failed.push(batch::Failure { index, status: status.as_u16(), error });
+        }
+    }
+    failed.sort_by_key(|f| f.index);
+    let mut r = Response::new(Full::new(batch::encode_response(failed)));
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A running endpoint; dropping the handle does not stop it, `stop` does.
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl ServerHandle {
+    pub fn stop(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Bind and serve. HTTP/1.1 keep-alive and HTTP/2 (prior knowledge) on the same port.
+pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> std::io::Result<ServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let local_addr = listener.local_addr()?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, state, rx));
+    Ok(ServerHandle { local_addr, shutdown: tx })
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((stream, _peer)) = r else {
+                    // e.g. EMFILE: back off briefly instead of spinning
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let mut sd = shutdown.clone();
+                tokio::spawn(async move {
+                    let timeout = state.config.header_read_timeout;
+                    let svc_state = state.clone();
+                    let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+                    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = sd.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+                        }
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c"), "a b c");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+        assert_eq!(percent_decode("abc%4"), "abc%4");
+        assert_eq!(percent_decode("%E2%9C%93"), "✓");
+    }
+}

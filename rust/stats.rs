@@ -1,0 +1,63 @@
+//! Exact counters of one broker. Publisher and endpoint bump them; `snapshot` reads them.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use parking_lot::Mutex;
+
+#[derive(Default)]
+pub struct Stats {
+    /// messages accepted by `publish`
+    pub published: AtomicU64,
+    /// node deliveries acknowledged with 200 (a broadcast to 3 nodes counts 3)
+    pub delivered: AtomicU64,
+    /// node deliveries given up for good (the peer refused the message as bad: 400, 413, ...)
+    pub failed: AtomicU64,
+    /// node deliveries sent again after a failure
+    pub retried: AtomicU64,
+    /// messages parked in the backlog (no route, or every node failing)
+    pub backlogged: AtomicU64,
+    /// messages dropped: backlog or node queue overflow, or left behind by a node that unsubscribed
+    pub dropped: AtomicU64,
+    /// envelopes received by this broker's endpoint for a known subscriber
+    pub received: AtomicU64,
+    /// handler invocations that raised
+    pub handler_errors: AtomicU64,
+    /// node deliveries queued or on the wire right now
+    pub in_flight: AtomicU64,
+    /// HTTP requests refused by the endpoint with a 4xx
+    pub rejected: AtomicU64,
+    /// deliveries a remote subscriber's handler failed (it answered 500); they are retried
+    pub remote_handler_errors: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Stats {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
+    }
+
+    pub fn sub(c: &AtomicU64, n: u64) {
+        // saturating: never wraps even if a bug double-counts
+        let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    }
+
+    pub fn set_error(&self, e: String) {
+        *self.last_error.lock() = Some(e);
+    }
+
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("published", self.published.load(Relaxed)),
+            ("delivered", self.delivered.load(Relaxed)),
+            ("failed", self.failed.load(Relaxed)),
+            ("retried", self.retried.load(Relaxed)),
+            ("backlogged", self.backlogged.load(Relaxed)),
+            ("dropped", self.dropped.load(Relaxed)),
+            ("received", self.received.load(Relaxed)),
+            ("handler_errors", self.handler_errors.load(Relaxed)),
+            ("in_flight", self.in_flight.load(Relaxed)),
+            ("rejected", self.rejected.load(Relaxed)),
+            ("remote_handler_errors", self.remote_handler_errors.load(Relaxed)),
+        ]
+    }
+}
