@@ -250,10 +250,59 @@ fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<RawEnvelope, Code
             Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| classify_plain(first))),
         };
     }
+    if let Some(fixed) = replace_lone_surrogates(data) {
+        if let Ok(raw) = parse(&fixed) {
+            return Ok(raw);
+        }
+    }
     if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(data) {
         return Err(CodecError::InvalidJson(syntax.to_string()));
     }
     Err(classify(first))
+}
+
+fn hex4(b: &[u8]) -> Option<u16> {
+    let s = std::str::from_utf8(b.get(..4)?).ok()?;
+    u16::from_str_radix(s, 16).ok()
+}
+
+/// Go turns an unpaired UTF-16 surrogate escape (`\ud800`) into U+FFFD; serde_json refuses it.
+/// Rewrite such escapes to `\ufffd`; None when there is none.
+fn replace_lone_surrogates(data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\\' && i + 1 < data.len() {
+            if data[i + 1] == b'u' {
+                if let Some(cp) = hex4(&data[i + 2..]) {
+                    let is_high = (0xD800..0xDC00).contains(&cp);
+                    let is_low = (0xDC00..0xE000).contains(&cp);
+                    let paired_low = is_high
+                        && data.get(i + 6) == Some(&b'\\')
+                        && data.get(i + 7) == Some(&b'u')
+                        && hex4(data.get(i + 8..).unwrap_or(&[])).is_some_and(|c| (0xDC00..0xE000).contains(&c));
+                    if paired_low {
+                        out.extend_from_slice(&data[i..i + 12]);
+                        i += 12;
+                        continue;
+                    }
+                    if is_high || is_low {
+                        out.extend_from_slice(b"\\ufffd");
+                        changed = true;
+                        i += 6;
+                        continue;
+                    }
+                }
+            }
+            out.extend_from_slice(&data[i..i + 2]);
+            i += 2;
+            continue;
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    changed.then_some(out)
 }
 
 fn classify_plain(e: serde_json::Error) -> CodecError {
@@ -374,6 +423,14 @@ mod tests {
             }
             let _ = decode(&buf);
         }
+    }
+
+    #[test]
+    fn lone_surrogates_become_replacement_char() {
+        let env = decode(br#"{"Header":{":topic":"t","a":"x\ud800y","b":"\ud83d\ude00","c":"\\ud800"}}"#).unwrap();
+        assert_eq!(env.header[0].1, "x\u{fffd}y");
+        assert_eq!(env.header[1].1, "\u{1F600}");
+        assert_eq!(env.header[2].1, "\\ud800");
     }
 
     #[test]

@@ -1,0 +1,174 @@
+"""hyperbroker's side of the two-process benchmarks: a subscriber process and a publisher.
+
+The subscriber runs a Broker with a counting handler in a spawned process and sends back its
+address and subscription id; the publisher registers that node by hand in its own
+MemoryRegistry (no mDNS needed), publishes ``n`` messages and flushes. ``seconds`` runs from
+the first publish to the end of ``flush`` (every delivery acknowledged after the handler ran),
+the same span the aiohttp baseline measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import _procs
+
+TOPIC = "bench.topic"
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop()
+
+
+def run_subscriber_process(conn: Connection, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
+    """Spawn target: serve one subscription, report (address, id), then ("done", count, t0, t1)."""
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(_subscriber_main(conn, expected, batch, deadline_s))
+    except BaseException as e:
+        try:
+            conn.send(("error", repr(e)))
+        except Exception:
+            pass
+        raise
+    finally:
+        loop.close()
+        conn.close()
+
+
+async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadline_s: float) -> None:
+    from hyperbroker import Broker, Event, MemoryRegistry
+
+    count = 0
+    first: float | None = None
+    last: float | None = None
+    done = asyncio.Event()
+
+    def on_message(ev: Event) -> None:
+        nonlocal count, first, last
+        now = time.perf_counter()
+        if first is None:
+            first = now
+        last = now
+        count += 1
+        if count >= expected:
+            done.set()
+
+    async with Broker(address="127.0.0.1:0", registry=MemoryRegistry(), batch=batch) as broker:
+        sub = await broker.subscribe(TOPIC, on_message)
+        conn.send((broker.address, sub.id))
+        try:
+            await asyncio.wait_for(done.wait(), deadline_s)
+        except TimeoutError:
+            pass
+        conn.send(("done", count, first, last))
+        # answer the last responses before the endpoint goes away
+        await asyncio.sleep(0.05)
+
+
+class SubscriberProcess:
+    """A hyperbroker subscriber in a spawned process (context manager)."""
+
+    def __init__(self, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
+        ctx = _procs.spawn_ctx()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(
+            target=run_subscriber_process, args=(send, expected, batch, deadline_s), daemon=True
+        )
+        self.proc.start()
+        send.close()
+        reply = _procs.recv_with_timeout(self._recv, 60.0, "the subscriber address", self.proc)
+        if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] != "error"):
+            raise RuntimeError(f"hyperbroker subscriber failed to start: {reply!r}")
+        self.address, self.node_id = reply
+        self.batch = batch
+
+    def wait_done(self, timeout: float = 60.0) -> tuple[int, float | None, float | None]:
+        report = _procs.recv_with_timeout(self._recv, timeout, "the subscriber's 'done' report", self.proc)
+        if not (isinstance(report, tuple) and report[0] == "done"):
+            raise RuntimeError(f"unexpected report: {report!r}")
+        return report[1], report[2], report[3]
+
+    def close(self) -> None:
+        self._recv.close()
+        _procs.stop_process(self.proc, timeout=5.0)
+
+    def __enter__(self) -> SubscriberProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def connected_publisher(sub: SubscriberProcess, **options: Any) -> Any:
+    """A connected publisher Broker whose registry knows the subscriber process's node."""
+    from hyperbroker import Broker, MemoryRegistry, Node, Service
+
+    registry = MemoryRegistry()
+    meta = {"secure": "false", **({"batch": "1"} if sub.batch else {})}
+    await registry.register(Service(f"topic:{TOPIC}", "ff.http.broadcast", (Node(sub.node_id, sub.address, meta),)))
+    broker = Broker(address="127.0.0.1:0", registry=registry, **options)
+    await broker.connect()
+    for _ in range(200):  # the watch task installs the route on its first turn
+        if broker._engine is not None and broker._engine.route_count(TOPIC):
+            break
+        await asyncio.sleep(0.005)
+    return broker
+
+
+def bench_body(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
+def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, many: bool = False) -> dict[str, Any]:
+    """Publish ``n`` messages of ``body_size`` bytes to a subscriber process; time to flush."""
+    body = bench_body(body_size)
+    with SubscriberProcess(n, batch=batch) as sub:
+        loop = _new_loop()
+        try:
+
+            async def run() -> tuple[float, dict[str, Any]]:
+                broker = await connected_publisher(sub)
+                try:
+                    t0 = time.perf_counter()
+                    if many:
+                        chunk = [body] * 1000
+                        for i in range(0, n, 1000):
+                            await broker.publish_many(TOPIC, chunk[: min(1000, n - i)])
+                    else:
+                        publish = broker.publish
+                        for _ in range(n):
+                            await publish(TOPIC, body)
+                    await broker.flush(timeout=120)
+                    return time.perf_counter() - t0, broker.stats()
+                finally:
+                    await broker.disconnect(timeout=1)
+
+            seconds, stats = loop.run_until_complete(run())
+        finally:
+            loop.close()
+        received, _, _ = sub.wait_done(30.0)
+    return {
+        "messages": n,
+        "received": received,
+        "delivered": stats["delivered"],
+        "dropped": stats["dropped"],
+        "seconds": seconds,
+        "rate": n / seconds if seconds > 0 else float("inf"),
+        "body_size": body_size,
+        "batch": batch,
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    for size in (16, 128, 1024):
+        print(size, measure_hyperbroker_throughput(200_000, size))
+    print("no batch", measure_hyperbroker_throughput(20_000, 128, batch=False))
