@@ -1,5 +1,9 @@
 """Type stub of the native module ``hyperbroker._core`` (Rust, PyO3)."""
 
+from typing import final
+
+__all__ = ["Backlog", "BrokerError", "CodecError", "Engine", "__version__", "decode", "encode"]
+
 from collections.abc import Mapping
 
 __version__: str
@@ -13,6 +17,7 @@ class CodecError(BrokerError):
 def encode(topic: str, header: dict[str, str] | None, body: bytes) -> bytes: ...
 def decode(data: bytes) -> tuple[str, dict[str, str], bytes]: ...
 
+@final
 class Backlog:
     def __new__(cls, capacity: int, max_bytes: int = 67108864) -> Backlog: ...
     def push(self, topic: str, item: bytes) -> int: ...
@@ -32,6 +37,7 @@ class Backlog:
     def dropped_total(self) -> int: ...
     def __len__(self) -> int: ...
 
+@final
 class Engine:
     """One broker's native half: endpoint, publisher, bridge and counters."""
 

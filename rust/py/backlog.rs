@@ -18,7 +18,7 @@ pub struct Backlog {
 #[pymethods]
 impl Backlog {
     #[new]
-    #[pyo3(signature = (capacity, max_bytes = 64 * 1024 * 1024))]
+    #[pyo3(signature = (capacity, max_bytes = 67108864))]
     fn new(capacity: i64, max_bytes: i64) -> PyResult<Self> {
         if capacity < 1 {
             return Err(PyValueError::new_err(format!("capacity must be >= 1, got {capacity}")));

@@ -50,8 +50,8 @@ pub struct Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 64 << 20, max_body = 4 << 20, node_queue = 65536,
-        max_batch = 1024, max_batch_bytes = 1 << 20, retry_min = 0.01, retry_max = 2.0,
+    #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 67108864, max_body = 4194304, node_queue = 65536,
+        max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
         request_timeout = 30.0, header_read_timeout = 10.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(

@@ -345,7 +345,10 @@ class MdnsRegistry:
         """Every address of the interfaces zeroconf uses (routable ones when there are any)."""
         found: list[str] = []
         for transport in getattr(zc.engine, "senders", ()):
-            host = str(transport.sock_name[0]).split("%", 1)[0]
+            sock_name = getattr(transport, "sock_name", None)
+            if not sock_name:
+                continue
+            host = str(sock_name[0]).split("%", 1)[0]
             ip = _ip(host)
             if ip is not None and not ip.is_unspecified and host not in found:
                 found.append(host)
@@ -620,6 +623,11 @@ class MdnsRegistry:
                 raise RegistryError(f"cannot announce node {node.id!r} over mDNS: {e!r}") from e
             self._withdrawn.discard(lid)
             self._own[lid] = own
+            if self._closed:  # close() ran while we were probing: take it back at once
+                self._withdraw(lid, own)
+                if not aiozc.zeroconf.done:
+                    await self._goodbye(aiozc, own)
+                raise RegistryError("registry is closed")
 
     async def deregister(self, service: Service) -> None:
         """Withdraw the service's nodes: zeroconf sends goodbyes (TTL 0) for each."""
