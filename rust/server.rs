@@ -36,10 +36,49 @@ pub struct Subscription {
 pub struct ServerConfig {
     pub max_body: usize,
     pub header_read_timeout: std::time::Duration,
+    /// time a client has to send the whole body once the headers arrived (408 after)
+    pub body_read_timeout: std::time::Duration,
+    /// longest accepted topic, in bytes
+    pub max_topic: usize,
+    /// most entries in one message header, and their total bytes
+    pub max_message_headers: usize,
+    pub max_message_header_bytes: usize,
+    /// most simultaneous connections from one peer IP address
+    pub max_connections_per_peer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body: 4 << 20,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            body_read_timeout: std::time::Duration::from_secs(30),
+            max_topic: 1024,
+            max_message_headers: 256,
+            max_message_header_bytes: 64 << 10,
+            max_connections_per_peer: 1024,
+        }
+    }
+}
+
+/// Constant-time check of a presented bearer token against every accepted one.
+fn token_ok(accepted: &[Vec<u8>], presented: &[u8]) -> bool {
+    let mut ok = 0u8;
+    for t in accepted {
+        let mut diff = (t.len() != presented.len()) as u8;
+        for i in 0..t.len() {
+            diff |= t[i] ^ presented.get(i).copied().unwrap_or(0);
+        }
+        ok |= (diff == 0) as u8;
+    }
+    ok == 1
 }
 
 pub struct ServerState {
     pub subs: RwLock<HashMap<String, Subscription>>,
+    /// accepted bearer tokens; empty: no authentication
+    pub tokens: RwLock<Vec<Vec<u8>>>,
+    pub peers: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
     pub bridge: Arc<Bridge>,
     pub stats: Arc<Stats>,
     pub config: ServerConfig,
@@ -108,6 +147,22 @@ fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<(), (Status
     }
 }
 
+/// Reject what is over the configured limits (the message itself, not the HTTP request).
+fn limits_check(state: &ServerState, env: &codec::Envelope) -> Result<(), String> {
+    let c = &state.config;
+    if env.topic.len() > c.max_topic {
+        return Err(format!("topic of {} bytes is over the limit of {} bytes", env.topic.len(), c.max_topic));
+    }
+    if env.header.len() > c.max_message_headers {
+        return Err(format!("{} header entries are over the limit of {}", env.header.len(), c.max_message_headers));
+    }
+    let bytes: usize = env.header.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > c.max_message_header_bytes {
+        return Err(format!("header of {bytes} bytes is over the limit of {} bytes", c.max_message_header_bytes));
+    }
+    Ok(())
+}
+
 fn outcome_status(o: Result<Outcome, tokio::sync::oneshot::error::RecvError>) -> (StatusCode, String) {
     match o {
         Ok(Outcome::Ok) => (StatusCode::OK, String::new()),
@@ -133,6 +188,25 @@ async fn handle_inner(state: &Arc<ServerState>, req: Request<Incoming>) -> Respo
         r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("POST"));
         return r;
     }
+    {
+        let tokens = state.tokens.read();
+        if !tokens.is_empty() {
+            let presented = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map(|v| v.as_bytes())
+                .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")));
+            let ok = presented.is_some_and(|p| token_ok(&tokens, p));
+            if !ok {
+                let mut r = text(
+                    StatusCode::UNAUTHORIZED,
+                    if presented.is_none() { "missing bearer token" } else { "wrong bearer token" },
+                );
+                r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+    }
     let Some(id) = query_id(&req) else {
         return text(StatusCode::BAD_REQUEST, "missing ?id=<subscriber id> query parameter");
     };
@@ -147,7 +221,11 @@ async fn handle_inner(state: &Arc<ServerState>, req: Request<Incoming>) -> Respo
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(batch::CONTENT_TYPE));
-    let body = match Limited::new(req.into_body(), max).collect().await {
+    let read = tokio::time::timeout(state.config.body_read_timeout, Limited::new(req.into_body(), max).collect()).await;
+    let Ok(read) = read else {
+        return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
+    };
+    let body = match read {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -163,6 +241,9 @@ async fn handle_inner(state: &Arc<ServerState>, req: Request<Incoming>) -> Respo
         Ok(env) => env,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if let Err(m) = limits_check(state, &env) {
+        return text(StatusCode::BAD_REQUEST, m);
+    }
     if let Err((s, m)) = route_check(state, &id, &env.topic) {
         return text(s, m);
     }
@@ -176,8 +257,8 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let mut failed = Vec::new();
     let mut waits = Vec::new();
     for (index, line) in batch::split(body).into_iter().enumerate() {
-        match codec::decode(line) {
-            Err(e) => failed.push(batch::Failure { index, status: 400, error: e.to_string() }),
+        match codec::decode(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
+            Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
             Ok(env) => match route_check(state, &id, &env.topic) {
                 Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),
                 Ok(()) => {
@@ -197,6 +278,36 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let mut r = Response::new(Full::new(batch::encode_response(failed)));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
+}
+
+/// Counts a peer's open connections; released on drop.
+struct PeerGuard {
+    state: Arc<ServerState>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerGuard {
+    fn acquire(state: &Arc<ServerState>, ip: std::net::IpAddr) -> Option<PeerGuard> {
+        let mut peers = state.peers.lock();
+        let n = peers.entry(ip).or_insert(0);
+        if *n >= state.config.max_connections_per_peer {
+            return None;
+        }
+        *n += 1;
+        Some(PeerGuard { state: state.clone(), ip })
+    }
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        let mut peers = self.state.peers.lock();
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A running endpoint; dropping the handle does not stop it, `stop` does.
@@ -224,15 +335,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdow
     loop {
         tokio::select! {
             r = listener.accept() => {
-                let Ok((stream, _peer)) = r else {
+                let Ok((stream, peer)) = r else {
                     // e.g. EMFILE: back off briefly instead of spinning
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
+                let Some(guard) = PeerGuard::acquire(&state, peer.ip()) else {
+                    drop(stream); // over the per-peer connection limit
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
                 let mut sd = shutdown.clone();
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let timeout = state.config.header_read_timeout;
                     let svc_state = state.clone();
                     let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
@@ -257,7 +373,18 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdow
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, token_ok};
+
+    #[test]
+    fn tokens_compare() {
+        let acc = vec![b"old-secret".to_vec(), b"new-secret".to_vec()];
+        assert!(token_ok(&acc, b"old-secret"));
+        assert!(token_ok(&acc, b"new-secret"));
+        assert!(!token_ok(&acc, b"new-secre"));
+        assert!(!token_ok(&acc, b"new-secretX"));
+        assert!(!token_ok(&acc, b""));
+        assert!(!token_ok(&[], b"x"));
+    }
 
     #[test]
     fn percent_decoding() {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -288,16 +289,28 @@ async def test_body_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aioh
     assert "1024" in text, text
 
     # chunked (no Content-Length): the limit is enforced while reading
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(0, len(big), 300):
-            yield big[i : i + 300]
-
-    async with http.post(ep.url, data=chunks(), headers={"Content-Type": "application/json"}) as r:
+    async with http.post(ep.url, data=big, chunked=True, headers={"Content-Type": "application/json"}) as r:
         text = await r.text()
         assert r.request_info.headers.get("Transfer-Encoding") == "chunked"
+        assert "Content-Length" not in r.request_info.headers
         assert r.status == 413, text
         assert_text(r.headers)
         assert "1024" in text, text
+
+    # the same with raw chunks, several of them, as a streaming client would send
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i : i + 300]), big[i : i + 300]) for i in range(0, len(big), 300))
+    status, rh, body = await raw_request(
+        ep.broker.address,
+        (
+            f"POST /_sub?id={ep.sub.id} HTTP/1.1\r\nHost: {ep.broker.address}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        + chunked
+        + b"0\r\n\r\n",
+    )
+    assert status == 413, body
+    assert rh["content-type"].startswith("text/plain")
+    assert b"1024" in body, body
 
     # a Content-Length over the limit is refused before any body is sent
     status, rh, body = await raw_request(
@@ -319,7 +332,7 @@ async def test_body_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aioh
 
     assert ep.sink.calls == 1
     st = ep.stats()
-    assert st["rejected"] == 3
+    assert st["rejected"] == 4
     assert st["received"] == 1
 
 
@@ -484,6 +497,23 @@ async def test_batch_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aio
 # --- several brokers ----------------------------------------------------------------------------
 
 
+def connect_outcome(address: str) -> str:
+    """"refused" when nothing listens at ``address`` any more, else what happened.
+
+    A plain blocking connect, made at once (no event-loop round trip in between): a listener
+    that is closed late is caught in the act.
+    """
+    host, port = address.rsplit(":", 1)
+    try:
+        s = socket.create_connection((host, int(port)), timeout=2)
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as e:  # e.g. reset: the listener was still there when the SYN arrived
+        return f"not refused: {e!r}"
+    s.close()
+    return "accepted"
+
+
 async def test_disconnected_endpoint_refuses_connections(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:
     reg = MemoryRegistry()
     eps = [await make_endpoint(registry=reg) for _ in range(3)]
@@ -497,12 +527,14 @@ async def test_disconnected_endpoint_refuses_connections(make_endpoint: MakeEndp
     await asyncio.wait_for(gone.broker.disconnect(), 10)
     assert not gone.broker.connected
 
-    host, port = address.rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):
-        r, w = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
-        w.close()
-    with pytest.raises(aiohttp.ClientConnectorError):
-        await post(http, url, envelope(TOPIC, b"after"))
+    # (give the endpoint a bounded moment here; that it is closed at once is checked below)
+    deadline = asyncio.get_running_loop().time() + 2
+    while connect_outcome(address) != "refused":
+        assert asyncio.get_running_loop().time() < deadline, "the stopped endpoint still accepts connections"
+        await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as fresh:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await post(fresh, url, envelope(TOPIC, b"after"))
 
     # the others are untouched
     for i in (0, 2):
@@ -513,6 +545,19 @@ async def test_disconnected_endpoint_refuses_connections(make_endpoint: MakeEndp
     # and its subscription left the registry
     (svc,) = await reg.get_service(f"topic:{TOPIC}")
     assert sorted(n.id for n in svc.nodes) == sorted([eps[0].sub.id, eps[2].sub.id])
+
+
+async def test_endpoint_is_closed_when_disconnect_returns(make_endpoint: MakeEndpoint) -> None:
+    # disconnect() is go-micro's Disconnect, which closes the listener before returning: no
+    # connection may be accepted afterwards. Several brokers, because a late close is a race.
+    reg = MemoryRegistry()
+    eps = [await make_endpoint(registry=reg) for _ in range(16)]
+    outcomes = []
+    for e in eps:
+        address = e.broker.address
+        await asyncio.wait_for(e.broker.disconnect(), 10)
+        outcomes.append(connect_outcome(address))
+    assert outcomes == ["refused"] * len(eps)
 
 
 async def test_unsubscribed_id_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:

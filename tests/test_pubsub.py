@@ -282,7 +282,7 @@ async def test_handler_failing_twice_still_gets_message(make_broker: MakeBroker)
     assert ss["received"] == 7
 
 
-async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhile(make_broker: MakeBroker) -> None:
+async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhile(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
     pub = await make_broker(retry_min=0.01, retry_max=0.1)
     s1 = await make_broker()
     port = int(s1.address.rsplit(":", 1)[1])
@@ -305,7 +305,10 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
     assert s2.address == f"127.0.0.1:{port}"
     got2 = Collector()
     await s2.subscribe("restart", got2)
-    await got2.wait(20)
+    try:
+        await got2.wait(20)
+    finally:
+        print("DEBUG", await registry.list_services(), s1._engine, pub.stats(), s2.stats(), pub._engine.route_count("restart"), s2.address, s2.advertised_address)
     await pub.flush(timeout=5)
     assert got2.bodies == nums(20, 10)
     assert got1.bodies == nums(10)

@@ -22,7 +22,7 @@ from .errors import (
 )
 from .message import Event, Message
 from .options import BrokerOptions
-from .registry import BROADCAST_VERSION, MemoryRegistry, Node, Registry, Service, WatchEvent
+from .registry import BROADCAST_VERSION, MdnsRegistry, MemoryRegistry, Node, Registry, Service, WatchEvent
 from .subscriber import SubscribeOptions, Subscriber
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "CodecError",
     "Event",
     "FlushTimeoutError",
+    "MdnsRegistry",
     "MemoryRegistry",
     "Message",
     "Node",

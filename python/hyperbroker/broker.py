@@ -7,14 +7,14 @@ import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
 from . import _core
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
 from .message import Handler, to_wire
-from .options import BrokerOptions, parse_address
+from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscribeOptions, Subscriber
 
@@ -63,6 +63,7 @@ class Broker:
         self._watcher: Any = None
         self._topics: dict[str, dict[str, Service]] = {}
         self._connect_lock: asyncio.Lock | None = None
+        self._owns_registry = False
 
     # --- go-micro's Broker interface -----------------------------------------------------------
 
@@ -88,8 +89,14 @@ class Broker:
 
     @property
     def registry(self) -> Registry:
+        """The registry in use: ``options.registry``, or an :class:`MdnsRegistry` this broker
+        creates (and closes on disconnect)."""
         if self._registry is None:
-            self._registry = self._options.registry or _default_registry()
+            if self._options.registry is not None:
+                self._registry = self._options.registry
+            else:
+                self._registry = _default_registry()
+                self._owns_registry = True
         return self._registry
 
     @property
@@ -136,10 +143,17 @@ class Broker:
             retry_max=o.retry_max,
             request_timeout=o.request_timeout,
             header_read_timeout=o.header_read_timeout,
+            body_read_timeout=o.body_read_timeout,
+            max_topic=o.max_topic,
+            max_message_headers=o.max_message_headers,
+            max_message_header_bytes=o.max_message_header_bytes,
+            max_connections_per_peer=o.max_connections_per_peer,
         )
+        tokens = o.auth_tokens
+        if tokens:
+            engine.set_auth_token(tokens[0])
+            engine.set_accepted_tokens(tokens)
         bound_host, bound_port = engine.listen(host, port)
-        if o.auth_token is not None:
-            engine.set_auth_token(o.auth_token)
         self._loop = loop
         self._engine = engine
         self._address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
@@ -212,6 +226,31 @@ class Broker:
         self._flushes.clear()
         self._address = None
         self._advertised = None
+        if self._owns_registry and self._registry is not None:
+            registry, self._registry, self._owns_registry = self._registry, None, False
+            try:
+                await registry.close()
+            except Exception as e:
+                log.warning("disconnect: closing the registry failed: %s", e)
+
+    def set_auth_tokens(self, tokens: Sequence[str]) -> None:
+        """Rotate tokens while connected: the first is sent from now on, all are accepted.
+
+        Roll out a new token by first accepting ``[old, new]`` everywhere, then sending
+        ``[new, old]``, then dropping ``old``: delivery never stops.
+        """
+        tokens = list(tokens)
+        validate_tokens(tokens)
+        self._options = self._options.replace(auth_token=tokens)
+        if self._engine is not None:
+            self._engine.set_auth_token(tokens[0])
+            self._engine.set_accepted_tokens(tokens)
+
+    def _check_topic(self, topic: str) -> None:
+        if not isinstance(topic, str) or not topic:
+            raise BrokerError("topic must be a non-empty string")
+        if len(topic.encode()) > self._options.max_topic:
+            raise BrokerError(f"topic is over max_topic={self._options.max_topic} bytes")
 
     def _need(self) -> _core.Engine:
         if self._engine is None:
@@ -299,8 +338,7 @@ class Broker:
         With ``queue``, subscribers sharing the queue name get each message once between them.
         """
         engine = self._need()
-        if not isinstance(topic, str) or not topic:
-            raise BrokerError("topic must be a non-empty string")
+        self._check_topic(topic)
         if not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
         if queue is not None and (not isinstance(queue, str) or not queue):

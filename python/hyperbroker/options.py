@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,18 @@ from .errors import BrokerError
 if TYPE_CHECKING:
     from .registry.base import Registry
 
-__all__ = ["BrokerOptions", "parse_address"]
+__all__ = ["BrokerOptions", "parse_address", "validate_tokens"]
+
+
+def validate_tokens(tokens: Sequence[str] | None) -> None:
+    """Auth tokens are non-empty printable ASCII strings (they travel in an HTTP header)."""
+    if tokens is None:
+        return
+    if isinstance(tokens, str) or not tokens:
+        raise BrokerError("auth_token must be a string or a non-empty list of strings")
+    for t in tokens:
+        if not isinstance(t, str) or not t or not t.isascii() or not t.isprintable() or " " in t:
+            raise BrokerError("an auth token must be a non-empty string of printable ASCII without spaces")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -51,7 +63,11 @@ class BrokerOptions:
     header_read_timeout: seconds a client has to send its request headers.
     register_interval / register_ttl: heartbeat period and registry TTL (go-micro: 30 s / 60 s).
     disconnect_timeout: how long ``disconnect()`` waits for queued deliveries.
-    auth_token: bearer token sent to (and, on the endpoint, required from) peers.
+    body_read_timeout: seconds a client has to send the request body (408 after).
+    max_topic / max_message_headers / max_message_header_bytes: limits of one message.
+    max_connections_per_peer: simultaneous connections accepted from one IP address.
+    auth_token: a bearer token (or a list: the first is sent, all are accepted, for rotation)
+        that publishers send and this broker's endpoint requires (401 otherwise).
     """
 
     address: str = ":0"
@@ -71,12 +87,36 @@ class BrokerOptions:
     register_interval: float = 30.0
     register_ttl: float = 60.0
     disconnect_timeout: float = 5.0
-    auth_token: str | None = None
+    body_read_timeout: float = 30.0
+    max_topic: int = 1024
+    max_message_headers: int = 256
+    max_message_header_bytes: int = 65536
+    max_connections_per_peer: int = 1024
+    auth_token: str | Sequence[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auth_tokens(self) -> list[str]:
+        """Accepted tokens; the first one is sent."""
+        t = self.auth_token
+        if t is None:
+            return []
+        return [t] if isinstance(t, str) else list(t)
 
     def __post_init__(self) -> None:
         parse_address(self.address)
-        for name in ("backlog", "backlog_bytes", "max_body", "node_queue", "max_batch", "max_batch_bytes"):
+        for name in (
+            "backlog",
+            "backlog_bytes",
+            "max_body",
+            "node_queue",
+            "max_batch",
+            "max_batch_bytes",
+            "max_topic",
+            "max_message_headers",
+            "max_message_header_bytes",
+            "max_connections_per_peer",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise BrokerError(f"{name} must be a positive integer, got {v!r}")
@@ -85,6 +125,7 @@ class BrokerOptions:
             "retry_max",
             "request_timeout",
             "header_read_timeout",
+            "body_read_timeout",
             "register_interval",
             "register_ttl",
         ):
@@ -95,6 +136,7 @@ class BrokerOptions:
             raise BrokerError("disconnect_timeout must be >= 0")
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
+        validate_tokens(self.auth_tokens if self.auth_token is not None else None)
 
     def replace(self, **changes: Any) -> BrokerOptions:
         names = {f.name for f in dataclasses.fields(self)}

@@ -52,7 +52,8 @@ impl Engine {
     #[new]
     #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 67108864, max_body = 4194304, node_queue = 65536,
         max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
-        request_timeout = 30.0, header_read_timeout = 10.0))]
+        request_timeout = 30.0, header_read_timeout = 10.0, body_read_timeout = 30.0, max_topic = 1024,
+        max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         backlog: i64,
@@ -65,6 +66,11 @@ impl Engine {
         retry_max: f64,
         request_timeout: f64,
         header_read_timeout: f64,
+        body_read_timeout: f64,
+        max_topic: i64,
+        max_message_headers: i64,
+        max_message_header_bytes: i64,
+        max_connections_per_peer: i64,
     ) -> PyResult<Self> {
         let cfg = PubConfig {
             backlog: positive("backlog", backlog)?,
@@ -80,11 +86,18 @@ impl Engine {
         let bridge = Arc::new(Bridge::new().map_err(|e| BrokerError::new_err(format!("could not create the wake-up socket: {e}")))?);
         let server = Arc::new(ServerState {
             subs: Default::default(),
+            tokens: Default::default(),
+            peers: Default::default(),
             bridge: bridge.clone(),
             stats: stats.clone(),
             config: ServerConfig {
                 max_body: positive("max_body", max_body)?,
                 header_read_timeout: secs("header_read_timeout", header_read_timeout)?,
+                body_read_timeout: secs("body_read_timeout", body_read_timeout)?,
+                max_topic: positive("max_topic", max_topic)?,
+                max_message_headers: positive("max_message_headers", max_message_headers)?,
+                max_message_header_bytes: positive("max_message_header_bytes", max_message_header_bytes)?,
+                max_connections_per_peer: positive("max_connections_per_peer", max_connections_per_peer)?,
             },
         });
         let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()));
@@ -205,9 +218,7 @@ impl Engine {
     #[pyo3(signature = (topic, header, body))]
     fn publish(&self, topic: &Bound<'_, PyString>, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<bool> {
         let t = topic.to_str()?;
-        if t.is_empty() {
-            return Err(BrokerError::new_err("topic must not be empty"));
-        }
+        self.check_topic(t)?;
         let mut out = Vec::new();
         encode_py_into(&mut out, t, header, body)?;
         Ok(self.publisher.publish(Arc::from(t), Bytes::from(out)))
@@ -217,9 +228,7 @@ impl Engine {
     /// same congestion flag as `publish`.
     fn publish_many(&self, topic: &Bound<'_, PyString>, items: &Bound<'_, PyList>) -> PyResult<bool> {
         let t = topic.to_str()?;
-        if t.is_empty() {
-            return Err(BrokerError::new_err("topic must not be empty"));
-        }
+        self.check_topic(t)?;
         let topic: Arc<str> = Arc::from(t);
         let mut encoded = Vec::with_capacity(items.len());
         for it in items.iter() {
@@ -260,9 +269,19 @@ impl Engine {
         Ok(())
     }
 
+    /// The bearer token this broker sends to the nodes it publishes to (None: none).
     #[pyo3(signature = (token = None))]
     fn set_auth_token(&self, token: Option<&str>) -> PyResult<()> {
         self.publisher.set_auth_token(token).map_err(PyValueError::new_err)
+    }
+
+    /// The bearer tokens this broker's endpoint accepts (empty: no authentication).
+    fn set_accepted_tokens(&self, tokens: Vec<String>) -> PyResult<()> {
+        if tokens.iter().any(|t| t.is_empty()) {
+            return Err(PyValueError::new_err("an auth token must not be empty"));
+        }
+        *self.server.tokens.write() = tokens.into_iter().map(String::into_bytes).collect();
+        Ok(())
     }
 
     fn backlog_len(&self, topic: &str) -> usize {
@@ -283,6 +302,19 @@ impl Engine {
         d.set_item("backlog_bytes", self.publisher.backlog.total_bytes())?;
         d.set_item("last_error", self.stats.last_error.lock().clone())?;
         Ok(d)
+    }
+}
+
+impl Engine {
+    fn check_topic(&self, t: &str) -> PyResult<()> {
+        if t.is_empty() {
+            return Err(BrokerError::new_err("topic must not be empty"));
+        }
+        let max = self.server.config.max_topic;
+        if t.len() > max {
+            return Err(BrokerError::new_err(format!("topic of {} bytes is over max_topic={max}", t.len())));
+        }
+        Ok(())
     }
 }
 

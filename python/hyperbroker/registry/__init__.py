@@ -12,10 +12,12 @@ from .base import (
     service_name,
     topic_of,
 )
+from .mdns import MdnsRegistry
 from .memory import MemoryRegistry
 
 __all__ = [
     "BROADCAST_VERSION",
+    "MdnsRegistry",
     "MemoryRegistry",
     "Node",
     "Registry",

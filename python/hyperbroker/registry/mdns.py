@@ -245,6 +245,9 @@ class MdnsRegistry:
     The AsyncZeroconf is created on first use, which must happen inside a running event loop.
     """
 
+    #: a node bound to 0.0.0.0 / :: is announced with every address of the interfaces in use
+    expands_unspecified = True
+
     def __init__(
         self,
         interfaces: list[str] | None = None,
