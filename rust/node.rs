@@ -55,6 +55,8 @@ pub struct NodeLink {
     pub state: Mutex<LinkState>,
     pub notify: Notify,
     pub failing: AtomicBool,
+    /// out of the route after repeated refused connections; probed until it answers again
+    pub evicted: AtomicBool,
 }
 
 pub enum Enqueued {
@@ -79,7 +81,21 @@ impl NodeLink {
             state: Mutex::new(LinkState::default()),
             notify: Notify::new(),
             failing: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
         })
+    }
+
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.state.lock().removed
+    }
+
+    /// Take everything queued (for eviction).
+    pub fn take_all(&self) -> Vec<Msg> {
+        self.state.lock().queue.drain(..).collect()
     }
 
     pub fn is_failing(&self) -> bool {

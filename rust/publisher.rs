@@ -39,6 +39,8 @@ pub struct PubConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub request_timeout: Duration,
+    /// consecutive refused/failed connections after which a node is evicted from its route
+    pub evict_after: u32,
 }
 
 impl Default for PubConfig {
@@ -52,6 +54,7 @@ impl Default for PubConfig {
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            evict_after: 3,
         }
     }
 }
@@ -291,6 +294,7 @@ impl Publisher {
                         .filter(|l| l.spec == spec && l.queue_group == queue && !l.state.lock().removed)
                         .cloned();
                     let link = match reuse {
+                        Some(l) if l.is_evicted() => continue, // its prober re-adds it
                         Some(l) => l,
                         None => {
                             let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone())?);
@@ -390,6 +394,7 @@ impl Publisher {
     async fn run_worker(self: Arc<Self>, link: Arc<NodeLink>) {
         let mut shutdown = self.shutdown.subscribe();
         let mut backoff = self.cfg.retry_min;
+        let mut unreachable = 0u32;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -414,6 +419,8 @@ impl Publisher {
             let mut gone = false;
             match result {
                 SendResult::Done { failed } => {
+                    // an answer came back (even one naming failures): the connection works
+                    unreachable = 0;
                     let mut ok = n;
                     let mut idx = failed.into_iter().peekable();
                     for (i, m) in batch.into_iter().enumerate() {
@@ -447,7 +454,27 @@ impl Publisher {
                 SendResult::Unreachable(err) => {
                     self.stats.set_error(format!("{}: {err}", link.spec.address));
                     retry = batch;
+                    unreachable += 1;
                 }
+            }
+            if !retry.is_empty() && unreachable >= self.cfg.evict_after && !gone {
+                // the node does not answer: take it out of the route, let its messages wait in
+                // the backlog (or go to another member of its queue group), probe it
+                link.requeue_front(retry);
+                let left = link.take_all();
+                link.state.lock().inflight_min = None;
+                link.evicted.store(true, Ordering::Release);
+                link.failing.store(true, Ordering::Release);
+                self.remove_link_from_route(&link);
+                Stats::add(&self.stats.evicted, 1);
+                self.leftovers(&link, left, false);
+                self.progress.notify_waiters();
+                if !self.probe_until_back(&link, &mut shutdown).await {
+                    break;
+                }
+                unreachable = 0;
+                backoff = self.cfg.retry_min;
+                continue;
             }
             link.state.lock().inflight_min = None;
             if gone {
@@ -484,6 +511,51 @@ impl Publisher {
         }
         self.links.lock().retain(|_, l| !Arc::ptr_eq(l, &link));
         self.progress.notify_waiters();
+    }
+
+    /// Probe an evicted node with TCP connects (backing off) until it answers, then put it back
+    /// in its route. False when the node was removed or the publisher closed meanwhile.
+    async fn probe_until_back(self: &Arc<Self>, link: &Arc<NodeLink>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut backoff = self.cfg.retry_min;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return false,
+                _ = link.notify.notified() => {}
+            }
+            if *shutdown.borrow() || link.is_removed() {
+                return false;
+            }
+            let addr = link.spec.address.clone();
+            let connected = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await;
+            if matches!(connected, Ok(Ok(_))) {
+                link.evicted.store(false, Ordering::Release);
+                link.failing.store(false, Ordering::Release);
+                self.readd_link(link);
+                self.drain_backlog(&link.topic);
+                return true;
+            }
+            backoff = (backoff * 2).min(self.cfg.retry_max);
+        }
+    }
+
+    fn readd_link(&self, link: &Arc<NodeLink>) {
+        let mut routes = self.routes.write();
+        let mut groups: Vec<Group> = routes
+            .get(&*link.topic)
+            .map(|r| {
+                r.groups
+                    .iter()
+                    .map(|g| Group { queue: g.queue.clone(), nodes: g.nodes.clone(), rr: AtomicUsize::new(g.rr.load(Ordering::Relaxed)) })
+                    .collect()
+            })
+            .unwrap_or_default();
+        match groups.iter_mut().find(|g| g.queue == link.queue_group) {
+            Some(g) if g.nodes.iter().any(|l| Arc::ptr_eq(l, link)) => return,
+            Some(g) => g.nodes.push(link.clone()),
+            None => groups.push(Group { queue: link.queue_group.clone(), nodes: vec![link.clone()], rr: AtomicUsize::new(0) }),
+        }
+        routes.insert(link.topic.to_string(), Arc::new(TopicRoute { groups }));
     }
 
     /// For a queue group, hand failed messages to a healthy member; returns what stays here.

@@ -28,6 +28,8 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// deliveries a remote subscriber's handler failed (it answered 500); they are retried
     pub remote_handler_errors: AtomicU64,
+    /// nodes taken out of their route after repeated refused connections
+    pub evicted: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -58,6 +60,7 @@ impl Stats {
             ("in_flight", self.in_flight.load(Relaxed)),
             ("rejected", self.rejected.load(Relaxed)),
             ("remote_handler_errors", self.remote_handler_errors.load(Relaxed)),
+            ("evicted", self.evicted.load(Relaxed)),
         ]
     }
 }

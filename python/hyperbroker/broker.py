@@ -148,6 +148,7 @@ class Broker:
             max_message_headers=o.max_message_headers,
             max_message_header_bytes=o.max_message_header_bytes,
             max_connections_per_peer=o.max_connections_per_peer,
+            evict_after=o.evict_after,
         )
         tokens = o.auth_tokens
         if tokens:
@@ -320,6 +321,25 @@ class Broker:
                 f"flush timed out after {timeout}s with {st.get('in_flight', '?')} deliveries still pending"
                 f" (last error: {st.get('last_error')})"
             )
+
+    def route_count(self, topic: str) -> int:
+        """How many subscriber nodes this broker currently routes ``topic`` to."""
+        return self._need().route_count(topic)
+
+    async def wait_for_route(self, topic: str, timeout: float = 5.0) -> int:
+        """Wait until at least one subscriber of ``topic`` is known (registry discovery can
+        take a moment with mDNS). Returns the node count; raises :class:`BrokerError` on
+        timeout. Publishing does not need this: without a route messages wait in the backlog."""
+        engine = self._need()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            n = engine.route_count(topic)
+            if n:
+                return n
+            if loop.time() >= deadline:
+                raise BrokerError(f"no subscriber of {topic!r} appeared within {timeout}s")
+            await asyncio.sleep(0.02)
 
     def stats(self) -> dict[str, Any]:
         """Counters: published, delivered, failed, retried, backlogged, dropped, received,

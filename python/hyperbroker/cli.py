@@ -1,15 +1,24 @@
-"""The ``hyperbroker`` command: ``demo`` (publish/subscribe in one process), ``sub``, ``pub``."""
+"""The ``hyperbroker`` command.
+
+    hyperbroker demo                      publish and subscribe in one process
+    hyperbroker sub TOPIC [--queue Q]     print every message of TOPIC (mDNS discovery)
+    hyperbroker pub TOPIC [MESSAGE ...]   publish to TOPIC's subscribers (mDNS discovery)
+    hyperbroker browse [--watch]          list the subscriptions visible on the network
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from .broker import Broker
+from .errors import BrokerError
 from .message import Event, Message
+from .registry.base import BROADCAST_VERSION, Registry, Service, topic_of
 from .registry.memory import MemoryRegistry
 
 __all__ = ["main"]
@@ -21,6 +30,24 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     except ImportError:  # pragma: no cover - uvloop is optional on some platforms
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    if args.registry == "memory":
+        return MemoryRegistry()
+    from .registry.mdns import MdnsRegistry
+
+    interfaces = [i for i in args.interfaces.split(",") if i] if args.interfaces else None
+    return MdnsRegistry(interfaces=interfaces)
+
+
+async def _until_signal(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover
+            pass
 
 
 async def _demo(count: int, interval: float, topic: str) -> int:
@@ -49,21 +76,159 @@ async def _demo(count: int, interval: float, topic: str) -> int:
         await pub_broker.flush(timeout=10)
         await asyncio.wait_for(done.wait(), 10)
         st = pub_broker.stats()
-        print(f"[demo] {received}/{count} delivered; publisher stats: delivered={st['delivered']} "
-              f"dropped={st['dropped']} backlogged={st['backlogged']}", flush=True)
+        print(
+            f"[demo] {received}/{count} delivered; publisher stats: delivered={st['delivered']} "
+            f"dropped={st['dropped']} backlogged={st['backlogged']}",
+            flush=True,
+        )
     return 0 if received == count else 1
 
 
+async def _sub(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    await _until_signal(stop)
+    received = 0
+
+    def on_message(ev: Event) -> None:
+        nonlocal received
+        received += 1
+        print(f"[sub] received message: {ev.message.body.decode(errors='replace')} header {ev.message.header}", flush=True)
+        if args.count and received >= args.count:
+            stop.set()
+
+    async with Broker(address=args.address, registry=_registry(args), advertise=args.advertise) as broker:
+        sub = await broker.subscribe(args.topic, on_message, queue=args.queue)
+        print(f"[sub] subscribed to {args.topic!r} as {sub.id} at {broker.advertised_address}", flush=True)
+        if args.timeout:
+            try:
+                await asyncio.wait_for(stop.wait(), args.timeout)
+            except TimeoutError:
+                pass
+        else:
+            await stop.wait()
+        await sub.unsubscribe()
+    return 0
+
+
+async def _pub(args: argparse.Namespace) -> int:
+    header = {}
+    for h in args.header or []:
+        k, sep, v = h.partition("=")
+        if not sep:
+            raise SystemExit(f"--header wants key=value, got {h!r}")
+        header[k] = v
+    messages = args.message or [f"message {i}" for i in range(args.count)]
+    async with Broker(address=args.address, registry=_registry(args)) as broker:
+        try:
+            n = await broker.wait_for_route(args.topic, timeout=args.wait)
+            print(f"[pub] {n} subscriber node(s) of {args.topic!r} found", flush=True)
+        except BrokerError as e:
+            print(f"[pub] {e}; messages wait in the backlog until one appears", flush=True)
+        for i, text in enumerate(messages):
+            await broker.publish(args.topic, Message(header={**header, "id": str(i)}, body=text.encode()))
+            print(f"[pub] pubbed message: {text}", flush=True)
+            if args.interval:
+                await asyncio.sleep(args.interval)
+        await broker.flush(timeout=args.flush_timeout)
+        st = broker.stats()
+        print(f"[pub] delivered={st['delivered']} backlog={st['backlog']} dropped={st['dropped']}", flush=True)
+        return 0 if st["backlog"] == 0 else 3
+
+
+def _row(s: Service) -> list[tuple[str, str, str, str, str]]:
+    topic = topic_of(s.name) or s.name
+    queue = "" if s.version == BROADCAST_VERSION else s.version
+    return [(topic, queue or "(broadcast)", n.id, n.address, n.metadata.get("secure", "false")) for n in s.nodes]
+
+
+async def _browse(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    try:
+        watcher = registry.watch()  # starts discovery; answers arrive over the next moment
+        await asyncio.sleep(args.wait)
+        services = await registry.list_services()
+        rows = [r for s in services for r in _row(s)]
+        print(f"{'TOPIC':30} {'QUEUE':20} {'NODE':36} {'ADDRESS':22} SECURE")
+        for r in sorted(rows):
+            print(f"{r[0]:30} {r[1]:20} {r[2]:36} {r[3]:22} {r[4]}", flush=True)
+        if not args.watch:
+            watcher.stop()
+            return 0
+        stop = asyncio.Event()
+        await _until_signal(stop)
+
+        async def printer() -> None:
+            async for ev in watcher:
+                for r in _row(ev.service) or [(topic_of(ev.service.name) or ev.service.name, "", "", "", "")]:
+                    print(f"{ev.action:7} {r[0]:30} {r[1]:20} {r[2]:36} {r[3]:22} {r[4]}", flush=True)
+
+        task = asyncio.create_task(printer())
+        try:
+            if args.timeout:
+                await asyncio.wait_for(stop.wait(), args.timeout)
+            else:
+                await stop.wait()
+        except TimeoutError:
+            pass
+        watcher.stop()
+        task.cancel()
+        return 0
+    finally:
+        await registry.close()
+
+
+def _net_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", choices=["mdns", "memory"], default="mdns")
+    p.add_argument("--interfaces", default=None, help="comma-separated addresses zeroconf binds (default: all)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hyperbroker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hyperbroker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = parser.add_subparsers(dest="cmd", required=True)
     demo = cmds.add_parser("demo", help="publish and subscribe in one process (in-memory registry)")
     demo.add_argument("--count", type=int, default=10)
     demo.add_argument("--interval", type=float, default=0.1, help="seconds between messages")
     demo.add_argument("--topic", default="go.micro.topic.foo")
+
+    sub = cmds.add_parser("sub", help="subscribe and print messages")
+    sub.add_argument("topic")
+    sub.add_argument("--queue", default=None)
+    sub.add_argument("--address", default=":0")
+    sub.add_argument("--advertise", default=None, help="host or host:port to announce instead of the bound one")
+    sub.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    sub.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+    _net_args(sub)
+
+    pub = cmds.add_parser("pub", help="publish messages")
+    pub.add_argument("topic")
+    pub.add_argument("message", nargs="*")
+    pub.add_argument("--count", type=int, default=10, help="messages to send when none are given")
+    pub.add_argument("--interval", type=float, default=0.0)
+    pub.add_argument("--header", action="append", help="key=value, repeatable")
+    pub.add_argument("--address", default=":0")
+    pub.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a subscriber first")
+    pub.add_argument("--flush-timeout", type=float, default=10.0)
+    _net_args(pub)
+
+    browse = cmds.add_parser("browse", help="list subscriptions visible on the network")
+    browse.add_argument("--watch", action="store_true", help="keep printing changes")
+    browse.add_argument("--timeout", type=float, default=0, help="with --watch: exit after this many seconds")
+    browse.add_argument("--wait", type=float, default=1.5, help="seconds to listen before listing")
+    _net_args(browse)
+
     args = parser.parse_args(argv)
-    if args.cmd == "demo":
-        return _run(_demo(args.count, args.interval, args.topic))
+    try:
+        if args.cmd == "demo":
+            return _run(_demo(args.count, args.interval, args.topic))
+        if args.cmd == "sub":
+            return _run(_sub(args))
+        if args.cmd == "pub":
+            return _run(_pub(args))
+        if args.cmd == "browse":
+            return _run(_browse(args))
+    except BrokerError as e:
+        print(f"hyperbroker: {e}", file=sys.stderr)
+        return 2
     parser.error(f"unknown command {args.cmd}")  # pragma: no cover
     return 2
 

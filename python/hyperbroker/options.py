@@ -66,6 +66,8 @@ class BrokerOptions:
     body_read_timeout: seconds a client has to send the request body (408 after).
     max_topic / max_message_headers / max_message_header_bytes: limits of one message.
     max_connections_per_peer: simultaneous connections accepted from one IP address.
+    evict_after: consecutive refused connections after which a node leaves its route (its
+        queued messages wait in the backlog) until a probe finds it answering again.
     auth_token: a bearer token (or a list: the first is sent, all are accepted, for rotation)
         that publishers send and this broker's endpoint requires (401 otherwise).
     """
@@ -92,6 +94,7 @@ class BrokerOptions:
     max_message_headers: int = 256
     max_message_header_bytes: int = 65536
     max_connections_per_peer: int = 1024
+    evict_after: int = 3
     auth_token: str | Sequence[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +119,7 @@ class BrokerOptions:
             "max_message_headers",
             "max_message_header_bytes",
             "max_connections_per_peer",
+            "evict_after",
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -53,7 +53,8 @@ impl Engine {
     #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 67108864, max_body = 4194304, node_queue = 65536,
         max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
         request_timeout = 30.0, header_read_timeout = 10.0, body_read_timeout = 30.0, max_topic = 1024,
-        max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024))]
+        max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024,
+        evict_after = 3))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         backlog: i64,
@@ -71,6 +72,7 @@ impl Engine {
         max_message_headers: i64,
         max_message_header_bytes: i64,
         max_connections_per_peer: i64,
+        evict_after: i64,
     ) -> PyResult<Self> {
         let cfg = PubConfig {
             backlog: positive("backlog", backlog)?,
@@ -81,6 +83,7 @@ impl Engine {
             retry_min: secs("retry_min", retry_min)?,
             retry_max: secs("retry_max", retry_max)?,
             request_timeout: secs("request_timeout", request_timeout)?,
+            evict_after: positive("evict_after", evict_after)?.min(u32::MAX as usize) as u32,
         };
         let stats = Arc::new(Stats::default());
         let bridge = Arc::new(Bridge::new().map_err(|e| BrokerError::new_err(format!("could not create the wake-up socket: {e}")))?);
