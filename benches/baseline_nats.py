@@ -157,9 +157,11 @@ class NatsServer:
         raise RuntimeError(f"nats-server could not bind a free port: {last_error}")
 
     def _start_once(self) -> None:
+        path = self.path
+        assert path is not None  # start() checked
         port = _procs.free_port(self.host)
         self._log = tempfile.TemporaryFile(prefix="nats-server-", suffix=".log")
-        cmd = [self.path, "-a", self.host, "-p", str(port), *self.extra_args]
+        cmd = [path, "-a", self.host, "-p", str(port), *self.extra_args]
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
@@ -195,7 +197,8 @@ class NatsServer:
         try:
             self._log.flush()
             self._log.seek(0)
-            return self._log.read().decode("utf-8", "replace")
+            data: bytes = self._log.read()
+            return data.decode("utf-8", "replace")
         except (OSError, ValueError):
             return ""
 
@@ -265,16 +268,20 @@ async def _connect(url: str, name: str, errors: list[str] | None = None) -> Any:
         if errors is not None and len(errors) < 20:
             errors.append(repr(e))
 
-    return await nats.connect(
+    connect = nats.connect(
         url,
         name=name,
         allow_reconnect=False,  # a lost connection must show up as loss, not be papered over
         connect_timeout=5,
+        # the initial connect retries too: once, not nats-py's default 60 times 2 s
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.5,
         error_cb=error_cb,
         # generous, so a PONG queued behind megabytes of MSGs is not a "stale connection"
         ping_interval=60,
         max_outstanding_pings=5,
     )
+    return await asyncio.wait_for(connect, 15.0)
 
 
 # --- subscriber process --------------------------------------------------------------------

@@ -13,6 +13,7 @@ mod py;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
 use pyo3::prelude::*;
 

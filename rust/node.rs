@@ -34,6 +34,8 @@ pub struct NodeSpec {
     pub address: String,
     pub batch: bool,
     pub secure: bool,
+    /// speaks HTTP/2 with prior knowledge over plain TCP (hyperbroker peers)
+    pub h2: bool,
 }
 
 #[derive(Default)]

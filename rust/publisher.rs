@@ -97,13 +97,48 @@ impl TopicRoute {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type H2cClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The connection pools: HTTPS-or-HTTP/1.1 (ALPN offers h2 under TLS) and h2c (HTTP/2 with
+/// prior knowledge) for plain-text hyperbroker peers that advertise it.
+struct Clients {
+    https_or_http: HttpsClient,
+    h2c: H2cClient,
+}
+
+impl Clients {
+    fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.enforce_http(false);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(conn.clone());
+        let https_or_http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_adaptive_window(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(conn);
+        Clients { https_or_http, h2c }
+    }
+}
 
 pub struct Publisher {
     routes: RwLock<HashMap<String, Arc<TopicRoute>>>,
     links: Mutex<HashMap<(Arc<str>, String), Arc<NodeLink>>>,
     pub backlog: Backlog<Msg>,
-    client: HttpClient,
+    clients: RwLock<Arc<Clients>>,
     pub stats: Arc<Stats>,
     pub cfg: PubConfig,
     seq: AtomicU64,
@@ -118,21 +153,17 @@ fn link_key(topic: &Arc<str>, id: &str) -> (Arc<str>, String) {
 }
 
 impl Publisher {
-    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, String> {
         let _guard = rt.enter();
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(conn);
+        // go-micro's default: https peers are accepted without verification
+        let tls = crate::tls::client_config(None, None)?;
+        let clients = RwLock::new(Arc::new(Clients::new(tls)));
         let (shutdown, _) = watch::channel(false);
-        Publisher {
+        Ok(Publisher {
             routes: RwLock::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
-            client,
+            clients,
             stats,
             cfg,
             seq: AtomicU64::new(0),
@@ -140,7 +171,13 @@ impl Publisher {
             shutdown,
             auth: RwLock::new(None),
             rt,
-        }
+        })
+    }
+
+    /// Use this TLS client configuration for https peers from now on.
+    pub fn set_tls_client(&self, tls: Arc<rustls::ClientConfig>) {
+        let _guard = self.rt.enter();
+        *self.clients.write() = Arc::new(Clients::new(tls));
     }
 
     pub fn set_auth_token(&self, token: Option<&str>) -> Result<(), String> {
@@ -619,7 +656,15 @@ impl Publisher {
         if let Some(a) = self.auth.read().clone() {
             req.headers_mut().insert(hyper::header::AUTHORIZATION, a);
         }
-        let resp = match tokio::time::timeout(self.cfg.request_timeout, self.client.request(req)).await {
+        let clients = self.clients.read().clone();
+        let fut = async {
+            if link.spec.h2 && !link.spec.secure {
+                clients.h2c.request(req).await
+            } else {
+                clients.https_or_http.request(req).await
+            }
+        };
+        let resp = match tokio::time::timeout(self.cfg.request_timeout, fut).await {
             Err(_) => return SendResult::Unreachable("request timed out".into()),
             Ok(Err(e)) => return SendResult::Unreachable(describe_client_error(&e)),
             Ok(Ok(r)) => r,

@@ -79,6 +79,8 @@ pub struct ServerState {
     /// accepted bearer tokens; empty: no authentication
     pub tokens: RwLock<Vec<Vec<u8>>>,
     pub peers: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// serve HTTPS with this configuration (set before listening)
+    pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
     pub bridge: Arc<Bridge>,
     pub stats: Arc<Stats>,
     pub config: ServerConfig,
@@ -280,6 +282,28 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     r
 }
 
+/// Serve one connection (plain or TLS) until it closes or the endpoint stops.
+async fn serve_io<I>(io: I, state: Arc<ServerState>, mut sd: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let timeout = state.config.header_read_timeout;
+    let svc_state = state.clone();
+    let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = sd.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
 /// Counts a peer's open connections; released on drop.
 struct PeerGuard {
     state: Arc<ServerState>,
@@ -314,11 +338,18 @@ impl Drop for PeerGuard {
 pub struct ServerHandle {
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
-    pub fn stop(&self) {
+    /// Stop accepting and wait (bounded) until the listening socket is closed, so that the
+    /// port refuses connections once this returns. Call from outside the runtime.
+    pub fn stop_blocking(self, rt: &tokio::runtime::Runtime) {
         let _ = self.shutdown.send(true);
+        let accept = self.accept;
+        rt.block_on(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), accept).await;
+        });
     }
 }
 
@@ -327,8 +358,8 @@ pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> std::io::Result
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(accept_loop(listener, state, rx));
-    Ok(ServerHandle { local_addr, shutdown: tx })
+    let accept = tokio::spawn(accept_loop(listener, state, rx));
+    Ok(ServerHandle { local_addr, shutdown: tx, accept })
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
@@ -346,22 +377,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdow
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
-                let mut sd = shutdown.clone();
+                let sd = shutdown.clone();
+                let tls = state.tls.read().clone();
                 tokio::spawn(async move {
                     let _guard = guard;
-                    let timeout = state.config.header_read_timeout;
-                    let svc_state = state.clone();
-                    let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
-                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
-                    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = sd.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+                    match tls {
+                        None => serve_io(TokioIo::new(stream), state, sd).await,
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                            let hs = tokio::time::timeout(state.config.header_read_timeout, acceptor.accept(stream)).await;
+                            match hs {
+                                Ok(Ok(tls_stream)) => serve_io(TokioIo::new(tls_stream), state, sd).await,
+                                Ok(Err(_)) => Stats::add(&state.stats.tls_handshake_failures, 1),
+                                Err(_) => Stats::add(&state.stats.tls_handshake_failures, 1),
+                            }
                         }
                     }
                 });

@@ -30,6 +30,8 @@ pub struct Stats {
     pub remote_handler_errors: AtomicU64,
     /// nodes taken out of their route after repeated refused connections
     pub evicted: AtomicU64,
+    /// incoming TLS handshakes that failed (plain HTTP to an HTTPS endpoint, bad client cert)
+    pub tls_handshake_failures: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -61,6 +63,7 @@ impl Stats {
             ("rejected", self.rejected.load(Relaxed)),
             ("remote_handler_errors", self.remote_handler_errors.load(Relaxed)),
             ("evicted", self.evicted.load(Relaxed)),
+            ("tls_handshake_failures", self.tls_handshake_failures.load(Relaxed)),
         ]
     }
 }

@@ -121,7 +121,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def post(
     http: aiohttp.ClientSession, url: str, data: Any, content_type: str = "application/json"
-) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+) -> tuple[int, str, Any]:
     async with http.post(url, data=data, headers={"Content-Type": content_type}) as r:
         return r.status, await r.text(), r.headers
 
@@ -551,13 +551,17 @@ async def test_endpoint_is_closed_when_disconnect_returns(make_endpoint: MakeEnd
     # disconnect() is go-micro's Disconnect, which closes the listener before returning: no
     # connection may be accepted afterwards. Several brokers, because a late close is a race.
     reg = MemoryRegistry()
-    eps = [await make_endpoint(registry=reg) for _ in range(16)]
+    eps = [await make_endpoint(registry=reg) for _ in range(40)]
     outcomes = []
     for e in eps:
         address = e.broker.address
         await asyncio.wait_for(e.broker.disconnect(), 10)
         outcomes.append(connect_outcome(address))
-    assert outcomes == ["refused"] * len(eps)
+    late = [o for o in outcomes if o != "refused"]
+    assert not late, (
+        f"{len(late)} of {len(eps)} endpoints still took a connection right after disconnect() "
+        f"returned: {late[:3]}"
+    )
 
 
 async def test_unsubscribed_id_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:

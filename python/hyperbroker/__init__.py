@@ -24,6 +24,7 @@ from .message import Event, Message
 from .options import BrokerOptions
 from .registry import BROADCAST_VERSION, MdnsRegistry, MemoryRegistry, Node, Registry, Service, WatchEvent
 from .subscriber import SubscribeOptions, Subscriber
+from .tls import TLSConfig
 
 __all__ = [
     "__version__",
@@ -44,6 +45,7 @@ __all__ = [
     "RegistryError",
     "Service",
     "SubscribeOptions",
+    "TLSConfig",
     "Subscriber",
     "WatchEvent",
     "decode",

@@ -17,6 +17,7 @@ from .message import Handler, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscribeOptions, Subscriber
+from .tls import local_hosts, read_pem
 
 __all__ = ["Broker"]
 
@@ -154,6 +155,7 @@ class Broker:
         if tokens:
             engine.set_auth_token(tokens[0])
             engine.set_accepted_tokens(tokens)
+        self._configure_tls(engine, host)
         bound_host, bound_port = engine.listen(host, port)
         self._loop = loop
         self._engine = engine
@@ -168,6 +170,34 @@ class Broker:
         except BaseException:
             await self._teardown()
             raise
+
+    def _configure_tls(self, engine: _core.Engine, host: str) -> None:
+        o = self._options
+        t = o.tls
+        if t is not None and t.serves:
+            engine.configure_tls(
+                cert_pem=read_pem(t.cert_file, "certificate"),
+                key_pem=read_pem(t.key_file, "private key"),
+                ca_pem=read_pem(t.ca_file, "CA"),
+                verify=t.verify,
+                client_auth=t.client_auth,
+            )
+            return
+        if o.secure:
+            hosts = local_hosts(host)
+            if o.advertise:
+                adv_host = parse_address(o.advertise)[0] if ":" in o.advertise else o.advertise
+                hosts.insert(0, adv_host)
+            engine.configure_tls(self_signed_hosts=hosts)
+        if t is not None and t.verify:
+            ca = read_pem(t.ca_file, "CA")
+            assert ca is not None  # TLSConfig checks it
+            engine.verify_peers(ca)
+
+    @property
+    def secure(self) -> bool:
+        """Whether the endpoint serves HTTPS."""
+        return self._options.secure or (self._options.tls is not None and self._options.tls.serves)
 
     def _advertise(self, host: str, port: int) -> str:
         adv = self._options.advertise
@@ -378,9 +408,11 @@ class Broker:
 
     def _service(self, sub: Subscriber) -> Service:
         assert self._advertised is not None
-        meta = {"secure": "false", "broker": "http"}
+        meta = {"secure": "true" if self.secure else "false", "broker": "http"}
         if self._options.batch:
             meta["batch"] = "1"
+        if self._options.h2:
+            meta["h2"] = "1"
         node = Node(sub.id, self._advertised, meta)
         return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
 
@@ -455,7 +487,13 @@ class Broker:
         groups = []
         for s in services:
             nodes = [
-                (n.id, n.address, n.metadata.get("batch") == "1", n.metadata.get("secure") == "true")
+                (
+                    n.id,
+                    n.address,
+                    n.metadata.get("batch") == "1",
+                    n.metadata.get("secure") == "true",
+                    n.metadata.get("h2") == "1",
+                )
                 for n in s.nodes
             ]
             if nodes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerError
+from .tls import TLSConfig
 
 if TYPE_CHECKING:
     from .registry.base import Registry
@@ -68,6 +69,11 @@ class BrokerOptions:
     max_connections_per_peer: simultaneous connections accepted from one IP address.
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
+    secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
+        publishers accept such peers without verification.
+    tls: a :class:`~hyperbroker.TLSConfig` for real certificates, verification and mTLS.
+    h2: announce that this broker's endpoint speaks HTTP/2 with prior knowledge (h2c);
+        hyperbroker publishers then use HTTP/2 towards it.
     auth_token: a bearer token (or a list: the first is sent, all are accepted, for rotation)
         that publishers send and this broker's endpoint requires (401 otherwise).
     """
@@ -95,6 +101,9 @@ class BrokerOptions:
     max_message_header_bytes: int = 65536
     max_connections_per_peer: int = 1024
     evict_after: int = 3
+    secure: bool = False
+    tls: TLSConfig | None = None
+    h2: bool = False
     auth_token: str | Sequence[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -141,6 +150,8 @@ class BrokerOptions:
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
         validate_tokens(self.auth_tokens if self.auth_token is not None else None)
+        if self.tls is not None and not isinstance(self.tls, TLSConfig):
+            raise BrokerError(f"tls must be a TLSConfig, got {type(self.tls).__name__}")
 
     def replace(self, **changes: Any) -> BrokerOptions:
         names = {f.name for f in dataclasses.fields(self)}

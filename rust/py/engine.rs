@@ -19,6 +19,7 @@ use crate::publisher::{PubConfig, Publisher};
 use crate::runtime;
 use crate::server::{self, ServerConfig, ServerHandle, ServerState, Subscription};
 use crate::stats::Stats;
+use crate::tls;
 
 fn rt() -> PyResult<&'static tokio::runtime::Runtime> {
     runtime::get().map_err(|e| BrokerError::new_err(e.to_string()))
@@ -91,6 +92,7 @@ impl Engine {
             subs: Default::default(),
             tokens: Default::default(),
             peers: Default::default(),
+            tls: Default::default(),
             bridge: bridge.clone(),
             stats: stats.clone(),
             config: ServerConfig {
@@ -103,7 +105,7 @@ impl Engine {
                 max_connections_per_peer: positive("max_connections_per_peer", max_connections_per_peer)?,
             },
         });
-        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()));
+        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(BrokerError::new_err)?);
         Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None) })
     }
 
@@ -128,21 +130,20 @@ impl Engine {
         Ok(out)
     }
 
-    /// Stop the endpoint and every delivery task; waiting requests are answered 503.
-    fn close(&self) {
-        if let Some(h) = self.handle.lock().take() {
-            h.stop();
-        }
-        self.bridge.close();
+    /// Stop the endpoint and every delivery task; waiting requests are answered 503. When this
+    /// returns the port refuses connections.
+    fn close(&self, py: Python<'_>) {
+        self.stop_listening(py);
         self.publisher.close();
     }
 
     /// Stop only the endpoint (the publisher keeps running).
-    fn stop_listening(&self) {
-        if let Some(h) = self.handle.lock().take() {
-            h.stop();
-        }
+    fn stop_listening(&self, py: Python<'_>) {
         self.bridge.close();
+        let handle = self.handle.lock().take();
+        if let (Some(h), Ok(rt)) = (handle, rt()) {
+            py.detach(|| h.stop_blocking(rt));
+        }
     }
 
     /// The file descriptor the asyncio loop watches; readable when `take()` has something.
@@ -195,11 +196,14 @@ impl Engine {
         self.server.subs.write().remove(id).is_some()
     }
 
-    /// Replace the route of a topic: [(version, [(node id, "host:port", batch, secure), ...]), ...].
-    fn set_routes(&self, py: Python<'_>, topic: &str, groups: Vec<(String, Vec<(String, String, bool, bool)>)>) -> PyResult<()> {
+    /// Replace the route of a topic:
+    /// [(version, [(node id, "host:port", batch, secure, h2), ...]), ...].
+    fn set_routes(&self, py: Python<'_>, topic: &str, groups: Vec<(String, Vec<(String, String, bool, bool, bool)>)>) -> PyResult<()> {
         let groups = groups
             .into_iter()
-            .map(|(v, nodes)| (v, nodes.into_iter().map(|(id, address, batch, secure)| NodeSpec { id, address, batch, secure }).collect()))
+            .map(|(v, nodes)| {
+                (v, nodes.into_iter().map(|(id, address, batch, secure, h2)| NodeSpec { id, address, batch, secure, h2 }).collect())
+            })
             .collect();
         let p = self.publisher.clone();
         let rt = rt()?;
@@ -209,6 +213,47 @@ impl Engine {
             p.set_routes(&topic, groups)
         })
         .map_err(BrokerError::new_err)
+    }
+
+    /// Configure TLS before `listen`. With `cert_pem`/`key_pem` the endpoint serves that identity;
+    /// without, `self_signed_hosts` makes a self-signed certificate for those hosts. `ca_pem` with
+    /// `verify` makes publishing verify peers; with `client_auth` the endpoint requires client
+    /// certificates signed by it (and this broker presents its own to peers).
+    #[pyo3(signature = (*, cert_pem = None, key_pem = None, ca_pem = None, verify = false, client_auth = false, self_signed_hosts = None))]
+    fn configure_tls(
+        &self,
+        cert_pem: Option<&[u8]>,
+        key_pem: Option<&[u8]>,
+        ca_pem: Option<&[u8]>,
+        verify: bool,
+        client_auth: bool,
+        self_signed_hosts: Option<Vec<String>>,
+    ) -> PyResult<()> {
+        let err = |e: String| BrokerError::new_err(format!("TLS configuration: {e}"));
+        let identity = match (cert_pem, key_pem, self_signed_hosts) {
+            (Some(c), Some(k), _) => tls::identity_from_pem(c, k).map_err(err)?,
+            (None, None, Some(hosts)) => tls::self_signed(&hosts).map_err(err)?,
+            _ => return Err(err("give both a certificate and a key, or ask for a self-signed one".into())),
+        };
+        let roots = |what: &str| -> PyResult<_> {
+            let ca = ca_pem.ok_or_else(|| err(format!("{what} needs a CA certificate (ca_file)")))?;
+            tls::roots_from_pem(ca).map_err(err)
+        };
+        let client_ca = if client_auth { Some(roots("client_auth=True")?) } else { None };
+        let server = tls::server_config(&identity, client_ca).map_err(err)?;
+        let verify_roots = if verify { Some(roots("verify=True")?) } else { None };
+        let client = tls::client_config(verify_roots, Some(&identity)).map_err(err)?;
+        *self.server.tls.write() = Some(server);
+        self.publisher.set_tls_client(client);
+        Ok(())
+    }
+
+    /// Verify https peers against `ca_pem` (publishing only; the endpoint stays as it is).
+    fn verify_peers(&self, ca_pem: &[u8]) -> PyResult<()> {
+        let err = |e: String| BrokerError::new_err(format!("TLS configuration: {e}"));
+        let client = tls::client_config(Some(tls::roots_from_pem(ca_pem).map_err(err)?), None).map_err(err)?;
+        self.publisher.set_tls_client(client);
+        Ok(())
     }
 
     /// Number of nodes currently routed for `topic`.

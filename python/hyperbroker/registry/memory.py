@@ -158,7 +158,9 @@ class MemoryRegistry:
         self._watchers.discard(w)
 
     async def close(self) -> None:
-        """Stop all watchers. A shared registry is normally left open."""
+        """Stop all watchers; afterwards every call raises RegistryError. A registry shared
+        between brokers is normally left open."""
+        self._closed = True
         for w in list(self._watchers):
             w.stop()
         self._watchers.clear()
