@@ -28,6 +28,14 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this whole process, all threads."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_subscriber_process(conn: Connection, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
     """Spawn target: serve one subscription, report (address, id), then ("done", count, t0, t1)."""
     loop = _new_loop()
@@ -69,7 +77,7 @@ async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadlin
             await asyncio.wait_for(done.wait(), deadline_s)
         except TimeoutError:
             pass
-        conn.send(("done", count, first, last))
+        conn.send(("done", count, first, last, _cpu_seconds()))
         # answer the last responses before the endpoint goes away
         await asyncio.sleep(0.05)
 
@@ -91,11 +99,12 @@ class SubscriberProcess:
         self.address, self.node_id = reply
         self.batch = batch
 
-    def wait_done(self, timeout: float = 60.0) -> tuple[int, float | None, float | None]:
+    def wait_done(self, timeout: float = 60.0) -> tuple[int, float | None, float | None, float]:
+        """(received, first receive time, last receive time, subscriber CPU seconds)."""
         report = _procs.recv_with_timeout(self._recv, timeout, "the subscriber's 'done' report", self.proc)
         if not (isinstance(report, tuple) and report[0] == "done"):
             raise RuntimeError(f"unexpected report: {report!r}")
-        return report[1], report[2], report[3]
+        return report[1], report[2], report[3], report[4]
 
     def close(self) -> None:
         self._recv.close()
@@ -139,6 +148,7 @@ def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, m
                 broker = await connected_publisher(sub)
                 try:
                     t0 = time.perf_counter()
+                    c0 = _cpu_seconds()
                     if many:
                         chunk = [body] * 1000
                         for i in range(0, n, 1000):
@@ -148,14 +158,16 @@ def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, m
                         for _ in range(n):
                             await publish(TOPIC, body)
                     await broker.flush(timeout=120)
-                    return time.perf_counter() - t0, broker.stats()
+                    stats = broker.stats()
+                    stats["cpu"] = _cpu_seconds() - c0
+                    return time.perf_counter() - t0, stats
                 finally:
                     await broker.disconnect(timeout=1)
 
             seconds, stats = loop.run_until_complete(run())
         finally:
             loop.close()
-        received, _, _ = sub.wait_done(30.0)
+        received, _, _, sub_cpu = sub.wait_done(30.0)
     return {
         "messages": n,
         "received": received,
@@ -165,6 +177,9 @@ def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, m
         "rate": n / seconds if seconds > 0 else float("inf"),
         "body_size": body_size,
         "batch": batch,
+        "publisher_cpu": stats["cpu"],
+        "subscriber_cpu": sub_cpu,
+        "cpu_s_per_million": (stats["cpu"] + sub_cpu) / n * 1e6,
     }
 
 

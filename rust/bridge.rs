@@ -37,9 +37,46 @@ struct Queue {
     closed: bool,
 }
 
+/// One HTTP request's worth of events: completed together, so the request task is woken once.
+struct BatchSlot {
+    state: Mutex<(usize, Vec<Outcome>, Option<oneshot::Sender<Vec<Outcome>>>)>,
+}
+
+impl BatchSlot {
+    fn set(&self, index: usize, outcome: Outcome) {
+        let mut st = self.state.lock();
+        if let Some(slot) = st.1.get_mut(index) {
+            *slot = outcome;
+        }
+        st.0 = st.0.saturating_sub(1);
+        if st.0 == 0 {
+            if let Some(tx) = st.2.take() {
+                let results = std::mem::take(&mut st.1);
+                let _ = tx.send(results);
+            }
+        }
+    }
+}
+
+enum Waiter {
+    One(oneshot::Sender<Outcome>),
+    InBatch(std::sync::Arc<BatchSlot>, usize),
+}
+
+impl Waiter {
+    fn resolve(self, outcome: Outcome) {
+        match self {
+            Waiter::One(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Waiter::InBatch(slot, i) => slot.set(i, outcome),
+        }
+    }
+}
+
 pub struct Bridge {
     queue: Mutex<Queue>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
     next_token: AtomicU64,
     wake_r: UnixStream,
     wake_w: UnixStream,
@@ -83,10 +120,51 @@ impl Bridge {
     pub fn submit(&self, sub_id: String, env: Envelope) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().insert(token, tx);
+        self.pending.lock().insert(token, Waiter::One(tx));
         if !self.push(Item::Event { token, sub_id, env }) {
-            if let Some(tx) = self.pending.lock().remove(&token) {
-                let _ = tx.send(Outcome::Unavailable);
+            if let Some(w) = self.pending.lock().remove(&token) {
+                w.resolve(Outcome::Unavailable);
+            }
+        }
+        rx
+    }
+
+    /// Queue several events (one batched request) at once; the receiver yields every outcome,
+    /// in order, once all are known.
+    pub fn submit_batch(&self, sub_id: &str, envs: Vec<Envelope>) -> oneshot::Receiver<Vec<Outcome>> {
+        let (tx, rx) = oneshot::channel();
+        let n = envs.len();
+        if n == 0 {
+            let _ = tx.send(Vec::new());
+            return rx;
+        }
+        let slot = std::sync::Arc::new(BatchSlot { state: Mutex::new((n, vec![Outcome::Unavailable; n], Some(tx))) });
+        let first = self.next_token.fetch_add(n as u64, Ordering::Relaxed);
+        {
+            let mut pending = self.pending.lock();
+            for i in 0..n {
+                pending.insert(first + i as u64, Waiter::InBatch(slot.clone(), i));
+            }
+        }
+        let accepted = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                false
+            } else {
+                for (i, env) in envs.into_iter().enumerate() {
+                    q.items.push(Item::Event { token: first + i as u64, sub_id: sub_id.to_string(), env });
+                }
+                !std::mem::replace(&mut q.scheduled, true)
+            }
+        };
+        if accepted {
+            let _ = (&self.wake_w).write(&[1u8]);
+        } else if self.queue.lock().closed {
+            let mut pending = self.pending.lock();
+            for i in 0..n {
+                if let Some(w) = pending.remove(&(first + i as u64)) {
+                    w.resolve(Outcome::Unavailable);
+                }
             }
         }
         rx
@@ -111,8 +189,20 @@ impl Bridge {
     }
 
     pub fn complete(&self, token: u64, outcome: Outcome) {
-        if let Some(tx) = self.pending.lock().remove(&token) {
-            let _ = tx.send(outcome);
+        let w = self.pending.lock().remove(&token);
+        if let Some(w) = w {
+            w.resolve(outcome);
+        }
+    }
+
+    /// Complete many at once (one lock for the lookups).
+    pub fn complete_many(&self, outcomes: Vec<(u64, Outcome)>) {
+        let waiters: Vec<(Waiter, Outcome)> = {
+            let mut pending = self.pending.lock();
+            outcomes.into_iter().filter_map(|(t, o)| pending.remove(&t).map(|w| (w, o))).collect()
+        };
+        for (w, o) in waiters {
+            w.resolve(o);
         }
     }
 
@@ -125,8 +215,8 @@ impl Bridge {
         };
         drop(dropped_items);
         let pending: Vec<_> = self.pending.lock().drain().collect();
-        for (_, tx) in pending {
-            let _ = tx.send(Outcome::Unavailable);
+        for (_, w) in pending {
+            w.resolve(Outcome::Unavailable);
         }
     }
 

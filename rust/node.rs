@@ -4,7 +4,7 @@
 //! (capped by count and bytes) in one POST. One request at a time per node keeps the order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,12 +13,36 @@ use tokio::sync::Notify;
 
 use crate::backlog::Weighted;
 
+/// What the copies of one dispatched message share: how many node queues still hold a copy,
+/// and whether any node has it delivered. A node that leaves parks its copy in the backlog only
+/// when no other node holds or delivered it (so nobody gets it twice from the backlog).
+#[derive(Debug, Default)]
+pub struct Share {
+    pub holders: AtomicUsize,
+    pub delivered: AtomicBool,
+}
+
+impl Share {
+    /// This copy is done with (delivered, refused or left behind). Returns the holders left.
+    pub fn release(&self, delivered: bool) -> usize {
+        if delivered {
+            self.delivered.store(true, Ordering::Release);
+        }
+        self.holders.fetch_sub(1, Ordering::AcqRel).saturating_sub(1)
+    }
+
+    pub fn reached_someone(&self) -> bool {
+        self.delivered.load(Ordering::Acquire)
+    }
+}
+
 /// One published message: its sequence number, topic and encoded go-micro envelope.
 #[derive(Clone, Debug)]
 pub struct Msg {
     pub seq: u64,
     pub topic: Arc<str>,
     pub envelope: Bytes,
+    pub share: Arc<Share>,
 }
 
 impl Weighted for Msg {
@@ -110,7 +134,14 @@ impl NodeLink {
             if st.removed {
                 return Enqueued::Gone(msg);
             }
-            let dropped = if st.queue.len() >= cap { st.queue.pop_front().is_some() } else { false };
+            msg.share.holders.fetch_add(1, Ordering::AcqRel);
+            let dropped = match if st.queue.len() >= cap { st.queue.pop_front() } else { None } {
+                Some(old) => {
+                    old.share.release(false);
+                    true
+                }
+                None => false,
+            };
             st.queue.push_back(msg);
             (dropped, st.queue.len())
         };

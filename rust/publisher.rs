@@ -202,7 +202,7 @@ impl Publisher {
     pub fn publish(self: &Arc<Self>, topic: Arc<str>, envelope: Bytes) -> bool {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         Stats::add(&self.stats.published, 1);
-        self.dispatch(Msg { seq, topic, envelope })
+        self.dispatch(Msg { seq, topic, envelope, share: Arc::default() })
     }
 
     fn high_water(&self) -> usize {
@@ -248,7 +248,11 @@ impl Publisher {
         }
     }
 
-    fn send_to_route(self: &Arc<Self>, route: &TopicRoute, msg: Msg) -> bool {
+    fn send_to_route(self: &Arc<Self>, route: &TopicRoute, mut msg: Msg) -> bool {
+        // a fresh dispatch: its copies share a new record of who holds them
+        if Arc::strong_count(&msg.share) > 1 || msg.share.holders.load(Ordering::Acquire) != 0 || msg.share.reached_someone() {
+            msg.share = Arc::default();
+        }
         let mut congested = false;
         for g in &route.groups {
             match &g.queue {
@@ -292,6 +296,13 @@ impl Publisher {
         Stats::add(&self.stats.backlogged, 1);
         let topic = msg.topic.clone();
         let out = self.backlog.push(&topic, msg);
+        Stats::add(&self.stats.dropped, out.dropped);
+    }
+
+    fn park_front(&self, topic: &str, mut msgs: Vec<Msg>) {
+        msgs.sort_by_key(|m| m.seq);
+        Stats::add(&self.stats.backlogged, msgs.len() as u64);
+        let out = self.backlog.push_front_all(topic, msgs);
         Stats::add(&self.stats.dropped, out.dropped);
     }
 
@@ -372,9 +383,10 @@ impl Publisher {
         self.rt.spawn(async move { me.run_worker(link).await });
     }
 
-    /// Messages of a node that left: a queue group hands them to another member; otherwise they
-    /// wait in the backlog, except that a broadcast subscriber that unsubscribed while the topic
-    /// still has others simply does not get them (counted as dropped).
+    /// Messages of a node that left. A queue group hands them to another member (or, with none
+    /// left, to the backlog). A broadcast node's copy is parked in the backlog only when no other
+    /// node holds or delivered it; a broadcast subscriber that unsubscribed while the topic still
+    /// has others simply does not get them (counted as dropped).
     fn leftovers(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>, graceful: bool) {
         if msgs.is_empty() {
             return;
@@ -385,6 +397,7 @@ impl Publisher {
             if let Some(g) = r.groups.iter().find(|g| g.queue.as_ref() == Some(q)) {
                 if g.nodes.iter().any(|l| !std::ptr::eq(Arc::as_ptr(l), Arc::as_ptr(link))) {
                     for m in msgs {
+                        m.share.release(false);
                         if let Some(l) = g.pick(Some(link)) {
                             let _ = self.enqueue(l, m);
                         }
@@ -393,13 +406,25 @@ impl Publisher {
                 }
             }
         }
-        if graceful && link.queue_group.is_none() && route.is_some() {
-            Stats::add(&self.stats.dropped, msgs.len() as u64);
+        let mut park = Vec::with_capacity(msgs.len());
+        let mut dropped = 0u64;
+        for m in msgs {
+            let others = m.share.release(false);
+            let covered = others > 0 || m.share.reached_someone();
+            if link.queue_group.is_some() {
+                park.push(m); // the whole group is gone: wait for a member
+            } else if covered || (graceful && route.is_some()) {
+                dropped += 1;
+            } else {
+                park.push(m);
+            }
+        }
+        Stats::add(&self.stats.dropped, dropped);
+        if park.is_empty() {
             return;
         }
-        for m in msgs {
-            self.park(m);
-        }
+        // they are older than what was parked while the node was failing: they go first
+        self.park_front(&link.topic, park);
         self.drain_backlog(&link.topic);
     }
 
@@ -462,7 +487,9 @@ impl Publisher {
                     let mut idx = failed.into_iter().peekable();
                     for (i, m) in batch.into_iter().enumerate() {
                         match idx.next_if(|f| f.0 == i) {
-                            None => {}
+                            None => {
+                                m.share.release(true);
+                            }
                             Some((_, status, err)) => {
                                 ok -= 1;
                                 match classify(status) {
@@ -477,6 +504,7 @@ impl Publisher {
                                         retry.push(m)
                                     }
                                     Verdict::Reject => {
+                                        m.share.release(false);
                                         Stats::add(&self.stats.failed, 1);
                                         Stats::sub(&self.stats.in_flight, 1);
                                         self.stats.set_error(format!("{} refused a message: {status} {err}", link.spec.address));
@@ -604,7 +632,10 @@ impl Publisher {
         let Some(g) = route.groups.iter().find(|g| g.queue == link.queue_group) else { return msgs };
         let Some(other) = g.pick(Some(link)).filter(|o| !o.is_failing()).cloned() else { return msgs };
         for m in msgs {
-            match other.push(m, self.cfg.node_queue) {
+            let share = m.share.clone();
+            let pushed = other.push(m, self.cfg.node_queue);
+            share.release(false); // the copy moved: this node no longer holds it
+            match pushed {
                 Enqueued::Ok { dropped, .. } => {
                     if dropped {
                         Stats::sub(&self.stats.in_flight, 1);

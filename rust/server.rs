@@ -257,21 +257,28 @@ async fn handle_inner(state: &Arc<ServerState>, req: Request<Incoming>) -> Respo
 
 async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Response<Full<Bytes>> {
     let mut failed = Vec::new();
-    let mut waits = Vec::new();
+    let mut envs = Vec::new();
+    let mut indexes = Vec::new();
     for (index, line) in batch::split(body).into_iter().enumerate() {
         match codec::decode(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
             Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
             Ok(env) => match route_check(state, &id, &env.topic) {
                 Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),
                 Ok(()) => {
-                    Stats::add(&state.stats.received, 1);
-                    waits.push((index, state.bridge.submit(id.clone(), env)));
+                    envs.push(env);
+                    indexes.push(index);
                 }
             },
         }
     }
-    for (index, rx) in waits {
-        let (status, error) = outcome_status(rx.await);
+    Stats::add(&state.stats.received, envs.len() as u64);
+    let outcomes = state.bridge.submit_batch(&id, envs).await;
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(_) => vec![Outcome::Unavailable; indexes.len()],
+    };
+    for (index, o) in indexes.into_iter().zip(outcomes) {
+        let (status, error) = outcome_status(Ok(o));
         if status != StatusCode::OK {
             failed.push(batch::Failure { index, status: status.as_u16(), error });
         }

@@ -139,6 +139,18 @@ async def test_demo(run: Run) -> None:
     assert sorted(got) == list(range(10))
 
 
+async def test_demo_summary_counts_what_was_delivered(run: Run) -> None:
+    """The demo's last line reports the publisher's counters once all 10 arrived: they must say
+    10 delivered, not a snapshot taken before the publisher saw the subscriber's answers."""
+    c = await run("demo", "--interval", "0")
+    assert await c.finish(30) == 0, c.output()
+    summary = [ln for ln in c.lines if ln.startswith("[demo] ")]
+    assert len(summary) == 1, c.output()
+    m = re.fullmatch(r"\[demo\] 10/10 delivered; publisher stats: delivered=(\d+) dropped=(\d+) backlogged=(\d+)", summary[0])
+    assert m, summary[0]
+    assert (int(m[1]), int(m[2])) == (10, 0), summary[0]
+
+
 async def test_sub_and_pub(run: Run) -> None:
     t = topic()
     sub = await run("sub", t, *LO, "--address", "127.0.0.1:0", "--count", "3", "--timeout", "30")

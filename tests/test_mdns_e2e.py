@@ -95,6 +95,18 @@ async def wait_route_count(b: Broker, t: str, n: int, timeout: float) -> float:
         await asyncio.sleep(0.01)
 
 
+def describe(got: list[str], want: list[str]) -> str:
+    """What differs between two lists of bodies, briefly."""
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    dup = sorted({x for x in got if got.count(x) > 1})
+    return (
+        f"{len(got)} received, {len(want)} expected; first difference at index {first}: "
+        f"got {got[first:first + 5]} expected {want[first:first + 5]}; missing "
+        f"{sorted(set(want) - set(got))[:10]}; unexpected {sorted(set(got) - set(want))[:10]}; "
+        f"duplicated {dup[:10]}"
+    )
+
+
 async def wait_stat(b: Broker, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -119,7 +131,7 @@ async def test_thousand_in_order_then_goodbye_then_backlog(start_node: StartNode
         await pub.publish(t, body.encode())
     await pub.flush(timeout=15)
     got = await sub_node.call("wait_received", sub="s1", count=1000, timeout=15)
-    assert got == bodies, f"{len(got)} received; first difference at {next((i for i, (a, b) in enumerate(zip(got, bodies)) if a != b), None)}"
+    assert got == bodies, describe(got, bodies)
     st = pub.stats()
     assert st["delivered"] == 1000 and st["backlog"] == 0 and st["dropped"] == 0, st
     await asyncio.sleep(0.2)
@@ -147,7 +159,7 @@ async def test_thousand_in_order_then_goodbye_then_backlog(start_node: StartNode
     await sub_node.call("subscribe", broker="b", sub="s2", topic=t)
     await pub.publish(t, b"after")
     got2 = await sub_node.call("wait_received", sub="s2", count=51, timeout=SEEN_WITHIN)
-    assert got2 == later + ["after"]
+    assert got2 == later + ["after"], describe(got2, later + ["after"])
     await pub.flush(timeout=5)
     st = pub.stats()
     assert st["backlog"] == 0 and st["delivered"] == 1051, st
@@ -170,6 +182,26 @@ async def test_first_publish_right_after_subscriber_appears(start_node: StartNod
     assert st["delivered"] == 1 and st["backlog"] == 0 and st["dropped"] == 0, st
     await asyncio.sleep(0.2)
     assert await sub_node.call("received", sub="s") == ["first"]
+
+    # Published while the subscription is still being announced (mDNS probes ~1.2 s first):
+    # no route yet, so it waits in the backlog and goes out when the route appears.
+    t2 = topic()
+    subscribing = asyncio.ensure_future(sub_node.call("subscribe", broker="b", sub="s2", topic=t2))
+    try:
+        await asyncio.sleep(0.2)
+        assert pub.route_count(t2) == 0
+        before = pub.stats()
+        await pub.publish(t2, b"early")
+        await pub.flush(timeout=5)
+        st = pub.stats()
+        assert st["backlog"] == 1 and st["backlogged"] == before["backlogged"] + 1, st
+    finally:
+        await subscribing
+    got = await sub_node.call("wait_received", sub="s2", count=1, timeout=SEEN_WITHIN)
+    assert got == ["early"]
+    await pub.flush(timeout=5)
+    st = pub.stats()
+    assert st["backlog"] == 0 and st["delivered"] == 2 and st["dropped"] == 0, st
 
 
 async def test_brokers_in_one_process_and_several_processes_see_each_other(
@@ -257,7 +289,7 @@ async def test_sigkilled_subscriber_is_evicted_and_backlog_reaches_replacement(
     await node_broker(repl)
     await repl.call("subscribe", broker="b", sub="s", topic=t)
     got = await repl.call("wait_received", sub="s", count=n, timeout=SEEN_WITHIN + 5)
-    assert got == dead_time
+    assert got == dead_time, describe(got, dead_time)
     await pub.flush(timeout=5)
     st = pub.stats()
     assert st["backlog"] == 0 and st["delivered"] == 10 + n and st["dropped"] == 0, st

@@ -120,7 +120,7 @@ def topic() -> str:
 
 async def test_hosts_are_separate(hosts: Hosts) -> None:
     """Sanity: each host sees only its own address; B's two processes share one namespace."""
-    assert await broker(hosts.a, "x", A_IP) .startswith(f"{A_IP}:")
+    assert (await broker(hosts.a, "x", A_IP)).startswith(f"{A_IP}:")
     with pytest.raises(NodeError):  # A has no 10.213.0.2 to bind
         await broker(hosts.a, "y", B_IP)
     assert (await broker(hosts.b2, "x", B_IP)).startswith(f"{B_IP}:")

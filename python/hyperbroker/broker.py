@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import itertools
 import logging
@@ -13,10 +14,10 @@ from typing import Any
 
 from . import _core
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Handler, to_wire
+from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
-from .subscriber import SubscribeOptions, Subscriber
+from .subscriber import SubscribeOptions, Subscriber, _describe
 from .tls import local_hosts, read_pem
 
 __all__ = ["Broker"]
@@ -443,16 +444,26 @@ class Broker:
             return
         events, flushes = engine.take()
         if events:
-            results: list[tuple[int, str | None]] = []
+            failures: list[tuple[int, str]] = []
+            deferred: list[int] = []
             subs = self._subs
             for token, sub_id, topic, header, body in events:
                 sub = subs.get(sub_id)
                 if sub is None:
-                    results.append((token, "subscriber is gone"))
+                    failures.append((token, "subscriber is gone"))
+                elif sub._inline and not sub._pending:
+                    # the hot path: a plain function with auto-ack, run right here
+                    try:
+                        r = sub._handler(Event(topic, Message(header, body)))
+                    except Exception as e:
+                        failures.append((token, _describe(e)))
+                        continue
+                    if r is not None and inspect.isawaitable(r):
+                        deferred.append(token)
+                        sub._defer_awaitable(token, topic, header, body, r)
                 else:
-                    sub._deliver(token, topic, header, body, results)
-            if results:
-                engine.complete(results)
+                    sub._deliver(token, topic, header, body, failures, deferred)
+            engine.done(failures, deferred)
         for token, ok in flushes:
             fut = self._flushes.get(token)
             if fut is not None and not fut.done():

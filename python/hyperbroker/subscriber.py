@@ -38,7 +38,7 @@ def _describe(exc: BaseException) -> str:
 class Subscriber:
     """A live subscription. ``await sub.unsubscribe()`` ends it."""
 
-    __slots__ = ("id", "topic", "options", "_broker", "_handler", "_is_async", "_pending", "_runner", "_active")
+    __slots__ = ("id", "topic", "options", "_broker", "_handler", "_is_async", "_inline", "_pending", "_runner", "_active")
 
     def __init__(self, broker: Broker, id: str, topic: str, handler: Handler, options: SubscribeOptions) -> None:
         self.id = id
@@ -49,7 +49,9 @@ class Subscriber:
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)
         )
-        self._pending: deque[tuple[int, Event]] = deque()
+        #: a plain function with auto-ack: the broker runs it inline in its batch loop
+        self._inline = not self._is_async and options.auto_ack
+        self._pending: deque[tuple[int, Event | _AwaitingEvent]] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._active = True
 
@@ -66,14 +68,18 @@ class Subscriber:
             return "handler returned without ack() (auto_ack=False): the message will be redelivered"
         return None
 
-    def _deliver(self, token: int, topic: str, header: dict[str, str], body: bytes, results: list[tuple[int, str | None]]) -> None:
+    def _deliver(
+        self, token: int, topic: str, header: dict[str, str], body: bytes, failures: list[tuple[int, str]], deferred: list[int]
+    ) -> None:
         """Run the handler for one event (called on the loop from the broker's batch drain).
 
-        Plain functions run inline and their outcome goes into ``results``; coroutine functions
-        run in one runner task per subscriber that works through the queue in order.
+        Plain functions run inline; a failure goes into ``failures``. Coroutine functions run in
+        one runner task per subscriber that works through the queue in order; their tokens go
+        into ``deferred`` and are settled by the runner.
         """
         ev = Event(topic, Message(header, body))
         if self._is_async or self._pending:
+            deferred.append(token)
             self._pending.append((token, ev))
             if self._runner is None:
                 self._runner = asyncio.get_running_loop().create_task(self._run_pending())
@@ -81,15 +87,24 @@ class Subscriber:
         try:
             r = self._handler(ev)
         except Exception as e:
-            results.append((token, _describe(e)))
+            failures.append((token, _describe(e)))
             return
-        if inspect.isawaitable(r):
-            # a plain function that returned an awaitable: finish it in the runner, in order
-            self._pending.appendleft((token, _AwaitingEvent(ev, r)))  # type: ignore[arg-type]
-            if self._runner is None:
-                self._runner = asyncio.get_running_loop().create_task(self._run_pending())
+        if r is not None and inspect.isawaitable(r):
+            deferred.append(token)
+            self._defer(token, _AwaitingEvent(ev, r))
             return
-        results.append((token, self._outcome(ev, r)))
+        err = self._outcome(ev, r)
+        if err is not None:
+            failures.append((token, err))
+
+    def _defer_awaitable(self, token: int, topic: str, header: dict[str, str], body: bytes, r: Awaitable[Any]) -> None:
+        self._defer(token, _AwaitingEvent(Event(topic, Message(header, body)), r))
+
+    def _defer(self, token: int, item: _AwaitingEvent) -> None:
+        # a plain function that returned an awaitable: finish it in the runner, in order
+        self._pending.append((token, item))
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run_pending())
 
     async def _run_pending(self) -> None:
         complete = self._broker._complete

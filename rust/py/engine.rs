@@ -1,6 +1,7 @@
 //! `Engine`: one broker's native half — endpoint, publisher, bridge and counters.
 //! The Python `Broker` owns one and drives it from the asyncio loop.
 
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use super::codec::{encode_py_into, envelope_to_py};
+use super::codec::encode_py_into;
 use super::errors::BrokerError;
 use crate::bridge::{Bridge, Item, Outcome};
 use crate::node::NodeSpec;
@@ -46,6 +47,8 @@ pub struct Engine {
     bridge: Arc<Bridge>,
     stats: Arc<Stats>,
     handle: Mutex<Option<ServerHandle>>,
+    /// tokens of the events handed out by the last `take()`, settled by `done()`
+    taken: Mutex<Vec<u64>>,
 }
 
 #[pymethods]
@@ -106,7 +109,7 @@ impl Engine {
             },
         });
         let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(BrokerError::new_err)?);
-        Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None) })
+        Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
     /// Bind the subscriber endpoint; returns the bound (host, port). Idempotent while listening.
@@ -156,14 +159,40 @@ impl Engine {
     /// header, body); a flush is (token, ok).
     fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
+        let mut taken = self.taken.lock();
+        // anything a previous take() handed out and done() never settled is still owed: keep it
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
+        // consecutive events mostly share subscriber and topic: reuse their Python strings
+        let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
+        let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
         for it in items {
             match it {
                 Item::Event { token, sub_id, env } => {
-                    let (t, h, b) = envelope_to_py(py, &env)?;
-                    let tup = PyTuple::new(py, [token.into_pyobject(py)?.into_any(), PyString::new(py, &sub_id).into_any(), t.into_any(), h.into_any(), b.into_any()])?;
+                    let sub = match &last_sub {
+                        Some((k, v)) if *k == sub_id => v.clone(),
+                        _ => {
+                            let v = PyString::new(py, &sub_id);
+                            last_sub = Some((sub_id, v.clone()));
+                            v
+                        }
+                    };
+                    let topic = match &last_topic {
+                        Some((k, v)) if *k == env.topic => v.clone(),
+                        _ => {
+                            let v = PyString::new(py, &env.topic);
+                            last_topic = Some((env.topic.clone(), v.clone()));
+                            v
+                        }
+                    };
+                    let h = PyDict::new(py);
+                    for (k, v) in &env.header {
+                        h.set_item(k, v)?;
+                    }
+                    let b = PyBytes::new(py, &env.body);
+                    let tup = PyTuple::new(py, [token.into_pyobject(py)?.into_any(), sub.into_any(), topic.into_any(), h.into_any(), b.into_any()])?;
                     events.append(tup)?;
+                    taken.push(token);
                 }
                 Item::Flushed { token, ok } => flushes.append((token, ok))?,
             }
@@ -171,8 +200,36 @@ impl Engine {
         Ok((events, flushes))
     }
 
+    /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
+    /// those in `deferred` are still running (reported later with `complete`), all others
+    /// were handled. One call per batch instead of one tuple per message.
+    fn done(&self, failures: &Bound<'_, PyList>, deferred: &Bound<'_, PyList>) -> PyResult<()> {
+        let taken = std::mem::take(&mut *self.taken.lock());
+        let mut failed: HashMap<u64, String> = HashMap::with_capacity(failures.len());
+        for f in failures.iter() {
+            let (token, err): (u64, String) = f.extract()?;
+            failed.insert(token, err);
+        }
+        let mut later: HashSet<u64> = HashSet::with_capacity(deferred.len());
+        for d in deferred.iter() {
+            later.insert(d.extract()?);
+        }
+        Stats::add(&self.stats.handler_errors, failed.len() as u64);
+        let outcomes = taken
+            .into_iter()
+            .filter(|t| !later.contains(t))
+            .map(|t| match failed.remove(&t) {
+                Some(e) => (t, Outcome::Failed(e)),
+                None => (t, Outcome::Ok),
+            })
+            .collect();
+        self.bridge.complete_many(outcomes);
+        Ok(())
+    }
+
     /// Report handler outcomes: (token, None) handled, (token, "error text") raised.
     fn complete(&self, results: &Bound<'_, PyList>) -> PyResult<()> {
+        let mut outcomes = Vec::with_capacity(results.len());
         for r in results.iter() {
             let (token, err): (u64, Option<String>) = r.extract()?;
             let outcome = match err {
@@ -182,8 +239,9 @@ impl Engine {
                     Outcome::Failed(e)
                 }
             };
-            self.bridge.complete(token, outcome);
+            outcomes.push((token, outcome));
         }
+        self.bridge.complete_many(outcomes);
         Ok(())
     }
 
