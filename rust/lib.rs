@@ -9,14 +9,17 @@ pub mod bridge;
 pub mod codec;
 pub mod node;
 pub mod publisher;
+#[cfg(feature = "python")]
 mod py;
 pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod tls;
 
+#[cfg(feature = "python")]
 use pyo3::prelude::*;
 
+#[cfg(feature = "python")]
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::register(m)

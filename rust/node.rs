@@ -60,6 +60,8 @@ pub struct NodeSpec {
     pub secure: bool,
     /// speaks HTTP/2 with prior knowledge over plain TCP (hyperbroker peers)
     pub h2: bool,
+    /// the largest request body the node accepts, when it says so (registry metadata)
+    pub max_body: Option<usize>,
 }
 
 #[derive(Default)]
@@ -83,6 +85,8 @@ pub struct NodeLink {
     pub failing: AtomicBool,
     /// out of the route after repeated refused connections; probed until it answers again
     pub evicted: AtomicBool,
+    /// byte cap of one batch to this node; halved when the node answers 413 to a batch
+    pub batch_cap: AtomicUsize,
 }
 
 pub enum Enqueued {
@@ -108,6 +112,7 @@ impl NodeLink {
             notify: Notify::new(),
             failing: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
+            batch_cap: AtomicUsize::new(usize::MAX),
         })
     }
 

@@ -345,7 +345,9 @@ impl Publisher {
                         Some(l) if l.is_evicted() => continue, // its prober re-adds it
                         Some(l) => l,
                         None => {
+                            let cap = spec.max_body.map_or(self.cfg.max_batch_bytes, |m| self.cfg.max_batch_bytes.min(m.saturating_sub(1024).max(1)));
                             let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone())?);
+                            l.batch_cap.store(cap, Ordering::Relaxed);
                             if let Some(old) = links.insert(key, l.clone()) {
                                 old.mark_removed(true);
                             }
@@ -438,7 +440,7 @@ impl Publisher {
         if link.spec.batch {
             let mut bytes = 0usize;
             while let Some(m) = st.queue.front() {
-                if !out.is_empty() && (out.len() >= self.cfg.max_batch || bytes + m.envelope.len() > self.cfg.max_batch_bytes) {
+                if !out.is_empty() && (out.len() >= self.cfg.max_batch || bytes + m.envelope.len() > link.batch_cap.load(Ordering::Relaxed)) {
                     break;
                 }
                 bytes += m.envelope.len() + 1;
@@ -457,6 +459,9 @@ impl Publisher {
         let mut shutdown = self.shutdown.subscribe();
         let mut backoff = self.cfg.retry_min;
         let mut unreachable = 0u32;
+        // grows with every eviction, resets when a delivery succeeds: a node that accepts TCP
+        // but fails every request (e.g. TLS) is not re-added in a tight loop
+        let mut probe_backoff = self.cfg.retry_min;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -478,6 +483,7 @@ impl Publisher {
             let n = batch.len() as u64;
             let result = self.send(&link, &batch).await;
             let mut retry: Vec<Msg> = Vec::new();
+            let mut retry_now: Vec<Msg> = Vec::new();
             let mut gone = false;
             match result {
                 SendResult::Done { failed } => {
@@ -492,7 +498,19 @@ impl Publisher {
                             }
                             Some((_, status, err)) => {
                                 ok -= 1;
-                                match classify(status) {
+                                if status >= 300 {
+                                    self.stats.set_error(format!("{} answered {status}: {}", link.spec.address, err.trim()));
+                                }
+                                let verdict = if status == 413 && n > 1 {
+                                    // the batch, not the message, was too large: send smaller ones
+                                    let cap = link.batch_cap.load(Ordering::Relaxed).min(self.cfg.max_batch_bytes);
+                                    link.batch_cap.store((cap / 2).max(1), Ordering::Relaxed);
+                                    Verdict::Split
+                                } else {
+                                    classify(status)
+                                };
+                                match verdict {
+                                    Verdict::Split => retry_now.push(m),
                                     Verdict::Retry => {
                                         if status == 500 {
                                             Stats::add(&self.stats.remote_handler_errors, 1);
@@ -534,14 +552,25 @@ impl Publisher {
                 Stats::add(&self.stats.evicted, 1);
                 self.leftovers(&link, left, false);
                 self.progress.notify_waiters();
-                if !self.probe_until_back(&link, &mut shutdown).await {
+                if !self.probe_until_back(&link, &mut shutdown, probe_backoff).await {
                     break;
                 }
+                probe_backoff = (probe_backoff * 2).min(self.cfg.retry_max);
                 unreachable = 0;
                 backoff = self.cfg.retry_min;
                 continue;
             }
             link.state.lock().inflight_min = None;
+            if !retry_now.is_empty() {
+                // resend at once in smaller batches (no back-off: nothing failed but the size)
+                retry_now.extend(retry);
+                retry_now.sort_by_key(|m| m.seq);
+                link.requeue_front(retry_now);
+                if !gone {
+                    continue;
+                }
+                retry = Vec::new();
+            }
             if gone {
                 // the node does not know this subscription any more (404): drop the route
                 link.requeue_front(retry);
@@ -552,6 +581,7 @@ impl Publisher {
             }
             if retry.is_empty() {
                 backoff = self.cfg.retry_min;
+                probe_backoff = self.cfg.retry_min;
                 if link.failing.swap(false, Ordering::AcqRel) {
                     self.drain_backlog(&link.topic);
                 }
@@ -578,10 +608,11 @@ impl Publisher {
         self.progress.notify_waiters();
     }
 
-    /// Probe an evicted node with TCP connects (backing off) until it answers, then put it back
-    /// in its route. False when the node was removed or the publisher closed meanwhile.
-    async fn probe_until_back(self: &Arc<Self>, link: &Arc<NodeLink>, shutdown: &mut watch::Receiver<bool>) -> bool {
-        let mut backoff = self.cfg.retry_min;
+    /// Probe an evicted node with an HTTP request through the same client (TLS included),
+    /// backing off, until it answers; then put it back in its route. False when the node was
+    /// removed or the publisher closed meanwhile.
+    async fn probe_until_back(self: &Arc<Self>, link: &Arc<NodeLink>, shutdown: &mut watch::Receiver<bool>, first: Duration) -> bool {
+        let mut backoff = first;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -591,9 +622,7 @@ impl Publisher {
             if *shutdown.borrow() || link.is_removed() {
                 return false;
             }
-            let addr = link.spec.address.clone();
-            let connected = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await;
-            if matches!(connected, Ok(Ok(_))) {
+            if self.probe(link).await {
                 link.evicted.store(false, Ordering::Release);
                 link.failing.store(false, Ordering::Release);
                 self.readd_link(link);
@@ -601,6 +630,27 @@ impl Publisher {
                 return true;
             }
             backoff = (backoff * 2).min(self.cfg.retry_max);
+        }
+    }
+
+    /// Does the node answer an HTTP request at all (any status)?
+    async fn probe(&self, link: &NodeLink) -> bool {
+        let Ok(req) = Request::head(link.uri.clone()).body(Full::new(Bytes::new())) else { return false };
+        let clients = self.clients.read().clone();
+        let fut = async {
+            if link.spec.h2 && !link.spec.secure {
+                clients.h2c.request(req).await
+            } else {
+                clients.https_or_http.request(req).await
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), fut).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                self.stats.set_error(format!("{}: {}", link.spec.address, describe_client_error(&e)));
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -787,6 +837,8 @@ enum Verdict {
     Retry,
     Gone,
     Reject,
+    /// 413 to a batch: split it
+    Split,
 }
 
 fn classify(status: u16) -> Verdict {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -289,6 +290,78 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     r
 }
 
+/// The protocol sniffing of hyper-util's auto builder has no timeout of its own and hyper's
+/// header timeout starts only after it: a client must send its first 24 bytes (the length of
+/// the HTTP/2 preface) within `deadline`, or the connection is closed.
+pub struct FirstBytesDeadline<S> {
+    inner: S,
+    seen: usize,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+const SNIFF_BYTES: usize = 24;
+
+impl<S> FirstBytesDeadline<S> {
+    pub fn new(inner: S, deadline: std::time::Duration) -> Self {
+        FirstBytesDeadline { inner, seen: 0, sleep: Some(Box::pin(tokio::time::sleep(deadline))) }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytesDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        let me = &mut *self;
+        if me.sleep.is_some() {
+            me.seen += got;
+            if me.seen >= SNIFF_BYTES || (got == 0 && r.is_ready()) {
+                me.sleep = None;
+            } else if r.is_pending() {
+                if let Some(sl) = me.sleep.as_mut() {
+                    if sl.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "client sent too little too slowly",
+                        )));
+                    }
+                }
+            }
+        }
+        r
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytesDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// Serve one connection (plain or TLS) until it closes or the endpoint stops.
 async fn serve_io<I>(io: I, state: Arc<ServerState>, mut sd: watch::Receiver<bool>)
 where
@@ -298,8 +371,13 @@ where
     let svc_state = state.clone();
     let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true).half_close(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(timeout))
+        .keep_alive_timeout(timeout);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -388,13 +466,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdow
                 let tls = state.tls.read().clone();
                 tokio::spawn(async move {
                     let _guard = guard;
+                        let deadline = state.config.header_read_timeout;
                     match tls {
-                        None => serve_io(TokioIo::new(stream), state, sd).await,
+                        None => serve_io(TokioIo::new(FirstBytesDeadline::new(stream, deadline)), state, sd).await,
                         Some(cfg) => {
                             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                             let hs = tokio::time::timeout(state.config.header_read_timeout, acceptor.accept(stream)).await;
                             match hs {
-                                Ok(Ok(tls_stream)) => serve_io(TokioIo::new(tls_stream), state, sd).await,
+                                Ok(Ok(tls_stream)) => {
+                                    serve_io(TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline)), state, sd).await
+                                }
                                 Ok(Err(_)) => Stats::add(&state.stats.tls_handshake_failures, 1),
                                 Err(_) => Stats::add(&state.stats.tls_handshake_failures, 1),
                             }

@@ -273,14 +273,15 @@ async def test_wrong_ca_is_reported_and_messages_wait_in_backlog(make_broker: Ma
 
     # the node cannot be reached: after evict_after attempts its messages are parked in the
     # backlog and stay there (nothing delivered, nothing dropped) while verification fails
-    await wait_until(lambda: pub_b.stats()["backlog"] == n, 5, f"backlog == {n}")
+    await asyncio.sleep(1.0)  # evict_after=3 attempts with a 10 ms..200 ms back-off: well past it
     samples = []
     for _ in range(20):
         st = pub_b.stats()
         samples.append(pick(st, "backlog", "in_flight", "delivered", "dropped", "failed"))
         await asyncio.sleep(0.05)
     parked = {"backlog": n, "in_flight": 0, "delivered": 0, "dropped": 0, "failed": 0}
-    assert all(s == parked for s in samples), f"messages do not stay parked: {samples}"
+    not_parked = [s for s in samples if s != parked]
+    assert not not_parked, f"{len(not_parked)}/{len(samples)} samples not parked, e.g. {not_parked[:2]}"
     assert sink.bodies == []
     assert sub_b.stats()["received"] == 0
 

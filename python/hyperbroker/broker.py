@@ -35,6 +35,12 @@ def _default_registry() -> Registry:
     return MdnsRegistry()
 
 
+def _int_or_none(v: str | None) -> int | None:
+    if v is None or not v.isdigit():
+        return None
+    return int(v)
+
+
 def _is_unspecified(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_unspecified
@@ -265,13 +271,13 @@ class Broker:
             except Exception as e:
                 log.warning("disconnect: closing the registry failed: %s", e)
 
-    def set_auth_tokens(self, tokens: Sequence[str]) -> None:
+    def set_auth_tokens(self, tokens: str | Sequence[str]) -> None:
         """Rotate tokens while connected: the first is sent from now on, all are accepted.
 
         Roll out a new token by first accepting ``[old, new]`` everywhere, then sending
         ``[new, old]``, then dropping ``old``: delivery never stops.
         """
-        tokens = list(tokens)
+        tokens = [tokens] if isinstance(tokens, str) else list(tokens)
         validate_tokens(tokens)
         self._options = self._options.replace(auth_token=tokens)
         if self._engine is not None:
@@ -414,6 +420,7 @@ class Broker:
             meta["batch"] = "1"
         if self._options.h2:
             meta["h2"] = "1"
+        meta["max_body"] = str(self._options.max_body)
         node = Node(sub.id, self._advertised, meta)
         return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
 
@@ -504,6 +511,7 @@ class Broker:
                     n.metadata.get("batch") == "1",
                     n.metadata.get("secure") == "true",
                     n.metadata.get("h2") == "1",
+                    _int_or_none(n.metadata.get("max_body")),
                 )
                 for n in s.nodes
             ]

@@ -73,8 +73,10 @@ async def _demo(count: int, interval: float, topic: str) -> int:
             print(f"[pub] pubbed message: {msg.body.decode()}", flush=True)
             if interval:
                 await asyncio.sleep(interval)
-        await pub_broker.flush(timeout=10)
         await asyncio.wait_for(done.wait(), 10)
+        # every message was handled; wait for the acknowledgements before reading the counters
+        # (messages published before the route was known went through the backlog)
+        await pub_broker.flush(timeout=10)
         st = pub_broker.stats()
         print(
             f"[demo] {received}/{count} delivered; publisher stats: delivered={st['delivered']} "

@@ -255,12 +255,22 @@ impl Engine {
     }
 
     /// Replace the route of a topic:
-    /// [(version, [(node id, "host:port", batch, secure, h2), ...]), ...].
-    fn set_routes(&self, py: Python<'_>, topic: &str, groups: Vec<(String, Vec<(String, String, bool, bool, bool)>)>) -> PyResult<()> {
+    /// [(version, [(node id, "host:port", batch, secure, h2, max_body or None), ...]), ...].
+    #[allow(clippy::type_complexity)]
+    fn set_routes(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        groups: Vec<(String, Vec<(String, String, bool, bool, bool, Option<usize>)>)>,
+    ) -> PyResult<()> {
         let groups = groups
             .into_iter()
             .map(|(v, nodes)| {
-                (v, nodes.into_iter().map(|(id, address, batch, secure, h2)| NodeSpec { id, address, batch, secure, h2 }).collect())
+                let specs = nodes
+                    .into_iter()
+                    .map(|(id, address, batch, secure, h2, max_body)| NodeSpec { id, address, batch, secure, h2, max_body })
+                    .collect();
+                (v, specs)
             })
             .collect();
         let p = self.publisher.clone();
