@@ -4,7 +4,7 @@
 //! (capped by count and bytes) in one POST. One request at a time per node keeps the order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -67,8 +67,8 @@ pub struct NodeSpec {
 #[derive(Default)]
 pub struct LinkState {
     pub queue: VecDeque<Msg>,
-    /// lowest sequence number of the request on the wire, if any
-    pub inflight_min: Option<u64>,
+    /// lowest sequence number of the request each worker has on the wire, if any
+    pub inflight: Vec<Option<u64>>,
     /// set when the node left the route; `graceful` when the registry said so
     pub removed: bool,
     pub graceful: bool,
@@ -87,6 +87,10 @@ pub struct NodeLink {
     pub evicted: AtomicBool,
     /// byte cap of one batch to this node; halved when the node answers 413 to a batch
     pub batch_cap: AtomicUsize,
+    /// consecutive sends that got no answer, across this node's workers
+    pub unreachable: AtomicU32,
+    /// workers still running for this node
+    pub live_workers: AtomicUsize,
 }
 
 pub enum Enqueued {
@@ -113,6 +117,8 @@ impl NodeLink {
             failing: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             batch_cap: AtomicUsize::new(usize::MAX),
+            unreachable: AtomicU32::new(0),
+            live_workers: AtomicUsize::new(0),
         })
     }
 
@@ -136,7 +142,8 @@ impl NodeLink {
     pub fn push(&self, msg: Msg, cap: usize) -> Enqueued {
         let dropped = {
             let mut st = self.state.lock();
-            if st.removed {
+            // an evicted node takes nothing new: its queue was just handed to the backlog
+            if st.removed || self.is_evicted() {
                 return Enqueued::Gone(msg);
             }
             msg.share.holders.fetch_add(1, Ordering::AcqRel);
@@ -152,6 +159,20 @@ impl NodeLink {
         };
         self.notify.notify_one();
         Enqueued::Ok { dropped: dropped.0, len: dropped.1 }
+    }
+
+    /// Put messages back at the head of the queue unless the node was evicted meanwhile (then
+    /// they are handed back). Checked under the queue lock, so an eviction, which sets the flag
+    /// before taking the queue, either sees them or refuses them: none is stranded.
+    pub fn requeue_front_unless_evicted(&self, msgs: Vec<Msg>) -> Result<(), Vec<Msg>> {
+        let mut st = self.state.lock();
+        if self.is_evicted() {
+            return Err(msgs);
+        }
+        for m in msgs.into_iter().rev() {
+            st.queue.push_front(m);
+        }
+        Ok(())
     }
 
     /// Put messages back at the head of the queue (in their order), after a failed send.
@@ -181,7 +202,7 @@ impl NodeLink {
     pub fn min_pending(&self) -> Option<u64> {
         let st = self.state.lock();
         let q = st.queue.iter().map(|m| m.seq).min();
-        match (q, st.inflight_min) {
+        match (q, st.inflight.iter().flatten().min().copied()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

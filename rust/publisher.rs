@@ -41,6 +41,9 @@ pub struct PubConfig {
     pub request_timeout: Duration,
     /// consecutive refused/failed connections after which a node is evicted from its route
     pub evict_after: u32,
+    /// requests in flight per node (1 keeps each subscriber's order; more use HTTP/2 streams or
+    /// more HTTP/1.1 connections, and messages may then arrive out of order)
+    pub node_inflight: usize,
 }
 
 impl Default for PubConfig {
@@ -55,6 +58,7 @@ impl Default for PubConfig {
             retry_max: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             evict_after: 3,
+            node_inflight: 1,
         }
     }
 }
@@ -381,8 +385,14 @@ impl Publisher {
     }
 
     fn spawn_worker(self: &Arc<Self>, link: Arc<NodeLink>) {
-        let me = self.clone();
-        self.rt.spawn(async move { me.run_worker(link).await });
+        let n = self.cfg.node_inflight.max(1);
+        link.state.lock().inflight = vec![None; n];
+        link.live_workers.store(n, Ordering::Release);
+        for w in 0..n {
+            let me = self.clone();
+            let link = link.clone();
+            self.rt.spawn(async move { me.run_worker(link, w).await });
+        }
     }
 
     /// Messages of a node that left. A queue group hands them to another member (or, with none
@@ -430,13 +440,16 @@ impl Publisher {
         self.drain_backlog(&link.topic);
     }
 
-    fn take_batch(&self, link: &NodeLink) -> Result<Vec<Msg>, (Vec<Msg>, bool)> {
+    fn take_batch(&self, link: &NodeLink, w: usize) -> Result<Vec<Msg>, (Vec<Msg>, bool)> {
         let mut st = link.state.lock();
         if st.removed {
             let graceful = st.graceful;
             return Err((st.queue.drain(..).collect(), graceful));
         }
         let mut out = Vec::new();
+        if link.is_evicted() {
+            return Ok(out); // the worker that evicted it probes; the others wait
+        }
         if link.spec.batch {
             let mut bytes = 0usize;
             while let Some(m) = st.queue.front() {
@@ -451,14 +464,34 @@ impl Publisher {
         } else if let Some(m) = st.queue.pop_front() {
             out.push(m);
         }
-        st.inflight_min = out.iter().map(|m| m.seq).min();
+        if let Some(slot) = st.inflight.get_mut(w) {
+            *slot = out.iter().map(|m| m.seq).min();
+        }
+        let more = !st.queue.is_empty();
+        drop(st);
+        if more && self.cfg.node_inflight > 1 {
+            link.notify.notify_one(); // let another worker of this node take the next batch
+        }
         Ok(out)
     }
 
-    async fn run_worker(self: Arc<Self>, link: Arc<NodeLink>) {
+    fn clear_inflight(link: &NodeLink, w: usize) {
+        if let Some(slot) = link.state.lock().inflight.get_mut(w) {
+            *slot = None;
+        }
+    }
+
+    /// Put a failed batch back; if another worker evicted the node meanwhile, it goes where an
+    /// evicted node's messages go instead.
+    fn requeue_or_hand_over(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>) {
+        if let Err(msgs) = link.requeue_front_unless_evicted(msgs) {
+            self.leftovers(link, msgs, false);
+        }
+    }
+
+    async fn run_worker(self: Arc<Self>, link: Arc<NodeLink>, w: usize) {
         let mut shutdown = self.shutdown.subscribe();
         let mut backoff = self.cfg.retry_min;
-        let mut unreachable = 0u32;
         // grows with every eviction, resets when a delivery succeeds: a node that accepts TCP
         // but fails every request (e.g. TLS) is not re-added in a tight loop
         let mut probe_backoff = self.cfg.retry_min;
@@ -466,7 +499,7 @@ impl Publisher {
             if *shutdown.borrow() {
                 break;
             }
-            let batch = match self.take_batch(&link) {
+            let batch = match self.take_batch(&link, w) {
                 Ok(b) => b,
                 Err((left, graceful)) => {
                     self.leftovers(&link, left, graceful);
@@ -488,7 +521,7 @@ impl Publisher {
             match result {
                 SendResult::Done { failed } => {
                     // an answer came back (even one naming failures): the connection works
-                    unreachable = 0;
+                    link.unreachable.store(0, Ordering::Release);
                     let mut ok = n;
                     let mut idx = failed.into_iter().peekable();
                     for (i, m) in batch.into_iter().enumerate() {
@@ -537,16 +570,25 @@ impl Publisher {
                 SendResult::Unreachable(err) => {
                     self.stats.set_error(format!("{}: {err}", link.spec.address));
                     retry = batch;
-                    unreachable += 1;
+                    link.unreachable.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            if !retry.is_empty() && unreachable >= self.cfg.evict_after && !gone {
+            Self::clear_inflight(&link, w);
+            if !retry.is_empty() && link.is_evicted() {
+                // another worker of this node evicted it while this batch was on the wire
+                self.leftovers(&link, retry, false);
+                self.progress.notify_waiters();
+                continue;
+            }
+            let evict = !retry.is_empty()
+                && !gone
+                && link.unreachable.load(Ordering::Acquire) >= self.cfg.evict_after
+                && !link.evicted.swap(true, Ordering::AcqRel);
+            if evict {
                 // the node does not answer: take it out of the route, let its messages wait in
                 // the backlog (or go to another member of its queue group), probe it
                 link.requeue_front(retry);
                 let left = link.take_all();
-                link.state.lock().inflight_min = None;
-                link.evicted.store(true, Ordering::Release);
                 link.failing.store(true, Ordering::Release);
                 self.remove_link_from_route(&link);
                 Stats::add(&self.stats.evicted, 1);
@@ -556,16 +598,16 @@ impl Publisher {
                     break;
                 }
                 probe_backoff = (probe_backoff * 2).min(self.cfg.retry_max);
-                unreachable = 0;
+                link.unreachable.store(0, Ordering::Release);
+                link.notify.notify_waiters(); // the other workers of this node resume
                 backoff = self.cfg.retry_min;
                 continue;
             }
-            link.state.lock().inflight_min = None;
             if !retry_now.is_empty() {
                 // resend at once in smaller batches (no back-off: nothing failed but the size)
                 retry_now.extend(retry);
                 retry_now.sort_by_key(|m| m.seq);
-                link.requeue_front(retry_now);
+                self.requeue_or_hand_over(&link, retry_now);
                 if !gone {
                     continue;
                 }
@@ -573,7 +615,7 @@ impl Publisher {
             }
             if gone {
                 // the node does not know this subscription any more (404): drop the route
-                link.requeue_front(retry);
+                self.requeue_or_hand_over(&link, retry);
                 link.mark_removed(false);
                 self.remove_link_from_route(&link);
                 self.progress.notify_waiters();
@@ -596,7 +638,7 @@ impl Publisher {
                 link.failing.store(false, Ordering::Release);
             }
             let retry = self.failover(&link, retry);
-            link.requeue_front(retry);
+            self.requeue_or_hand_over(&link, retry);
             self.progress.notify_waiters();
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -604,7 +646,17 @@ impl Publisher {
             }
             backoff = (backoff * 2).min(self.cfg.retry_max);
         }
-        self.links.lock().retain(|_, l| !Arc::ptr_eq(l, &link));
+        if link.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // the last worker of this node: whatever a sibling put back meanwhile is handed on
+            let left = link.take_all();
+            if !left.is_empty() && !*shutdown.borrow() {
+                let graceful = link.state.lock().graceful;
+                self.leftovers(&link, left, graceful);
+            }
+            self.links.lock().retain(|_, l| !Arc::ptr_eq(l, &link));
+        } else {
+            link.notify.notify_one(); // a sibling may be waiting for work that is now gone
+        }
         self.progress.notify_waiters();
     }
 

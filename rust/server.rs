@@ -82,6 +82,9 @@ pub struct ServerState {
     pub peers: parking_lot::Mutex<HashMap<std::net::IpAddr, usize>>,
     /// serve HTTPS with this configuration (set before listening)
     pub tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    /// open connections, and a signal when one closes (stopping waits for all to be gone)
+    pub open_conns: std::sync::atomic::AtomicUsize,
+    pub conn_closed: tokio::sync::Notify,
     pub bridge: Arc<Bridge>,
     pub stats: Arc<Stats>,
     pub config: ServerConfig,
@@ -384,7 +387,7 @@ where
         _ = conn.as_mut() => {}
         _ = sd.changed() => {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
         }
     }
 }
@@ -403,19 +406,24 @@ impl PeerGuard {
             return None;
         }
         *n += 1;
+        state.open_conns.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Some(PeerGuard { state: state.clone(), ip })
     }
 }
 
 impl Drop for PeerGuard {
     fn drop(&mut self) {
-        let mut peers = self.state.peers.lock();
-        if let Some(n) = peers.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                peers.remove(&self.ip);
+        {
+            let mut peers = self.state.peers.lock();
+            if let Some(n) = peers.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&self.ip);
+                }
             }
         }
+        self.state.open_conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.state.conn_closed.notify_waiters();
     }
 }
 
@@ -427,13 +435,28 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Stop accepting and wait (bounded) until the listening socket is closed, so that the
-    /// port refuses connections once this returns. Call from outside the runtime.
-    pub fn stop_blocking(self, rt: &tokio::runtime::Runtime) {
+    /// Stop accepting and wait (bounded) until the listening socket and every accepted
+    /// connection are closed, so that once this returns nothing of this endpoint answers any
+    /// more (a keep-alive connection must not answer for a successor on the same port).
+    /// Call from outside the runtime.
+    pub fn stop_blocking(self, rt: &tokio::runtime::Runtime, state: &Arc<ServerState>) {
         let _ = self.shutdown.send(true);
         let accept = self.accept;
+        let state = state.clone();
         rt.block_on(async move {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), accept).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+                loop {
+                    let closed = state.conn_closed.notified();
+                    tokio::pin!(closed);
+                    closed.as_mut().enable();
+                    if state.open_conns.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                        break;
+                    }
+                    closed.await;
+                }
+            })
+            .await;
         });
     }
 }

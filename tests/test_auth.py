@@ -12,13 +12,15 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from hyperbroker import Broker, BrokerError, Event, MemoryRegistry
+from brokers import MakeBroker
+
+from hyperbroker import BrokerError, Event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,30 +53,6 @@ async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> Non
 
 def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: st[k] for k in keys}
-
-
-MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-@pytest.fixture
-def registry() -> MemoryRegistry:
-    return MemoryRegistry()
-
-
-@pytest.fixture
-async def make_broker(registry: MemoryRegistry) -> AsyncIterator[MakeBroker]:
-    brokers: list[Broker] = []
-
-    async def _make(**options: Any) -> Broker:
-        options.setdefault("disconnect_timeout", 0)
-        b = Broker(address="127.0.0.1:0", registry=registry, **options)
-        brokers.append(b)
-        await b.connect()
-        return b
-
-    yield _make
-    for b in reversed(brokers):
-        await asyncio.wait_for(b.disconnect(timeout=0), 10)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +31,8 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from brokers import MakeBroker
 
 from hyperbroker import Broker, Event, MemoryRegistry
 
@@ -470,25 +472,6 @@ async def _stats(b: Broker) -> dict[str, Any]:
 
 
 # --- fixtures for the async tests ---------------------------------------------------------------------
-
-MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-@pytest.fixture
-async def make_broker() -> AsyncIterator[MakeBroker]:
-    reg = MemoryRegistry()
-    brokers: list[Broker] = []
-
-    async def _make(**options: Any) -> Broker:
-        options.setdefault("disconnect_timeout", 0)
-        b = Broker(address="127.0.0.1:0", registry=reg, **options)
-        brokers.append(b)
-        await b.connect()
-        return b
-
-    yield _make
-    for b in reversed(brokers):
-        await asyncio.wait_for(b.disconnect(timeout=0), 10)
 
 
 class Sink:

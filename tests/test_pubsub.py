@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import orjson
 import pytest
+
+from brokers import MakeBroker, until
 
 from hyperbroker import (
     BROADCAST_VERSION,
@@ -29,51 +29,8 @@ from hyperbroker import (
 
 pytestmark = pytest.mark.timeout(30)
 
-LOOPBACK = "127.0.0.1:0"
-
 
 # --- fixtures and helpers ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def registry() -> MemoryRegistry:
-    return MemoryRegistry()
-
-
-MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-@pytest.fixture
-async def make_broker(registry: MemoryRegistry) -> AsyncIterator[MakeBroker]:
-    """A factory of connected loopback brokers on the shared registry; all are disconnected
-    (without waiting for undelivered messages) at the end of the test."""
-    brokers: list[Broker] = []
-
-    async def make(connect: bool = True, **options: Any) -> Broker:
-        options.setdefault("address", LOOPBACK)
-        options.setdefault("registry", registry)
-        b = Broker(**options)
-        brokers.append(b)
-        if connect:
-            await asyncio.wait_for(b.connect(), 5)
-        return b
-
-    yield make
-    for b in reversed(brokers):
-        await asyncio.wait_for(b.disconnect(timeout=0), 10)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll ``cond`` until true; fail the test after ``timeout`` seconds."""
-
-    async def poll() -> None:
-        while not cond():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def wait_routes(b: Broker, topic: str, n: int, timeout: float = 5.0) -> None:

@@ -12,12 +12,14 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from certs_util import CA, Leaf, make_ca
+
+from brokers import MakeBroker
 
 from hyperbroker import Broker, BrokerError, Event, MemoryRegistry, TLSConfig
 
@@ -77,30 +79,6 @@ async def curl(*args: str, timeout: float = 10.0) -> tuple[int, str, str, str]:
     text = out.decode(errors="replace")
     body, _, code = text.rpartition("\n@@")
     return proc.returncode or 0, code, body, err.decode(errors="replace")
-
-
-MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-@pytest.fixture
-def registry() -> MemoryRegistry:
-    return MemoryRegistry()
-
-
-@pytest.fixture
-async def make_broker(registry: MemoryRegistry) -> AsyncIterator[MakeBroker]:
-    brokers: list[Broker] = []
-
-    async def _make(**options: Any) -> Broker:
-        options.setdefault("disconnect_timeout", 0)
-        b = Broker(address="127.0.0.1:0", registry=registry, **options)
-        brokers.append(b)
-        await b.connect()
-        return b
-
-    yield _make
-    for b in reversed(brokers):
-        await asyncio.wait_for(b.disconnect(timeout=0), 10)
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,7 @@ class Broker:
             max_message_header_bytes=o.max_message_header_bytes,
             max_connections_per_peer=o.max_connections_per_peer,
             evict_after=o.evict_after,
+            node_inflight=o.node_inflight,
         )
         tokens = o.auth_tokens
         if tokens:

@@ -69,6 +69,8 @@ class BrokerOptions:
     max_connections_per_peer: simultaneous connections accepted from one IP address.
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
+    node_inflight: requests in flight per subscriber node (1 keeps each subscriber's order;
+        more overlap requests on HTTP/2 streams or extra connections, in any order).
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
     tls: a :class:`~hyperbroker.TLSConfig` for real certificates, verification and mTLS.
@@ -101,6 +103,7 @@ class BrokerOptions:
     max_message_header_bytes: int = 65536
     max_connections_per_peer: int = 1024
     evict_after: int = 3
+    node_inflight: int = 1
     secure: bool = False
     tls: TLSConfig | None = None
     h2: bool = False
@@ -129,6 +132,7 @@ class BrokerOptions:
             "max_message_header_bytes",
             "max_connections_per_peer",
             "evict_after",
+            "node_inflight",
         ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

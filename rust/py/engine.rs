@@ -58,7 +58,7 @@ impl Engine {
         max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
         request_timeout = 30.0, header_read_timeout = 10.0, body_read_timeout = 30.0, max_topic = 1024,
         max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024,
-        evict_after = 3))]
+        evict_after = 3, node_inflight = 1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         backlog: i64,
@@ -77,6 +77,7 @@ impl Engine {
         max_message_header_bytes: i64,
         max_connections_per_peer: i64,
         evict_after: i64,
+        node_inflight: i64,
     ) -> PyResult<Self> {
         let cfg = PubConfig {
             backlog: positive("backlog", backlog)?,
@@ -88,6 +89,7 @@ impl Engine {
             retry_max: secs("retry_max", retry_max)?,
             request_timeout: secs("request_timeout", request_timeout)?,
             evict_after: positive("evict_after", evict_after)?.min(u32::MAX as usize) as u32,
+            node_inflight: positive("node_inflight", node_inflight)?.min(256),
         };
         let stats = Arc::new(Stats::default());
         let bridge = Arc::new(Bridge::new().map_err(|e| BrokerError::new_err(format!("could not create the wake-up socket: {e}")))?);
@@ -96,6 +98,8 @@ impl Engine {
             tokens: Default::default(),
             peers: Default::default(),
             tls: Default::default(),
+            open_conns: Default::default(),
+            conn_closed: Default::default(),
             bridge: bridge.clone(),
             stats: stats.clone(),
             config: ServerConfig {
@@ -145,7 +149,8 @@ impl Engine {
         self.bridge.close();
         let handle = self.handle.lock().take();
         if let (Some(h), Ok(rt)) = (handle, rt()) {
-            py.detach(|| h.stop_blocking(rt));
+            let state = self.server.clone();
+            py.detach(|| h.stop_blocking(rt, &state));
         }
     }
 

@@ -6,7 +6,8 @@ A subscription is announced as the service ``topic:<topic>`` whose version is th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -17,6 +18,7 @@ __all__ = [
     "Service",
     "WatchEvent",
     "Watcher",
+    "QueueWatcher",
     "Registry",
     "service_name",
     "topic_of",
@@ -79,6 +81,54 @@ class Watcher(Protocol):
     async def __anext__(self) -> WatchEvent: ...
 
     def stop(self) -> None: ...
+
+
+class QueueWatcher:
+    """A :class:`Watcher` fed by its registry through ``put``.
+
+    ``on_stop`` tells the registry to forget it. ``next_timeout`` / ``on_timeout`` let a registry
+    do timed work while a consumer waits (the in-memory registry expires TTLs that way).
+    """
+
+    def __init__(
+        self,
+        on_stop: Callable[[QueueWatcher], None],
+        next_timeout: Callable[[], float | None] | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_stop = on_stop
+        self._next_timeout = next_timeout
+        self._on_timeout = on_timeout
+        self._queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
+        self._stopped = False
+
+    def put(self, event: WatchEvent) -> None:
+        if not self._stopped:
+            self._queue.put_nowait(event)
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            if self._stopped and self._queue.empty():
+                raise StopAsyncIteration
+            timeout = self._next_timeout() if self._next_timeout is not None else None
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                if self._on_timeout is not None:
+                    self._on_timeout()
+                continue
+            if item is None:
+                raise StopAsyncIteration
+            return item
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._on_stop(self)
+            self._queue.put_nowait(None)
 
 
 @runtime_checkable

@@ -52,7 +52,7 @@ from zeroconf import service_type_name  # type: ignore[attr-defined]  # kept "fo
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import RegistryError
-from .base import SERVICE_PREFIX, Node, Service, WatchEvent, topic_of
+from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, topic_of
 
 __all__ = ["MdnsRegistry", "DEFAULT_SERVICE_TYPE"]
 
@@ -203,34 +203,6 @@ class _NodeLock:
         self.users = 0
 
 
-class _MdnsWatcher:
-    def __init__(self, registry: MdnsRegistry) -> None:
-        self._registry = registry
-        self._queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
-        self._stopped = False
-
-    def _put(self, event: WatchEvent) -> None:
-        if not self._stopped:
-            self._queue.put_nowait(event)
-
-    def __aiter__(self) -> AsyncIterator[WatchEvent]:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        if self._stopped and self._queue.empty():
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is None:
-            raise StopAsyncIteration
-        return item
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._registry._unwatch(self)
-            self._queue.put_nowait(None)
-
-
 class MdnsRegistry:
     """A registry announcing nodes over mDNS/DNS-SD and discovering everyone else's.
 
@@ -284,7 +256,7 @@ class MdnsRegistry:
         self._locks: dict[str, _NodeLock] = {}
         self._goodbyes: set[asyncio.Future[Any]] = set()
         self._view: dict[_Key, dict[str, Node]] = {}
-        self._watchers: set[_MdnsWatcher] = set()
+        self._watchers: set[QueueWatcher] = set()
 
     # -- zeroconf lifecycle ------------------------------------------------------------------
 
@@ -430,7 +402,7 @@ class MdnsRegistry:
                 events.append(WatchEvent("delete", self._service(key, nodes)))
         for ev in events:
             for w in list(self._watchers):
-                w._put(ev)
+                w.put(ev)
 
     # -- browsing ----------------------------------------------------------------------------
 
@@ -688,17 +660,17 @@ class MdnsRegistry:
         await self._first_answers()
         return [self._service(k, nodes) for k, nodes in self._view.items()]
 
-    def watch(self) -> _MdnsWatcher:
+    def watch(self) -> QueueWatcher:
         """A watcher yielding "create" for every known service, then every change."""
         self._check()
         self._ensure_browser()
-        w = _MdnsWatcher(self)
+        w = QueueWatcher(self._unwatch)
         for k, nodes in self._view.items():
-            w._put(WatchEvent("create", self._service(k, nodes)))
+            w.put(WatchEvent("create", self._service(k, nodes)))
         self._watchers.add(w)
         return w
 
-    def _unwatch(self, w: _MdnsWatcher) -> None:
+    def _unwatch(self, w: QueueWatcher) -> None:
         self._watchers.discard(w)
 
     async def close(self) -> None:

@@ -6,50 +6,14 @@ Nodes registered with a TTL expire unless re-registered (the broker's heartbeat 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 
 from ..errors import RegistryError
-from .base import Node, Service, WatchEvent
+from .base import Node, QueueWatcher, Service, WatchEvent
 
 __all__ = ["MemoryRegistry"]
 
 _Key = tuple[str, str]  # (name, version)
-
-
-class _MemoryWatcher:
-    def __init__(self, registry: MemoryRegistry) -> None:
-        self._registry = registry
-        self._queue: asyncio.Queue[WatchEvent | None] = asyncio.Queue()
-        self._stopped = False
-
-    def _put(self, event: WatchEvent) -> None:
-        if not self._stopped:
-            self._queue.put_nowait(event)
-
-    def __aiter__(self) -> AsyncIterator[WatchEvent]:
-        return self
-
-    async def __anext__(self) -> WatchEvent:
-        while True:
-            if self._stopped and self._queue.empty():
-                raise StopAsyncIteration
-            timeout = self._registry._next_expiry_in()
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                self._registry._expire()
-                continue
-            if item is None:
-                raise StopAsyncIteration
-            return item
-
-    def stop(self) -> None:
-        if not self._stopped:
-            self._stopped = True
-            self._registry._unwatch(self)
-            self._queue.put_nowait(None)
 
 
 class MemoryRegistry:
@@ -58,7 +22,7 @@ class MemoryRegistry:
     def __init__(self) -> None:
         # (name, version) -> node id -> (node, expiry monotonic time or None)
         self._services: dict[_Key, dict[str, tuple[Node, float | None]]] = {}
-        self._watchers: set[_MemoryWatcher] = set()
+        self._watchers: set[QueueWatcher] = set()
         self._closed = False
 
     def _check(self) -> None:
@@ -68,7 +32,7 @@ class MemoryRegistry:
     def _emit(self, action: str, service: Service) -> None:
         ev = WatchEvent(action, service)  # type: ignore[arg-type]
         for w in list(self._watchers):
-            w._put(ev)
+            w.put(ev)
 
     def _snapshot(self, key: _Key) -> Service:
         nodes = self._services.get(key, {})
@@ -144,17 +108,17 @@ class MemoryRegistry:
         self._expire()
         return [self._snapshot(k) for k in self._services]
 
-    def watch(self) -> _MemoryWatcher:
+    def watch(self) -> QueueWatcher:
         """A watcher yielding "create" for every current service, then every change."""
         self._check()
         self._expire()
-        w = _MemoryWatcher(self)
+        w = QueueWatcher(self._unwatch, self._next_expiry_in, self._expire)
         for k in self._services:
-            w._put(WatchEvent("create", self._snapshot(k)))
+            w.put(WatchEvent("create", self._snapshot(k)))
         self._watchers.add(w)
         return w
 
-    def _unwatch(self, w: _MemoryWatcher) -> None:
+    def _unwatch(self, w: QueueWatcher) -> None:
         self._watchers.discard(w)
 
     async def close(self) -> None:
