@@ -9,46 +9,19 @@ Rotation ``[new, old]`` -> send ``new`` -> drop ``old`` never stops delivery.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from brokers import MakeBroker
+from brokers import MakeBroker, Sink, envelope, until
 
-from hyperbroker import BrokerError, Event
+from hyperbroker import BrokerError
 
 pytestmark = pytest.mark.timeout(60)
 
 TOPIC = "auth.events"
-
-
-def envelope(topic: str, body: bytes, header: dict[str, str] | None = None) -> bytes:
-    h = {":topic": topic}
-    h.update(header or {})
-    return json.dumps({"Header": h, "Body": base64.b64encode(body).decode()}).encode()
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.ran = False
-
-    def __call__(self, ev: Event) -> None:
-        self.ran = True
-        self.bodies.append(ev.message.body)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -123,7 +96,7 @@ async def test_publisher_with_the_token_delivers(make_broker: MakeBroker) -> Non
     for b in bodies:
         await pub_b.publish(TOPIC, b)
     await pub_b.flush(timeout=10)
-    await wait_until(lambda: len(sink.bodies) >= 300, 5, "300 handled")
+    await until(lambda: len(sink.bodies) >= 300, 5, "300 handled")
     assert sink.bodies == bodies
     assert pick(pub_b.stats(), "delivered", "retried", "failed", "dropped") == {
         "delivered": 300,
@@ -149,7 +122,7 @@ async def test_publisher_without_token_or_with_wrong_token_loses_nothing(make_br
     for x in b:
         await none.publish(TOPIC, x)
 
-    await wait_until(lambda: wrong.stats()["retried"] >= 20 and none.stats()["retried"] >= 20, 5, "retries")
+    await until(lambda: wrong.stats()["retried"] >= 20 and none.stats()["retried"] >= 20, 5, "retries")
     assert sink.ran is False
     assert sub_b.stats()["received"] == 0
     assert sub_b.stats()["rejected"] >= 4
@@ -168,7 +141,7 @@ async def test_publisher_without_token_or_with_wrong_token_loses_nothing(make_br
     none.set_auth_tokens(["tok"])
     await wrong.flush(timeout=10)
     await none.flush(timeout=10)
-    await wait_until(lambda: len(sink.bodies) >= 20, 5, "20 handled")
+    await until(lambda: len(sink.bodies) >= 20, 5, "20 handled")
     assert sorted(sink.bodies) == sorted(a + b)
     assert [x for x in sink.bodies if x.startswith(b"w-")] == a
     assert [x for x in sink.bodies if x.startswith(b"n-")] == b
@@ -216,7 +189,7 @@ async def test_token_rotation_never_stops_delivery(make_broker: MakeBroker, http
         # phase 1: the subscriber accepts both, the publisher sends "old"
         await asyncio.sleep(0.3)
         n1 = len(published)
-        await wait_until(lambda: len(sink.bodies) >= n1, 5, "phase 1 delivered")
+        await until(lambda: len(sink.bodies) >= n1, 5, "phase 1 delivered")
         # both tokens are accepted by the endpoint
         for tok in ("old", "new"):
             status, _, _ = await post(http, url, envelope(TOPIC, b"manual"), Authorization=f"Bearer {tok}")
@@ -226,7 +199,7 @@ async def test_token_rotation_never_stops_delivery(make_broker: MakeBroker, http
         pub_b.set_auth_tokens(["new"])
         await asyncio.sleep(0.3)
         n2 = len(published)
-        await wait_until(lambda: len([x for x in sink.bodies if x != b"manual"]) >= n2, 5, "phase 2 delivered")
+        await until(lambda: len([x for x in sink.bodies if x != b"manual"]) >= n2, 5, "phase 2 delivered")
 
         # phase 3: the subscriber drops "old"
         sub_b.set_auth_tokens(["new"])
@@ -242,7 +215,7 @@ async def test_token_rotation_never_stops_delivery(make_broker: MakeBroker, http
     await pub_b.flush(timeout=10)
     total = len(published)
     assert total > 100  # the producer really ran through all three phases
-    await wait_until(lambda: len([x for x in sink.bodies if x != b"manual"]) >= total, 5, "all delivered")
+    await until(lambda: len([x for x in sink.bodies if x != b"manual"]) >= total, 5, "all delivered")
     assert [x for x in sink.bodies if x != b"manual"] == published
     assert sink.bodies.count(b"manual") == 3
     assert b"refused" not in sink.bodies

@@ -23,7 +23,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import MakeBroker
+from brokers import MakeBroker, envelope, until
 
 from hyperbroker import Broker, Event, MemoryRegistry
 
@@ -43,22 +43,6 @@ T = TypeVar("T")
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def envelope(topic: str | None, body: bytes, header: dict[str, str] | None = None) -> bytes:
-    h: dict[str, str] = {}
-    if topic is not None:
-        h[":topic"] = topic
-    h.update(header or {})
-    return json.dumps({"Header": h, "Body": base64.b64encode(body).decode()}).encode()
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 def hostport(address: str) -> tuple[str, int]:
@@ -548,7 +532,7 @@ async def test_slowloris_does_not_stop_delivery(make_broker: MakeBroker) -> None
             await asyncio.sleep(0.1)
     published_by = time.monotonic() - slow_start
     await pub_b.flush(timeout=15)
-    await wait_until(lambda: len(sink.bodies) >= 1000, 5, "1000 handled")
+    await until(lambda: len(sink.bodies) >= 1000, 5, "1000 handled")
     delivery_time = time.monotonic() - t0
     assert sink.bodies == bodies
     st = pub_b.stats()

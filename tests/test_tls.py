@@ -9,8 +9,6 @@ Every wait is bounded; counts and statuses are exact.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +17,9 @@ from typing import Any
 import pytest
 from certs_util import CA, Leaf, make_ca
 
-from brokers import MakeBroker
+from brokers import MakeBroker, Sink, envelope, until
 
-from hyperbroker import Broker, BrokerError, Event, MemoryRegistry, TLSConfig
+from hyperbroker import Broker, BrokerError, MemoryRegistry, TLSConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,30 +27,6 @@ TOPIC = "tls.orders"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def envelope(topic: str, body: bytes, header: dict[str, str] | None = None) -> str:
-    h = {":topic": topic}
-    h.update(header or {})
-    return json.dumps({"Header": h, "Body": base64.b64encode(body).decode()})
-
-
-class Sink:
-    """Records the bodies its handler saw, in order."""
-
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    def __call__(self, ev: Event) -> None:
-        self.bodies.append(ev.message.body)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def curl(*args: str, timeout: float = 10.0) -> tuple[int, str, str, str]:
@@ -120,7 +94,7 @@ async def test_secure_delivers_1000_in_order_over_https(make_broker: MakeBroker,
     for body in expected:
         await pub_b.publish(TOPIC, body)
     await pub_b.flush(timeout=15)
-    await wait_until(lambda: len(sink.bodies) >= 1000, 5, "1000 messages handled")
+    await until(lambda: len(sink.bodies) >= 1000, 5, "1000 messages handled")
 
     assert sink.bodies == expected
     ps = pub_b.stats()
@@ -147,27 +121,27 @@ async def test_secure_endpoint_serves_https_to_curl_and_refuses_plain_http(
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
     rc, code, body, err = await curl(
-        "-k", "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"via-curl")
+        "-k", "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"via-curl").decode()
     )
     assert (rc, code) == (0, "200"), err
     assert sink.bodies == [b"via-curl"]
 
     # without -k curl must refuse the self-signed certificate (it really is TLS, and unverifiable)
-    rc, code, _, err = await curl("-X", "POST", url, "-d", envelope(TOPIC, b"unverified"))
+    rc, code, _, err = await curl("-X", "POST", url, "-d", envelope(TOPIC, b"unverified").decode())
     assert rc == 60 and code == "000", (rc, code, err)
 
     # plain HTTP to the HTTPS port: no HTTP response, the handler does not run
     rc, code, _, err = await curl(
         "-X", "POST", url.replace("https://", "http://"), "-H", "Content-Type: application/json",
-        "-d", envelope(TOPIC, b"plain"),
+        "-d", envelope(TOPIC, b"plain").decode(),
     )
     assert rc != 0 and code == "000", (rc, code, err)
     assert sink.bodies == [b"via-curl"]
     # the refused unverified curl and the plain-HTTP request are the two failed handshakes
-    await wait_until(lambda: sub_b.stats()["tls_handshake_failures"] == 2, 3, "2 handshake failures counted")
+    await until(lambda: sub_b.stats()["tls_handshake_failures"] == 2, 3, "2 handshake failures counted")
 
     # and the endpoint keeps serving
-    rc, code, _, err = await curl("-k", "-X", "POST", url, "-d", envelope(TOPIC, b"after"))
+    rc, code, _, err = await curl("-k", "-X", "POST", url, "-d", envelope(TOPIC, b"after").decode())
     assert (rc, code) == (0, "200"), err
     assert sink.bodies == [b"via-curl", b"after"]
     assert sub_b.stats()["received"] == 2
@@ -205,7 +179,7 @@ async def test_ca_verified_delivery(make_broker: MakeBroker, pki: dict[str, Any]
     for body in second:
         await pub_full.publish(TOPIC, body)
     await pub_full.flush(timeout=10)
-    await wait_until(lambda: len(sink.bodies) >= 600, 5, "600 handled")
+    await until(lambda: len(sink.bodies) >= 600, 5, "600 handled")
 
     assert sink.bodies == first + second
     for p in (pub_verify, pub_full):
@@ -238,7 +212,7 @@ async def _wrong_ca_setup(make_broker: MakeBroker, pki: dict[str, Any], n: int) 
     bodies = [f"w-{i}".encode() for i in range(n)]
     for body in bodies:
         await pub_b.publish(TOPIC, body)
-    await wait_until(lambda: pub_b.stats()["last_error"] is not None, 5, "a delivery error is recorded")
+    await until(lambda: pub_b.stats()["last_error"] is not None, 5, "a delivery error is recorded")
     return sub_b, pub_b, sink, bodies
 
 
@@ -288,8 +262,8 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
 
     # the bad subscriber goes away; nothing is lost: everything waits in the backlog
     await sub_b.disconnect(timeout=0)
-    await wait_until(lambda: pub_b.route_count(TOPIC) == 0, 5, "route gone")
-    await wait_until(lambda: pub_b.stats()["backlog"] == n, 5, f"backlog == {n}")
+    await until(lambda: pub_b.route_count(TOPIC) == 0, 5, "route gone")
+    await until(lambda: pub_b.stats()["backlog"] == n, 5, f"backlog == {n}")
     st = pub_b.stats()
     assert pick(st, "delivered", "dropped", "failed", "in_flight") == {
         "delivered": 0,
@@ -304,7 +278,7 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
     fixed = await make_broker(tls=TLSConfig(cert_file=good.cert, key_file=good.key, ca_file=ca_a.cert, verify=True))
     sink2 = Sink()
     await fixed.subscribe(TOPIC, sink2)
-    await wait_until(lambda: len(sink2.bodies) >= n, 10, f"{n} backlogged messages handled")
+    await until(lambda: len(sink2.bodies) >= n, 10, f"{n} backlogged messages handled")
     await pub_b.flush(timeout=5)
     assert sink2.bodies == bodies
     assert sink.bodies == []
@@ -335,21 +309,21 @@ async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBro
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
     # curl without a client certificate: the handshake is refused
-    rc, code, _, err = await curl("--cacert", str(ca.cert), "-X", "POST", url, "-d", envelope(TOPIC, b"no-cert"))
+    rc, code, _, err = await curl("--cacert", str(ca.cert), "-X", "POST", url, "-d", envelope(TOPIC, b"no-cert").decode())
     assert rc != 0 and code == "000", (rc, code, err)
     # a certificate from another CA is refused too
     rc, code, _, err = await curl(
         "--cacert", str(ca.cert), "--cert", str(cli_b.cert), "--key", str(cli_b.key),
-        "-X", "POST", url, "-d", envelope(TOPIC, b"other-ca"),
+        "-X", "POST", url, "-d", envelope(TOPIC, b"other-ca").decode(),
     )
     assert rc != 0 and code == "000", (rc, code, err)
     assert sink.bodies == []
-    await wait_until(lambda: sub_b.stats()["tls_handshake_failures"] == 2, 3, "2 handshake failures")
+    await until(lambda: sub_b.stats()["tls_handshake_failures"] == 2, 3, "2 handshake failures")
 
     # with a certificate signed by the CA: 200 and the handler ran
     rc, code, body, err = await curl(
         "--cacert", str(ca.cert), "--cert", str(cli.cert), "--key", str(cli.key),
-        "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"with-cert"),
+        "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"with-cert").decode(),
     )
     assert (rc, code) == (0, "200"), (body, err)
     assert sink.bodies == [b"with-cert"]
@@ -368,7 +342,7 @@ async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: Ma
     await pub_b.wait_for_route(TOPIC, 5)
     for i in range(5):
         await pub_b.publish(TOPIC, f"x-{i}".encode())
-    await wait_until(lambda: sub_b.stats()["tls_handshake_failures"] >= 3, 5, "refused handshakes")
+    await until(lambda: sub_b.stats()["tls_handshake_failures"] >= 3, 5, "refused handshakes")
     await asyncio.sleep(0.5)
     assert sink.bodies == []
     assert sub_b.stats()["received"] == 0
@@ -401,7 +375,7 @@ async def test_mtls_publisher_with_ca_signed_certificate_delivers(make_broker: M
     for body in bodies:
         await pub_b.publish(TOPIC, body)
     await pub_b.flush(timeout=10)
-    await wait_until(lambda: len(sink.bodies) >= 500, 5, "500 handled")
+    await until(lambda: len(sink.bodies) >= 500, 5, "500 handled")
     assert sink.bodies == bodies
     st = pub_b.stats()
     assert pick(st, "delivered", "dropped", "failed", "retried") == {
