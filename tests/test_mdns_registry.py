@@ -278,3 +278,20 @@ async def test_port_5353_taken_gives_an_actionable_error() -> None:
         await reg.close()
     finally:
         blocker.close()
+
+
+async def test_subscribe_with_a_topic_too_long_for_txt_is_refused_clearly() -> None:
+    """The topic travels in a TXT entry (at most 255 bytes): a longer one is refused at
+    subscribe with a BrokerError, never truncated, and leaves nothing behind."""
+    from hyperbroker import Broker, BrokerError
+
+    registry = MdnsRegistry(interfaces=["127.0.0.1"])
+    try:
+        async with Broker(address="127.0.0.1:0", registry=registry) as b:
+            with pytest.raises(BrokerError, match="255"):
+                await b.subscribe("t" * 300, lambda ev: None)
+            assert await registry.list_services() == []
+            ok = await b.subscribe("t" * 100, lambda ev: None)
+            assert ok.topic == "t" * 100
+    finally:
+        await registry.close()

@@ -230,6 +230,9 @@ class Broker:
                 await self.flush(timeout=wait)
             except FlushTimeoutError as e:
                 log.warning("disconnect: %s; undelivered messages are dropped", e)
+        parked = self._engine.stats().get("backlog", 0) if self._engine is not None else 0
+        if parked:
+            log.warning("disconnect: %s message(s) waiting in the backlog for a subscriber are dropped", parked)
         for sub in list(self._subs.values()):
             try:
                 await self._deregister(sub)
@@ -455,23 +458,31 @@ class Broker:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
             subs = self._subs
-            for token, sub_id, topic, header, body in events:
-                sub = subs.get(sub_id)
-                if sub is None:
-                    failures.append((token, "subscriber is gone"))
-                elif sub._inline and not sub._pending:
-                    # the hot path: a plain function with auto-ack, run right here
-                    try:
-                        r = sub._handler(Event(topic, Message(header, body)))
-                    except Exception as e:
-                        failures.append((token, _describe(e)))
-                        continue
-                    if r is not None and inspect.isawaitable(r):
-                        deferred.append(token)
-                        sub._defer_awaitable(token, topic, header, body, r)
-                else:
-                    sub._deliver(token, topic, header, body, failures, deferred)
-            engine.done(failures, deferred)
+            done = 0
+            try:
+                for token, sub_id, topic, header, body in events:
+                    sub = subs.get(sub_id)
+                    if sub is None:
+                        failures.append((token, "subscriber is gone"))
+                    elif sub._inline and not sub._pending:
+                        # the hot path: a plain function with auto-ack, run right here
+                        try:
+                            r = sub._handler(Event(topic, Message(header, body)))
+                        except Exception as e:
+                            failures.append((token, _describe(e)))
+                        else:
+                            if r is not None and inspect.isawaitable(r):
+                                deferred.append(token)
+                                sub._defer_awaitable(token, topic, header, body, r)
+                    else:
+                        sub._deliver(token, topic, header, body, failures, deferred)
+                    done += 1
+            except BaseException:
+                # KeyboardInterrupt, SystemExit...: what did not run is not acknowledged
+                failures.extend((ev[0], "handler interrupted") for ev in events[done:])
+                raise
+            finally:
+                engine.done(failures, deferred)
         for token, ok in flushes:
             fut = self._flushes.get(token)
             if fut is not None and not fut.done():
