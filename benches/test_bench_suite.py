@@ -426,6 +426,23 @@ def _meta(measuring: bool) -> dict[str, Any]:
     }
 
 
+def _missing() -> list[str]:
+    """Scenarios without figures (nats ones only count when nats-server is installed)."""
+    nats = skip_reason() is None
+    out = [f"1:1 {s} B" for s in SIZES if str(s) not in FIGURES["throughput_1to1"]]
+    out += [
+        f"1:1 {s} B nats"
+        for s in SIZES
+        if nats and str(s) in FIGURES["throughput_1to1"] and not _get(FIGURES["throughput_1to1"], str(s), "nats")
+    ]
+    out += [f"fan-out {s}x{k}" for s, k in FANOUT if f"{s}x{k}" not in FIGURES["fanout"]]
+    out += [f"nats fan-out {k}" for k in NATS_FANOUT if nats and str(k) not in FIGURES["fanout_nats"]]
+    for name in ("queue_group", "latency", "cpu"):
+        if not FIGURES[name].get("hyperbroker") or (nats and not FIGURES[name].get("nats")):
+            out.append(name.replace("_", " "))
+    return out
+
+
 def _finite(x: Any) -> Any:
     """results.json is strict JSON: non-finite floats (an inf fairness) become null."""
     if isinstance(x, float):
@@ -460,7 +477,12 @@ def test_summary_and_results(measuring: bool, tmp_path: Path) -> None:
         have_mpl = True
     import plot
 
-    if measuring:
+    assert "Targets" in plot.markdown(results)  # the README's tables render from these figures
+    missing = _missing()
+    if measuring and missing:
+        # a partial run (-k, a failure) must not replace the figures of a complete one
+        report(f"results.json NOT written: figures missing for {', '.join(missing)}")
+    elif measuring:
         RESULTS_JSON.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
         report(f"figures written to {RESULTS_JSON}")
         if have_mpl and results["throughput_1to1"]:
