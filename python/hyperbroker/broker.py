@@ -14,7 +14,7 @@ from typing import Any
 
 from . import _core
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Event, Handler, Message, to_wire
+from .message import Handler, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscribeOptions, Subscriber, _describe
@@ -453,33 +453,33 @@ class Broker:
         engine = self._engine
         if engine is None:
             return
-        events, flushes = engine.take()
+        sub_ids, events, flushes = engine.take()
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
             subs = self._subs
             done = 0
             try:
-                for token, sub_id, topic, header, body in events:
+                for sub_id, ev in zip(sub_ids, events):
                     sub = subs.get(sub_id)
                     if sub is None:
-                        failures.append((token, "subscriber is gone"))
+                        failures.append((ev._token, "subscriber is gone"))
                     elif sub._inline and not sub._pending:
                         # the hot path: a plain function with auto-ack, run right here
                         try:
-                            r = sub._handler(Event(topic, Message(header, body)))
+                            r = sub._handler(ev)
                         except Exception as e:
-                            failures.append((token, _describe(e)))
+                            failures.append((ev._token, _describe(e)))
                         else:
                             if r is not None and inspect.isawaitable(r):
-                                deferred.append(token)
-                                sub._defer_awaitable(token, topic, header, body, r)
+                                deferred.append(ev._token)
+                                sub._defer_awaitable(ev, r)
                     else:
-                        sub._deliver(token, topic, header, body, failures, deferred)
+                        sub._deliver(ev, failures, deferred)
                     done += 1
             except BaseException:
                 # KeyboardInterrupt, SystemExit...: what did not run is not acknowledged
-                failures.extend((ev[0], "handler interrupted") for ev in events[done:])
+                failures.extend((ev._token, "handler interrupted") for ev in events[done:])
                 raise
             finally:
                 engine.done(failures, deferred)

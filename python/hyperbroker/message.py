@@ -1,32 +1,24 @@
-"""Message and Event: what is published and what a handler receives."""
+"""Message and Event: what is published and what a handler receives.
+
+Both are native classes (``hyperbroker._core``): the subscriber endpoint builds them for each
+received message without running Python code.
+
+``Message(header=None, body=b"")``: ``.header`` (dict[str, str]), ``.body`` (bytes), ``.json()``,
+``.text(encoding="utf-8")``; equal when header and body are.
+``Event(topic, message, error=None)``: ``.topic``, ``.message``, ``.error``, ``.ack()``, ``.acked``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ._core import Event, Message
 from .errors import BrokerError
 
 __all__ = ["Message", "Event", "to_wire"]
-
-
-@dataclass(slots=True)
-class Message:
-    """A message: string headers and a bytes body (go-micro's ``broker.Message``)."""
-
-    header: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def json(self) -> Any:
-        """The body decoded as JSON (orjson)."""
-        return orjson.loads(self.body)
-
-    def text(self, encoding: str = "utf-8") -> str:
-        """The body decoded as text."""
-        return self.body.decode(encoding)
 
 
 _JSON_HEADER = {"Content-Type": "application/json"}
@@ -42,8 +34,6 @@ def to_wire(message: object, header: dict[str, str] | None = None) -> tuple[dict
     if isinstance(message, Message):
         h: dict[str, str] | None = message.header
         body = message.body
-        if not isinstance(body, bytes):
-            body = bytes(body)
     elif isinstance(message, bytes):
         h, body = None, message
     elif isinstance(message, (bytearray, memoryview)):
@@ -62,33 +52,6 @@ def to_wire(message: object, header: dict[str, str] | None = None) -> tuple[dict
     if header:
         h = {**h, **header} if h else dict(header)
     return h, body
-
-
-class Event:
-    """What a handler receives: the topic, the message, ``ack()`` and ``error``.
-
-    With ``auto_ack=True`` (the default) a handler that returns acknowledges the message; with
-    ``auto_ack=False`` the handler must call ``ack()``, or the message is delivered again.
-    """
-
-    __slots__ = ("topic", "message", "error", "_acked")
-
-    def __init__(self, topic: str, message: Message, error: BaseException | None = None) -> None:
-        self.topic = topic
-        self.message = message
-        self.error = error
-        self._acked = False
-
-    def ack(self) -> None:
-        """Acknowledge the message (needed only with ``auto_ack=False``)."""
-        self._acked = True
-
-    @property
-    def acked(self) -> bool:
-        return self._acked
-
-    def __repr__(self) -> str:
-        return f"Event(topic={self.topic!r}, header={self.message.header!r}, body={self.message.body[:64]!r})"
 
 
 Handler = Callable[[Event], Any]

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .message import Event, Handler, Message
+from .message import Event, Handler
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -68,16 +68,14 @@ class Subscriber:
             return "handler returned without ack() (auto_ack=False): the message will be redelivered"
         return None
 
-    def _deliver(
-        self, token: int, topic: str, header: dict[str, str], body: bytes, failures: list[tuple[int, str]], deferred: list[int]
-    ) -> None:
+    def _deliver(self, ev: Event, failures: list[tuple[int, str]], deferred: list[int]) -> None:
         """Run the handler for one event (called on the loop from the broker's batch drain).
 
         Plain functions run inline; a failure goes into ``failures``. Coroutine functions run in
         one runner task per subscriber that works through the queue in order; their tokens go
         into ``deferred`` and are settled by the runner.
         """
-        ev = Event(topic, Message(header, body))
+        token = ev._token
         if self._is_async or self._pending:
             deferred.append(token)
             self._pending.append((token, ev))
@@ -97,8 +95,8 @@ class Subscriber:
         if err is not None:
             failures.append((token, err))
 
-    def _defer_awaitable(self, token: int, topic: str, header: dict[str, str], body: bytes, r: Awaitable[Any]) -> None:
-        self._defer(token, _AwaitingEvent(Event(topic, Message(header, body)), r))
+    def _defer_awaitable(self, ev: Event, r: Awaitable[Any]) -> None:
+        self._defer(ev._token, _AwaitingEvent(ev, r))
 
     def _defer(self, token: int, item: _AwaitingEvent) -> None:
         # a plain function that returned an awaitable: finish it in the runner, in order

@@ -10,9 +10,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use super::codec::encode_py_into;
+use super::message::{Event, Message};
 use super::errors::BrokerError;
 use crate::bridge::{Bridge, Item, Outcome};
 use crate::node::NodeSpec;
@@ -160,12 +161,13 @@ impl Engine {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (events, flushes). An event is (token, subscriber id, topic,
-    /// header, body); a flush is (token, ok).
-    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    /// Take every queued item: (subscriber ids, events, flushes); ids and events are parallel
+    /// lists, each event an `Event` carrying its delivery token; a flush is (token, ok).
+    #[allow(clippy::type_complexity)]
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
-        // anything a previous take() handed out and done() never settled is still owed: keep it
+        let sub_ids = PyList::empty(py);
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
@@ -194,15 +196,16 @@ impl Engine {
                     for (k, v) in &env.header {
                         h.set_item(k, v)?;
                     }
-                    let b = PyBytes::new(py, &env.body);
-                    let tup = PyTuple::new(py, [token.into_pyobject(py)?.into_any(), sub.into_any(), topic.into_any(), h.into_any(), b.into_any()])?;
-                    events.append(tup)?;
+                    let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &env.body)))?;
+                    let ev = Bound::new(py, Event::new_received(topic, msg, token))?;
+                    sub_ids.append(sub)?;
+                    events.append(ev)?;
                     taken.push(token);
                 }
                 Item::Flushed { token, ok } => flushes.append((token, ok))?,
             }
         }
-        Ok((events, flushes))
+        Ok((sub_ids, events, flushes))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,

@@ -3,6 +3,7 @@
 mod backlog;
 mod codec;
 mod engine;
+mod message;
 pub mod errors;
 
 use pyo3::prelude::*;
@@ -13,5 +14,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     codec::register(m)?;
     backlog::register(m)?;
     engine::register(m)?;
+    message::register(m)?;
     Ok(())
 }
