@@ -3,25 +3,80 @@
 //!
 //! Request: `Content-Type: application/x-ndjson`, body = envelopes (each the ordinary go-micro
 //! JSON envelope, which never contains a raw newline) separated by `\n`.
-//! Response: `200` with `{"failed":[{"index":I,"status":S,"error":"..."}]}` naming the envelopes
+//! Response: `200` with `{"received":N,"failed":[{"index":I,"status":S,"error":"..."}]}`: N is
+//! how many envelopes the node read (a publisher that sent more retries the whole request),
+//! `failed` names the envelopes
 //! that were not handled (status 500: the handler raised, 400: undecodable, 404: unknown
 //! subscriber, 503: subscriber closing); only those are retried by the publisher.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
 
-/// Join envelopes into one batch body.
-pub fn frame<'a>(envelopes: impl Iterator<Item = &'a Bytes>, size_hint: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(size_hint);
-    for (i, e) in envelopes.enumerate() {
-        if i > 0 {
-            out.put_u8(b'\n');
-        }
-        out.extend_from_slice(e);
+/// A request body made of the envelopes themselves (and the newlines between them), written
+/// with vectored I/O: a batch of large messages is never copied into one buffer.
+pub struct Chunks {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    pub fn one(b: Bytes) -> Self {
+        let remaining = b.len() as u64;
+        Chunks { parts: std::iter::once(b).collect(), remaining }
     }
-    out.freeze()
+
+    /// The same bytes as `batch`, in one contiguous chunk.
+    pub fn flat<'a>(envelopes: impl Iterator<Item = &'a Bytes>) -> Self {
+        let mut out = bytes::BytesMut::new();
+        for (i, e) in envelopes.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\n");
+            }
+            out.extend_from_slice(e);
+        }
+        Chunks::one(out.freeze())
+    }
+
+    pub fn batch<'a>(envelopes: impl Iterator<Item = &'a Bytes>) -> Self {
+        static NL: Bytes = Bytes::from_static(b"\n");
+        let mut parts = std::collections::VecDeque::new();
+        let mut remaining = 0u64;
+        for (i, e) in envelopes.enumerate() {
+            if i > 0 {
+                parts.push_back(NL.clone());
+                remaining += 1;
+            }
+            remaining += e.len() as u64;
+            parts.push_back(e.clone());
+        }
+        Chunks { parts, remaining }
+    }
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.parts.pop_front();
+        if let Some(b) = &next {
+            self.remaining -= b.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// Split a batch body into envelopes (empty lines, e.g. a trailing newline, are skipped; a
@@ -42,12 +97,19 @@ pub struct Failure {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct BatchResponse {
+    /// how many envelopes the node read from the request: a publisher that sent more treats
+    /// the request as failed instead of taking silence for success
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<usize>,
     #[serde(default)]
     pub failed: Vec<Failure>,
 }
 
-pub fn encode_response(failed: Vec<Failure>) -> Bytes {
-    Bytes::from(serde_json::to_vec(&BatchResponse { failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()))
+pub fn encode_response(received: usize, failed: Vec<Failure>) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&BatchResponse { received: Some(received), failed })
+            .unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()),
+    )
 }
 
 pub fn decode_response(body: &[u8]) -> Result<BatchResponse, String> {
@@ -57,6 +119,20 @@ pub fn decode_response(body: &[u8]) -> Result<BatchResponse, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::{BufMut, BytesMut};
+
+/// Join envelopes into one batch body.
+fn frame<'a>(envelopes: impl Iterator<Item = &'a Bytes>, size_hint: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(size_hint);
+    for (i, e) in envelopes.enumerate() {
+        if i > 0 {
+            out.put_u8(b'\n');
+        }
+        out.extend_from_slice(e);
+    }
+    out.freeze()
+}
+
 
     #[test]
     fn frame_and_split() {
@@ -69,9 +145,23 @@ mod tests {
     }
 
     #[test]
+    fn chunks_carry_the_same_bytes_as_frame() {
+        use http_body_util::BodyExt;
+        let a = Bytes::from_static(b"first");
+        let b = Bytes::from_static(b"second");
+        let flat = frame([a.clone(), b.clone()].iter(), 16);
+        let body = Chunks::batch([a, b].iter());
+        assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(flat.len() as u64));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let got = rt.block_on(body.collect()).unwrap().to_bytes();
+        assert_eq!(got, flat);
+    }
+
+    #[test]
     fn response_round_trip() {
-        let r = encode_response(vec![Failure { index: 2, status: 500, error: "boom".into() }]);
+        let r = encode_response(5, vec![Failure { index: 2, status: 500, error: "boom".into() }]);
         let d = decode_response(&r).unwrap();
+        assert_eq!(d.received, Some(5));
         assert_eq!(d.failed, vec![Failure { index: 2, status: 500, error: "boom".into() }]);
         assert!(decode_response(b"{}").unwrap().failed.is_empty());
         assert!(decode_response(b"nope").is_err());

@@ -7,7 +7,7 @@
 use std::fmt;
 
 use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -89,11 +89,15 @@ pub fn encode_into<'a>(
         write_json_str(out, v);
     }
     out.extend_from_slice(b"},\"Body\":\"");
-    let start = out.len();
     let b64_len = (body.len() + 2) / 3 * 4;
-    out.resize(start + b64_len, 0);
-    // The slice has exactly the encoded length, so this cannot fail.
-    let _ = STANDARD.encode_slice(body, &mut out[start..]);
+    out.reserve(b64_len + 2);
+    // SIMD where the CPU has it, straight into the spare capacity (no zero-filling first)
+    let written = {
+        let spare = &mut out.spare_capacity_mut()[..b64_len];
+        base64_simd::STANDARD.encode(body, base64_simd::Out::from_uninit_slice(spare)).len()
+    };
+    // SAFETY: `encode` initialised exactly `written` (= b64_len) bytes of the spare capacity
+    unsafe { out.set_len(out.len() + written) };
     out.extend_from_slice(b"\"}");
 }
 
@@ -153,22 +157,47 @@ impl<'de> Visitor<'de> for HeaderVisitor {
 struct BodySeed;
 
 impl<'de> DeserializeSeed<'de> for BodySeed {
-    type Value = Option<String>;
+    type Value = Option<std::borrow::Cow<'de, str>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        <Option<String> as serde::Deserialize>::deserialize(d)
-            .map_err(|_| de::Error::custom("BODYERR Body is not a base64 string"))
+        d.deserialize_any(BodyVisitor).map_err(|_| de::Error::custom("BODYERR Body is not a base64 string"))
     }
 }
 
-struct RawEnvelope {
+/// Borrows the Body string from the input when it has no escapes (base64 never has), so a
+/// large body is not copied before it is decoded.
+struct BodyVisitor;
+
+impl<'de> Visitor<'de> for BodyVisitor {
+    type Value = Option<std::borrow::Cow<'de, str>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Body to be a base64 string or null")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(std::borrow::Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(std::borrow::Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Some(std::borrow::Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+struct RawEnvelope<'de> {
     header: Vec<(String, String)>,
-    body: Option<String>,
+    body: Option<std::borrow::Cow<'de, str>>,
 }
 
 struct EnvelopeVisitor;
 
 impl<'de> Visitor<'de> for EnvelopeVisitor {
-    type Value = RawEnvelope;
+    type Value = RawEnvelope<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object with Header and Body")
     }
@@ -223,7 +252,11 @@ fn strip_location(s: &str) -> String {
 }
 
 fn decode_base64(s: &str) -> Result<Vec<u8>, CodecError> {
-    // Go's base64 decoder skips \r and \n; do the same.
+    // the fast path: canonical base64 (what every encoder, Go's included, produces), SIMD
+    if let Ok(v) = base64_simd::STANDARD.decode_to_vec(s.as_bytes()) {
+        return Ok(v);
+    }
+    // Go's base64 decoder skips \r and \n and ignores non-zero trailing bits; do the same.
     let res = if s.bytes().any(|b| b == b'\r' || b == b'\n') {
         let cleaned: Vec<u8> = s.bytes().filter(|b| *b != b'\r' && *b != b'\n').collect();
         GO_STD.decode(cleaned)
@@ -233,7 +266,7 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, CodecError> {
     res.map_err(|e| CodecError::BadBody(format!("Body is not valid standard base64: {e}")))
 }
 
-fn parse(data: &[u8]) -> Result<RawEnvelope, serde_json::Error> {
+fn parse(data: &[u8]) -> Result<RawEnvelope<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(data);
     let raw = de.deserialize_map(EnvelopeVisitor)?;
     de.end()?;
@@ -242,17 +275,31 @@ fn parse(data: &[u8]) -> Result<RawEnvelope, serde_json::Error> {
 
 /// On failure, report what Go would: a syntax error of the document first, and invalid UTF-8
 /// replaced by U+FFFD (Go's behaviour) rather than refused.
-fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<RawEnvelope, CodecError> {
+/// What decoding produced, with the body already decoded (owned, independent of the input).
+struct Decoded {
+    header: Vec<(String, String)>,
+    body: Result<Vec<u8>, CodecError>,
+}
+
+fn finish(raw: RawEnvelope<'_>) -> Decoded {
+    let body = match raw.body {
+        Some(s) if !s.is_empty() => decode_base64(&s),
+        _ => Ok(Vec::new()),
+    };
+    Decoded { header: raw.header, body }
+}
+
+fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<Decoded, CodecError> {
     if std::str::from_utf8(data).is_err() {
         let lossy = String::from_utf8_lossy(data);
         return match parse(lossy.as_bytes()) {
-            Ok(raw) => Ok(raw),
+            Ok(raw) => Ok(finish(raw)),
             Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| classify_plain(first))),
         };
     }
     if let Some(fixed) = replace_lone_surrogates(data) {
         if let Ok(raw) = parse(&fixed) {
-            return Ok(raw);
+            return Ok(finish(raw));
         }
     }
     if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(data) {
@@ -311,11 +358,11 @@ fn classify_plain(e: serde_json::Error) -> CodecError {
 
 /// Decode one envelope. The returned header no longer contains `:topic`.
 pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
-    let raw = match parse(data) {
-        Ok(raw) => raw,
+    let decoded = match parse(data) {
+        Ok(raw) => finish(raw),
         Err(e) => parse_slow(data, e)?,
     };
-    let RawEnvelope { mut header, body } = raw;
+    let Decoded { mut header, body } = decoded;
     let topic = match header.iter().position(|(k, _)| k == TOPIC_HEADER) {
         Some(i) => header.remove(i).1,
         None => String::new(),
@@ -332,11 +379,7 @@ pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
     if topic.is_empty() {
         return Err(CodecError::NoTopic);
     }
-    let body = match body {
-        Some(s) if !s.is_empty() => decode_base64(&s)?,
-        _ => Vec::new(),
-    };
-    Ok(Envelope { topic, header, body })
+    Ok(Envelope { topic, header, body: body? })
 }
 
 #[cfg(test)]

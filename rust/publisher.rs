@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -101,8 +101,8 @@ impl TopicRoute {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-type H2cClient = Client<HttpConnector, Full<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, batch::Chunks>;
+type H2cClient = Client<HttpConnector, batch::Chunks>;
 
 /// The connection pools: HTTPS-or-HTTP/1.1 (ALPN offers h2 under TLS) and h2c (HTTP/2 with
 /// prior knowledge) for plain-text hyperbroker peers that advertise it.
@@ -687,7 +687,7 @@ impl Publisher {
 
     /// Does the node answer an HTTP request at all (any status)?
     async fn probe(&self, link: &NodeLink) -> bool {
-        let Ok(req) = Request::head(link.uri.clone()).body(Full::new(Bytes::new())) else { return false };
+        let Ok(req) = Request::head(link.uri.clone()).body(batch::Chunks::batch(std::iter::empty())) else { return false };
         let clients = self.clients.read().clone();
         let fut = async {
             if link.spec.h2 && !link.spec.secure {
@@ -774,15 +774,16 @@ impl Publisher {
     }
 
     async fn send(&self, link: &NodeLink, batch: &[Msg]) -> SendResult {
-        let (body, ct) = if link.spec.batch && batch.len() > 1 {
-            let size = batch.iter().map(|m| m.envelope.len() + 1).sum();
-            (batch::frame(batch.iter().map(|m| &m.envelope), size), batch::CONTENT_TYPE)
+        let (body, ct) = if link.spec.batch && (link.spec.h2 || link.spec.secure) {
+            // anything that may be HTTP/2 (h2c, or ALPN under TLS) gets one contiguous DATA
+            // payload: many small DATA frames from concurrent streams made hyper's h2 fail
+            (batch::Chunks::flat(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
         } else if link.spec.batch {
-            (batch[0].envelope.clone(), batch::CONTENT_TYPE)
+            (batch::Chunks::batch(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
         } else {
-            (batch[0].envelope.clone(), "application/json")
+            (batch::Chunks::one(batch[0].envelope.clone()), "application/json")
         };
-        let mut req = match Request::post(link.uri.clone()).header(CONTENT_TYPE, ct).body(Full::new(body)) {
+        let mut req = match Request::post(link.uri.clone()).header(CONTENT_TYPE, ct).body(body) {
             Ok(r) => r,
             Err(e) => return SendResult::Unreachable(format!("could not build request: {e}")),
         };
@@ -815,6 +816,11 @@ impl Publisher {
         };
         if status == StatusCode::OK && link.spec.batch && is_batch_reply {
             return match batch::decode_response(&body) {
+                Ok(r) if r.received.is_some_and(|n| n != batch.len()) => SendResult::Unreachable(format!(
+                    "the node read {} of the {} envelopes sent (truncated request)",
+                    r.received.unwrap_or_default(),
+                    batch.len()
+                )),
                 Ok(r) => SendResult::Done {
                     failed: r.failed.into_iter().filter(|f| f.index < batch.len()).map(|f| (f.index, f.status, f.error)).collect(),
                 },

@@ -263,7 +263,9 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let mut failed = Vec::new();
     let mut envs = Vec::new();
     let mut indexes = Vec::new();
-    for (index, line) in batch::split(body).into_iter().enumerate() {
+    let lines = batch::split(body);
+    let received = lines.len();
+    for (index, line) in lines.into_iter().enumerate() {
         match codec::decode(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
             Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
             Ok(env) => match route_check(state, &id, &env.topic) {
@@ -288,7 +290,7 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
         }
     }
     failed.sort_by_key(|f| f.index);
-    let mut r = Response::new(Full::new(batch::encode_response(failed)));
+    let mut r = Response::new(Full::new(batch::encode_response(received, failed)));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }

@@ -454,7 +454,8 @@ async def test_batch_names_exactly_the_failed_envelopes(ep: Endpoint, http: aioh
     assert status == 200, text
     assert headers["Content-Type"].startswith("application/json")
     doc = json.loads(text)
-    assert set(doc) == {"failed"}
+    assert set(doc) == {"received", "failed"}
+    assert doc["received"] == 5  # every line was read; the count guards against truncation
     failed = doc["failed"]
     assert [(f["index"], f["status"]) for f in failed] == [(1, 400), (3, 500)], doc
     assert all(set(f) == {"index", "status", "error"} for f in failed)
@@ -471,7 +472,7 @@ async def test_batch_all_good_and_trailing_newline(ep: Endpoint, http: aiohttp.C
     lines = [envelope(TOPIC, f"n{i}".encode()) for i in range(20)]
     status, text, _ = await post(http, ep.url, b"\r\n".join(lines) + b"\n", NDJSON)
     assert status == 200, text
-    assert json.loads(text) == {"failed": []}
+    assert json.loads(text) == {"received": 20, "failed": []}
     assert ep.sink.bodies == [f"n{i}".encode() for i in range(20)]
 
 

@@ -392,7 +392,8 @@ def check_response(c: Case, raw: bytes) -> int:
         assert r.headers.get("content-type", "").startswith("text/plain"), r.headers
     if c.kind == "batch" and r.status == 200:
         reply = json.loads(r.body)
-        assert set(reply) == {"failed"}
+        assert set(reply) == {"received", "failed"}
+        assert isinstance(reply["received"], int) and reply["received"] >= len(reply["failed"])
         for f in reply["failed"]:
             assert f["status"] in (400, 404), f  # never 5xx: the handler does not raise
             assert f["error"], f
@@ -644,7 +645,8 @@ async def test_topic_over_max_topic_is_400(make_broker: MakeBroker, http: aiohtt
     status, text = await _post(http, url, batch, "application/x-ndjson")
     assert status == 200
     assert json.loads(text) == {
-        "failed": [{"index": 1, "status": 400, "error": "topic of 40 bytes is over the limit of 16 bytes"}]
+        "received": 3,
+        "failed": [{"index": 1, "status": 400, "error": "topic of 40 bytes is over the limit of 16 bytes"}],
     }
     assert sink.bodies == [b"ok", b"b1", b"b2"]
     assert b.stats()["rejected"] == 2

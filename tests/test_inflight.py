@@ -72,3 +72,39 @@ async def test_many_in_flight_node_dies_and_a_replacement_gets_everything(regist
             assert sorted(got, key=int) == [str(i).encode() for i in range(n)], "lost or doubled"
             st = pub.stats()
             assert st["delivered"] == n and st["dropped"] == 0 and st["backlog"] == 0
+
+
+async def test_a_batch_the_node_did_not_fully_read_is_sent_again(registry: MemoryRegistry) -> None:
+    """A batch node that says it read fewer envelopes than were sent (a truncated request)
+    gets the whole batch again: silence about the rest is not taken for success."""
+    from aiohttp import web
+
+    seen: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        lines = [line for line in (await request.read()).split(b"\n") if line.strip()]
+        seen.append(len(lines))
+        if len(seen) == 1:
+            return web.json_response({"received": len(lines) - 1, "failed": []})
+        return web.json_response({"received": len(lines), "failed": []})
+
+    app = web.Application()
+    app.router.add_post("/_sub", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with Broker(address="127.0.0.1:0", registry=registry, retry_min=0.01) as pub:
+            node = Node("hb-short-reader", f"127.0.0.1:{port}", {"batch": "1"})
+            await registry.register(Service("topic:short", BROADCAST_VERSION, (node,)))
+            await pub.wait_for_route("short")
+            await pub.publish_many("short", [b"a", b"b", b"c"])
+            await pub.flush(timeout=5)
+            st = pub.stats()
+            assert sum(seen) >= 6 and seen[0] == 3, seen  # the first batch was sent again
+            assert st["delivered"] == 3 and st["retried"] >= 3 and st["dropped"] == 0
+            assert "read 2 of the 3" in (st["last_error"] or "")
+    finally:
+        await runner.cleanup()
