@@ -6,14 +6,33 @@ on ``sys.path``. Everything here is bounded in time and only ever touches 127.0.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import multiprocessing
 import multiprocessing.context
 import socket
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["LOCALHOST", "free_port", "spawn_ctx", "recv_with_timeout", "stop_process"]
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+    uvloop = None  # type: ignore[assignment]
+
+__all__ = [
+    "LOCALHOST",
+    "free_port",
+    "spawn_ctx",
+    "recv_with_timeout",
+    "stop_process",
+    "new_runner",
+    "run_on_own_loop",
+    "run_child",
+]
+
+T = TypeVar("T")
 
 LOCALHOST = "127.0.0.1"
 
@@ -94,3 +113,42 @@ def _describe(proc: multiprocessing.process.BaseProcess | None) -> str:
     if proc is None:
         return "the other end of the pipe"
     return f"process {proc.name!r} (pid {proc.pid})"
+
+
+def new_runner(use_uvloop: bool = True) -> asyncio.Runner:
+    """An asyncio Runner on uvloop when it is installed (and wanted)."""
+    if use_uvloop and uvloop is not None:
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    return asyncio.Runner()
+
+
+def run_on_own_loop(make_coro: Callable[[], Awaitable[T]], use_uvloop: bool = True) -> T:
+    """Run a coroutine on a fresh event loop; from a thread that already runs a loop, do it in a
+    helper thread so callers (pytest-benchmark tests, notebooks) never have to care."""
+
+    def run() -> T:
+        with new_runner(use_uvloop) as runner:
+            return runner.run(make_coro())  # type: ignore[arg-type]
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bench-loop") as ex:
+        return ex.submit(run).result()
+
+
+def run_child(conn: Connection, coro: Coroutine[Any, Any, Any]) -> None:
+    """Body of a spawned benchmark process: run ``coro`` on its own (uv)loop; if it fails, send
+    ``("error", repr)`` to the parent first; always close the pipe end."""
+    try:
+        with new_runner() as runner:
+            runner.run(coro)
+    except BaseException as e:
+        try:
+            conn.send(("error", repr(e)))
+        except Exception:
+            pass
+        raise
+    finally:
+        conn.close()

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import concurrent.futures
 import importlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar, Union
 
@@ -337,28 +336,6 @@ class AiohttpPublisher:
 # --- cross-process throughput measurement --------------------------------------------------
 
 
-def _new_runner(use_uvloop: bool = True) -> asyncio.Runner:
-    if use_uvloop and uvloop is not None:
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    return asyncio.Runner()
-
-
-def _run_on_own_loop(make_coro: Callable[[], Awaitable[T]], use_uvloop: bool = True) -> T:
-    """Run a coroutine on a fresh event loop; from a thread that already runs a loop, do it in a
-    helper thread so callers never have to care."""
-
-    def run() -> T:
-        with _new_runner(use_uvloop) as runner:
-            return runner.run(make_coro())  # type: ignore[arg-type]
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiohttp-baseline") as ex:
-        return ex.submit(run).result()
-
-
 def run_subscriber_process(
     conn: Connection,
     expected: int,
@@ -375,17 +352,7 @@ def run_subscriber_process(
     processes) of the first and last message, or None if none arrived. If the subscriber cannot
     start, ``("error", repr(exc))`` is sent instead of the address.
     """
-    try:
-        with _new_runner() as runner:
-            runner.run(_subscriber_main(conn, expected, deadline_s, node_id, topic))
-    except BaseException as e:
-        try:
-            conn.send(("error", repr(e)))
-        except Exception:
-            pass
-        raise
-    finally:
-        conn.close()
+    _procs.run_child(conn, _subscriber_main(conn, expected, deadline_s, node_id, topic))
 
 
 async def _subscriber_main(
@@ -487,7 +454,7 @@ def measure_aiohttp_throughput(
         if isinstance(address, tuple):
             raise RuntimeError(f"aiohttp subscriber failed to start: {address!r}")
         body = _bench_body(body_size)
-        seconds, delivered = _run_on_own_loop(
+        seconds, delivered = _procs.run_on_own_loop(
             lambda: _publish_phase(address, n, body, concurrency, header, timeout), use_uvloop
         )
         report = _procs.recv_with_timeout(recv_end, 30.0, "the subscriber's 'done' report", proc)

@@ -31,7 +31,6 @@ a bench using this module may skip.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import os
 import shutil
@@ -41,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -239,28 +237,6 @@ class _PortInUse(RuntimeError):
 # --- event loops ---------------------------------------------------------------------------
 
 
-def _new_runner() -> asyncio.Runner:
-    if uvloop is not None:
-        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    return asyncio.Runner()  # pragma: no cover
-
-
-def _run_on_own_loop(make_coro: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on a fresh uvloop; from a thread that already runs a loop, do it in a
-    helper thread so callers (pytest-benchmark tests, notebooks) never have to care."""
-
-    def run() -> T:
-        with _new_runner() as runner:
-            return runner.run(make_coro())  # type: ignore[arg-type]
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nats-baseline") as ex:
-        return ex.submit(run).result()
-
-
 async def _connect(url: str, name: str, errors: list[str] | None = None) -> Any:
     import nats
 
@@ -303,17 +279,7 @@ def run_subscriber_process(
     ``mode="latency"`` also records ``receive perf_counter - send perf_counter`` (the first 8
     bytes of each body) and sends the list as a fifth element of the "done" report.
     """
-    try:
-        with _new_runner() as runner:
-            runner.run(_subscriber_main(conn, url, expected, queue, mode, deadline_s, idle_s, subject))
-    except BaseException as e:
-        try:
-            conn.send(("error", repr(e)))
-        except Exception:
-            pass
-        raise
-    finally:
-        conn.close()
+    _procs.run_child(conn, _subscriber_main(conn, url, expected, queue, mode, deadline_s, idle_s, subject))
 
 
 async def _subscriber_main(
@@ -558,7 +524,7 @@ def measure_nats_throughput(
         raise ValueError("need n >= 1, body_size >= 0, subscribers >= 1")
     body = _bench_body(body_size)
     with _Subscribers(url, subscribers, n, deadline_s=timeout) as subs:
-        t0, t_flushed = _run_on_own_loop(lambda: _publish_burst(url, n, body, timeout))
+        t0, t_flushed = _procs.run_on_own_loop(lambda: _publish_burst(url, n, body, timeout))
         subs.broadcast(("published",))
         reports = subs.wait_done()
     received = [r[1] for r in reports]
@@ -597,7 +563,7 @@ def measure_nats_queue_group(
         raise ValueError("need n >= 1, members >= 1, body_size >= 0")
     body = _bench_body(body_size)
     with _Subscribers(url, members, None, queue=QUEUE_GROUP, deadline_s=timeout, idle_s=1.0) as subs:
-        t0, t_flushed = _run_on_own_loop(lambda: _publish_burst(url, n, body, timeout))
+        t0, t_flushed = _procs.run_on_own_loop(lambda: _publish_burst(url, n, body, timeout))
         subs.broadcast(("published",))
         reports = subs.wait_done()
     received = [r[1] for r in reports]
@@ -646,7 +612,7 @@ def measure_nats_latency(
     count = int(rate_per_s * seconds)
     total = warmup + count
     with _Subscribers(url, 1, total, mode="latency", deadline_s=timeout) as subs:
-        t0, t_end = _run_on_own_loop(
+        t0, t_end = _procs.run_on_own_loop(
             lambda: _publish_paced(url, total, rate_per_s, body_size, timeout)
         )
         subs.broadcast(("published",))

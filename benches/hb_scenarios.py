@@ -83,18 +83,7 @@ def run_subscriber_node(
 ) -> None:
     """Spawn target: host ``subscriptions`` subscriptions (in queue group ``queue`` if given)
     on one Broker and follow the protocol of the module docstring."""
-    loop = _new_loop()
-    try:
-        loop.run_until_complete(_node_main(conn, subscriptions, queue, mode, deadline_s, topic))
-    except BaseException as e:
-        try:
-            conn.send(("error", repr(e)))
-        except Exception:
-            pass
-        raise
-    finally:
-        loop.close()
-        conn.close()
+    _procs.run_child(conn, _node_main(conn, subscriptions, queue, mode, deadline_s, topic))
 
 
 async def _node_main(

@@ -38,18 +38,7 @@ def _cpu_seconds() -> float:
 
 def run_subscriber_process(conn: Connection, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
     """Spawn target: serve one subscription, report (address, id), then ("done", count, t0, t1)."""
-    loop = _new_loop()
-    try:
-        loop.run_until_complete(_subscriber_main(conn, expected, batch, deadline_s))
-    except BaseException as e:
-        try:
-            conn.send(("error", repr(e)))
-        except Exception:
-            pass
-        raise
-    finally:
-        loop.close()
-        conn.close()
+    _procs.run_child(conn, _subscriber_main(conn, expected, batch, deadline_s))
 
 
 async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadline_s: float) -> None:

@@ -6,7 +6,6 @@ throughput at 128 B at least 5x the aiohttp baseline. Figures go to the run's su
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 from typing import Any
 
