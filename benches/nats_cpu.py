@@ -94,7 +94,7 @@ def measure_nats_cpu(server: baseline_nats.NatsServer, n: int, body_size: int = 
             raise RuntimeError(f"nats subscriber failed to start: {reply!r}")
         srv0 = proc_cpu_seconds(server_pid)
         pub0 = _self_cpu()
-        t0, t_flushed = baseline_nats._run_on_own_loop(lambda: baseline_nats._publish_burst(url, n, body, timeout))
+        t0, t_flushed = _procs.run_on_own_loop(lambda: baseline_nats._publish_burst(url, n, body, timeout))
         pub_cpu = _self_cpu() - pub0
         parent_end.send(("published",))
         report = _procs.recv_with_timeout(parent_end, timeout + 10.0, "the 'done' report", proc)
