@@ -39,17 +39,30 @@ impl Chunks {
         Chunks::one(out.freeze())
     }
 
+    /// Small envelopes are coalesced into contiguous segments (thousands of tiny buffers make
+    /// slow vectored writes); large ones travel by reference, uncopied.
     pub fn batch<'a>(envelopes: impl Iterator<Item = &'a Bytes>) -> Self {
-        static NL: Bytes = Bytes::from_static(b"\n");
+        const BY_REFERENCE: usize = 4096;
         let mut parts = std::collections::VecDeque::new();
+        let mut cur = bytes::BytesMut::new();
         let mut remaining = 0u64;
         for (i, e) in envelopes.enumerate() {
             if i > 0 {
-                parts.push_back(NL.clone());
+                cur.extend_from_slice(b"\n");
                 remaining += 1;
             }
             remaining += e.len() as u64;
-            parts.push_back(e.clone());
+            if e.len() >= BY_REFERENCE {
+                if !cur.is_empty() {
+                    parts.push_back(cur.split().freeze());
+                }
+                parts.push_back(e.clone());
+            } else {
+                cur.extend_from_slice(e);
+            }
+        }
+        if !cur.is_empty() {
+            parts.push_back(cur.freeze());
         }
         Chunks { parts, remaining }
     }
@@ -149,12 +162,15 @@ fn frame<'a>(envelopes: impl Iterator<Item = &'a Bytes>, size_hint: usize) -> By
         use http_body_util::BodyExt;
         let a = Bytes::from_static(b"first");
         let b = Bytes::from_static(b"second");
-        let flat = frame([a.clone(), b.clone()].iter(), 16);
-        let body = Chunks::batch([a, b].iter());
-        assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(flat.len() as u64));
+        let big = Bytes::from(vec![b'x'; 5000]);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let got = rt.block_on(body.collect()).unwrap().to_bytes();
-        assert_eq!(got, flat);
+        for set in [vec![a.clone(), b.clone()], vec![a.clone(), big.clone(), b.clone(), big.clone()], vec![big.clone()]] {
+            let flat = frame(set.iter(), 16);
+            let body = Chunks::batch(set.iter());
+            assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(flat.len() as u64));
+            let got = rt.block_on(body.collect()).unwrap().to_bytes();
+            assert_eq!(got, flat);
+        }
     }
 
     #[test]
