@@ -8,7 +8,7 @@ import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -333,12 +333,17 @@ class Broker:
 
     async def _wait_room(self) -> None:
         engine = self._need()
+        await self._await_engine(lambda token: engine.wait_room(token, float(self._options.request_timeout)))
+
+    async def _await_engine(self, start: Callable[[int], None]) -> bool:
+        """Start a Rust-side wait under a fresh token and await its (token, ok) report, which
+        arrives through the same batched wake-up as received messages."""
         token = next(self._tokens)
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._flushes[token] = fut
-        engine.wait_room(token, float(self._options.request_timeout))
+        start(token)
         try:
-            await fut
+            return await fut
         finally:
             self._flushes.pop(token, None)
 
@@ -348,14 +353,7 @@ class Broker:
         engine = self._need()
         if not timeout > 0:
             raise BrokerError(f"timeout must be > 0, got {timeout!r}")
-        token = next(self._tokens)
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._flushes[token] = fut
-        engine.flush(token, float(timeout))
-        try:
-            ok = await fut
-        finally:
-            self._flushes.pop(token, None)
+        ok = await self._await_engine(lambda token: engine.flush(token, float(timeout)))
         if not ok:
             st = engine.stats() if self._engine is not None else {}
             raise FlushTimeoutError(
