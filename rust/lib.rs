@@ -7,6 +7,7 @@ pub mod backlog;
 pub mod batch;
 pub mod bridge;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod node;
 pub mod publisher;

@@ -26,42 +26,10 @@ use crate::batch;
 use crate::node::{Enqueued, Msg, NodeLink, NodeSpec};
 use crate::stats::Stats;
 
+pub use crate::config::PubConfig;
+
 /// Registry version of a broadcast subscription (go-micro's).
 pub const BROADCAST_VERSION: &str = "ff.http.broadcast";
-
-#[derive(Clone, Debug)]
-pub struct PubConfig {
-    pub backlog: usize,
-    pub backlog_bytes: usize,
-    pub node_queue: usize,
-    pub max_batch: usize,
-    pub max_batch_bytes: usize,
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    pub request_timeout: Duration,
-    /// consecutive refused/failed connections after which a node is evicted from its route
-    pub evict_after: u32,
-    /// requests in flight per node (1 keeps each subscriber's order; more use HTTP/2 streams or
-    /// more HTTP/1.1 connections, and messages may then arrive out of order)
-    pub node_inflight: usize,
-}
-
-impl Default for PubConfig {
-    fn default() -> Self {
-        PubConfig {
-            backlog: 1024,
-            backlog_bytes: 64 << 20,
-            node_queue: 65536,
-            max_batch: 1024,
-            max_batch_bytes: 1 << 20,
-            retry_min: Duration::from_millis(10),
-            retry_max: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(30),
-            evict_after: 3,
-            node_inflight: 1,
-        }
-    }
-}
 
 pub struct Group {
     pub queue: Option<String>,

@@ -34,33 +34,7 @@ pub struct Subscription {
     pub queue: Option<String>,
 }
 
-pub struct ServerConfig {
-    pub max_body: usize,
-    pub header_read_timeout: std::time::Duration,
-    /// time a client has to send the whole body once the headers arrived (408 after)
-    pub body_read_timeout: std::time::Duration,
-    /// longest accepted topic, in bytes
-    pub max_topic: usize,
-    /// most entries in one message header, and their total bytes
-    pub max_message_headers: usize,
-    pub max_message_header_bytes: usize,
-    /// most simultaneous connections from one peer IP address
-    pub max_connections_per_peer: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            max_body: 4 << 20,
-            header_read_timeout: std::time::Duration::from_secs(10),
-            body_read_timeout: std::time::Duration::from_secs(30),
-            max_topic: 1024,
-            max_message_headers: 256,
-            max_message_header_bytes: 64 << 10,
-            max_connections_per_peer: 1024,
-        }
-    }
-}
+pub use crate::config::ServerConfig;
 
 /// Constant-time check of a presented bearer token against every accepted one.
 fn token_ok(accepted: &[Vec<u8>], presented: &[u8]) -> bool {

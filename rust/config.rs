@@ -1,0 +1,39 @@
+//! The engine's settings, as plain data. Defaults live in Python (`hyperbroker.options`) only:
+//! `py/conversion.rs` reads a `BrokerOptions` once and builds these; pure-Rust users and tests
+//! build them field by field.
+
+use std::time::Duration;
+
+/// The publishing side: backlog, node queues, batching, retry and eviction.
+#[derive(Clone, Debug)]
+pub struct PubConfig {
+    pub backlog: usize,
+    pub backlog_bytes: usize,
+    pub node_queue: usize,
+    pub max_batch: usize,
+    pub max_batch_bytes: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub request_timeout: Duration,
+    /// consecutive refused/failed connections after which a node is evicted from its route
+    pub evict_after: u32,
+    /// requests in flight per node (1 keeps each subscriber's order; more use HTTP/2 streams or
+    /// more HTTP/1.1 connections, and messages may then arrive out of order)
+    pub node_inflight: usize,
+}
+
+/// The subscriber endpoint: limits and timeouts.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub max_body: usize,
+    pub header_read_timeout: Duration,
+    /// time a client has to send the whole body once the headers arrived (408 after)
+    pub body_read_timeout: Duration,
+    /// longest accepted topic, in bytes
+    pub max_topic: usize,
+    /// most entries in one message header, and their total bytes
+    pub max_message_headers: usize,
+    pub max_message_header_bytes: usize,
+    /// most simultaneous connections from one peer IP address
+    pub max_connections_per_peer: usize,
+}
