@@ -17,6 +17,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -29,9 +30,9 @@ __all__ = [
     "EtcdServer",
     "etcd_binary",
     "free_port",
+    "gw_leases",
     "gw_post",
     "gw_range",
-    "gw_leases",
     "start_cluster",
 ]
 
@@ -60,12 +61,14 @@ class EtcdServer:
     peer_port: int
     initial_cluster: str = ""
     extra_args: list[str] = field(default_factory=list)
+    #: serve clients over TLS: (ca, cert, key) PEM files; clients must present a certificate
+    tls: tuple[Path, Path, Path] | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def single(cls, directory: Path, name: str = "solo", extra_args: list[str] | None = None) -> EtcdServer:
+    def single(cls, directory: Path, name: str = "solo", tls: tuple[Path, Path, Path] | None = None) -> EtcdServer:
         """A started one-member cluster (healthy when this returns)."""
-        s = cls(name, directory / f"etcd-{name}", free_port(), free_port(), extra_args=list(extra_args or []))
+        s = cls(name, directory / f"etcd-{name}", free_port(), free_port(), tls=tls)
         s.start()
         return s
 
@@ -75,7 +78,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -100,8 +103,23 @@ class EtcdServer:
             "--election-timeout", str(_ELECTION_MS),
             "--logger", "zap",
             "--log-level", "warn",
+            *self.tls_args(),
             *self.extra_args,
         ]  # fmt: skip
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls
+        return ["--cert-file", str(cert), "--key-file", str(key), "--client-cert-auth", "--trusted-ca-file", str(ca)]
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        ca, cert, key = self.tls
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.load_cert_chain(str(cert), str(key))
+        return ctx
 
     def start(self, wait: bool = True) -> None:
         """Start (or restart, on the same data dir) and wait for ``/health`` unless wait=False."""
@@ -122,7 +140,7 @@ class EtcdServer:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"etcd {self.name} exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.client_url + "/health", timeout=1) as r:
+                with urllib.request.urlopen(self.client_url + "/health", timeout=1, context=self._ssl()) as r:
                     body = json.loads(r.read())
                 if body.get("health") == "true":
                     return
@@ -232,3 +250,22 @@ def gw_lease_ttl(endpoint: str, lease: int) -> dict[str, Any]:
     rsp["keys"] = [base64.b64decode(k) for k in rsp.get("keys", [])]
     return rsp
 
+
+#: A subscriber process for the tests: ``python -c SUBSCRIBER URL TTL TOPIC[:QUEUE] ...``.
+#: Prints ``ready`` once every subscription is registered, then ``msg <topic> <body>`` lines.
+SUBSCRIBER = r"""
+import asyncio, sys
+from hyperbroker import Broker
+
+async def main(url, ttl, specs):
+    async with Broker(address="127.0.0.1:0", registry=url, register_ttl=ttl, disconnect_timeout=0) as b:
+        for spec in specs:
+            topic, _, queue = spec.partition(":")
+            def on(ev, topic=topic):
+                print("msg", topic, ev.message.body.decode(), flush=True)
+            await b.subscribe(topic, on, queue=queue or None)
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2]), sys.argv[3:]))
+"""

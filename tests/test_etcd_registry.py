@@ -18,8 +18,16 @@ from typing import Any
 
 import pytest
 from brokers import until
-from etcd_util import EtcdServer, etcd_binary, free_port, gw_lease_ttl, gw_leases, gw_post, gw_range, start_cluster
-
+from etcd_util import (
+    EtcdServer,
+    etcd_binary,
+    free_port,
+    gw_lease_ttl,
+    gw_leases,
+    gw_post,
+    gw_range,
+    start_cluster,
+)
 from hyperbroker import (
     BROADCAST_VERSION,
     Broker,
@@ -43,7 +51,9 @@ PREFIX = b"/micro/registry/"
 LOOP = "127.0.0.1:0"
 
 
-def svc(name: str, node_id: str, version: str = BROADCAST_VERSION, address: str = "127.0.0.1:1234", **meta: str) -> Service:
+def svc(
+    name: str, node_id: str, version: str = BROADCAST_VERSION, address: str = "127.0.0.1:1234", **meta: str
+) -> Service:
     return Service(name, version, (Node(node_id, address, meta or {"secure": "false"}),))
 
 
@@ -72,7 +82,9 @@ async def akeys(endpoint: str) -> dict[bytes, dict[str, Any]]:
     return await asyncio.to_thread(keys, endpoint)
 
 
-async def wait_keys(endpoint: str, cond: Any, timeout: float = 10.0, what: str = "etcd keys") -> dict[bytes, dict[str, Any]]:
+async def wait_keys(
+    endpoint: str, cond: Any, timeout: float = 10.0, what: str = "etcd keys"
+) -> dict[bytes, dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         k = await akeys(endpoint)
@@ -205,9 +217,7 @@ async def test_register_puts_go_micro_layout(etcd_server: EtcdServer) -> None:
             "version": "workers",
             "metadata": {},
             "endpoints": [],
-            "nodes": [
-                {"id": "hb-1", "address": "127.0.0.1:4000", "metadata": {"secure": "false", "broker": "http"}}
-            ],
+            "nodes": [{"id": "hb-1", "address": "127.0.0.1:4000", "metadata": {"secure": "false", "broker": "http"}}],
         }
         assert kv["lease"] != 0
         ttl = await asyncio.to_thread(gw_lease_ttl, etcd_server.endpoint, kv["lease"])
@@ -263,13 +273,15 @@ async def test_watch_sees_nodes_written_by_a_go_service(etcd_server: EtcdServer)
             b'{"name":"topic:go","version":"ff.http.broadcast","metadata":null,"endpoints":null,'
             b'"nodes":[{"id":"go-node-1","address":"127.0.0.1:9","metadata":{"broker":"http","secure":"false"}}]}'
         )
-        b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+        b64 = lambda b: base64.b64encode(b).decode()
         await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/put", {"key": b64(key), "value": b64(value)})
         ev = await next_event(w)
         node = Node("go-node-1", "127.0.0.1:9", {"broker": "http", "secure": "false"})
         assert ev == WatchEvent("create", Service("topic:go", BROADCAST_VERSION, (node,)))
         # a value that is not a go-micro service is ignored
-        await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/put", {"key": b64(PREFIX + b"junk/x"), "value": b64(b"{")})
+        await asyncio.to_thread(
+            gw_post, etcd_server.endpoint, "/v3/kv/put", {"key": b64(PREFIX + b"junk/x"), "value": b64(b"{")}
+        )
         await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/deleterange", {"key": b64(key)})
         ev = await next_event(w)
         assert ev == WatchEvent("delete", Service("topic:go", BROADCAST_VERSION, (node,)))
@@ -295,10 +307,14 @@ async def test_one_lease_shared_by_all_registrations(etcd_server: EtcdServer) ->
         assert sorted(info["keys"]) == sorted(k)
         # the broker's heartbeat (an unchanged register) writes nothing
         revs = {kv["key"]: kv for kv in await asyncio.to_thread(gw_range, etcd_server.endpoint, PREFIX)}
-        before = await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/range", {"key": "AA==", "count_only": True})
+        before = await asyncio.to_thread(
+            gw_post, etcd_server.endpoint, "/v3/kv/range", {"key": "AA==", "count_only": True}
+        )
         for s in services:
             await reg.register(s, ttl=20)
-        after = await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/range", {"key": "AA==", "count_only": True})
+        after = await asyncio.to_thread(
+            gw_post, etcd_server.endpoint, "/v3/kv/range", {"key": "AA==", "count_only": True}
+        )
         assert before["header"]["revision"] == after["header"]["revision"]
         assert revs == {kv["key"]: kv for kv in await asyncio.to_thread(gw_range, etcd_server.endpoint, PREFIX)}
         # close revokes the lease: every key goes at once
@@ -335,7 +351,9 @@ async def test_lease_lost_is_granted_again_and_keys_put_back(etcd_server: EtcdSe
         import base64
 
         key = b"/micro/registry/topic:p/n1"
-        await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode()})
+        await asyncio.to_thread(
+            gw_post, etcd_server.endpoint, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode()}
+        )
         await wait_keys(etcd_server.endpoint, lambda k: key in k, what="n1 back")
     finally:
         await reg.close()
@@ -395,3 +413,353 @@ async def test_closed_registry_raises(etcd_server: EtcdServer) -> None:
         await reg.register(svc("topic:c", "n"), ttl=5)
     with pytest.raises(RegistryError, match="closed"):
         reg.watch()
+
+
+# --- brokers sharing only etcd ----------------------------------------------------------------
+
+
+class Proc:
+    """A child process whose stdout lines are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def start(cls, *args: str) -> Proc:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            self.lines.append(line.decode(errors="replace").rstrip("\n"))
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    async def wait_for(self, text: str, timeout: float = 15.0) -> None:
+        await until(lambda: self.has(text) or self.proc.returncode is not None, timeout, f"{text!r} from the child")
+        assert self.has(text), "\n".join(self.lines)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await asyncio.wait_for(self.proc.wait(), 10)
+        await asyncio.wait_for(self._reader, 10)
+
+
+async def test_brokers_in_two_processes_share_only_etcd(etcd_server: EtcdServer) -> None:
+    """Broadcast and queue group between a CLI subscriber process and an in-process broker."""
+    url = f"etcd://{etcd_server.endpoint}"
+    news = await Proc.start("-m", "hyperbroker", "sub", "news", "--registry", url, "--address", LOOP)
+    jobs = await Proc.start("-m", "hyperbroker", "sub", "jobs", "--queue", "g", "--registry", url, "--address", LOOP)
+    here_news: list[str] = []
+    here_jobs: list[str] = []
+    try:
+        await news.wait_for("subscribed to 'news'")
+        await jobs.wait_for("subscribed to 'jobs'")
+        async with (
+            Broker(address=LOOP, registry=url, disconnect_timeout=0) as sub,
+            Broker(address=LOOP, registry=url, disconnect_timeout=0) as pub,
+        ):
+            await sub.subscribe("news", lambda ev: here_news.append(ev.message.body.decode()))
+            await sub.subscribe("jobs", lambda ev: here_jobs.append(ev.message.body.decode()), queue="g")
+            await until(lambda: pub.route_count("news") == 2 and pub.route_count("jobs") == 2, 10, "routes from etcd")
+            for i in range(20):
+                await pub.publish("news", f"n{i}".encode())
+            for i in range(40):
+                await pub.publish("jobs", f"j{i}".encode())
+            await pub.flush(timeout=10)
+            there_news = lambda: [
+                ln.split(": ", 1)[1].split(" header")[0] for ln in news.lines if "received message" in ln
+            ]
+            there_jobs = lambda: [
+                ln.split(": ", 1)[1].split(" header")[0] for ln in jobs.lines if "received message" in ln
+            ]
+            await until(lambda: len(there_news()) == 20 and len(here_news) == 20, 10, "broadcast to both")
+            await until(lambda: len(there_jobs()) + len(here_jobs) == 40, 10, "the queue group")
+            assert sorted(there_news()) == sorted(here_news) == sorted(f"n{i}" for i in range(20))
+            assert sorted(there_jobs() + here_jobs) == sorted(f"j{i}" for i in range(40))  # each once
+            assert there_jobs() and here_jobs  # both members of the group took a share
+    finally:
+        await news.stop()
+        await jobs.stop()
+
+
+async def test_sigkill_of_a_subscriber_removes_its_keys_within_the_ttl(etcd_server: EtcdServer) -> None:
+    from etcd_util import SUBSCRIBER
+
+    url = f"etcd://{etcd_server.endpoint}"
+    child = await Proc.start("-c", SUBSCRIBER, url, "2", "a", "b:q")
+    watcher = EtcdRegistry([etcd_server.endpoint])
+    try:
+        await child.wait_for("ready")
+        k = await akeys(etcd_server.endpoint)
+        assert len(k) == 2 and len({kv["lease"] for kv in k.values()}) == 1
+        w = watcher.watch()
+        assert {s.name for s in await watcher.list_services()} == {"topic:a", "topic:b"}
+        os.kill(child.proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        await wait_keys(etcd_server.endpoint, lambda k: not k, timeout=6, what="the keys to expire")
+        gone_after = time.monotonic() - t0
+        assert gone_after <= 2 + 1.5, gone_after  # TTL 2 s (+ etcd's expiry check)
+        deleted = set()
+        while deleted != {"topic:a", "topic:b"}:
+            ev = await next_event(w)
+            if ev.action == "delete":
+                deleted.add(ev.service.name)
+        assert await watcher.list_services() == []
+    finally:
+        await child.stop()
+        await watcher.close()
+
+
+async def test_etcd_down_publishing_goes_on_and_registrations_come_back(etcd_server: EtcdServer) -> None:
+    url = f"etcd://{etcd_server.endpoint}?timeout=2"
+    got: dict[str, list[bytes]] = {"t": [], "t2": [], "t3": []}
+    async with (
+        Broker(address=LOOP, registry=url, disconnect_timeout=0) as sub,
+        Broker(address=LOOP, registry=url, disconnect_timeout=0) as pub,
+    ):
+        await sub.subscribe("t", lambda ev: got["t"].append(ev.message.body))
+        await pub.wait_for_route("t")
+        before = await akeys(etcd_server.endpoint)
+        assert len(before) == 1
+
+        await asyncio.to_thread(etcd_server.stop)
+        # publishing to the known subscriber goes on, nothing is lost
+        for i in range(50):
+            await pub.publish("t", str(i).encode())
+            await asyncio.sleep(0.04)
+        await pub.flush(timeout=10)
+        assert got["t"] == [str(i).encode() for i in range(50)]
+        assert [n.id for s in await pub.registry.get_service("topic:t") for n in s.nodes] == [
+            n.id for s in await sub.registry.get_service("topic:t") for n in s.nodes
+        ]
+        assert not pub.registry.connected
+        # a new subscription while etcd is down: subscribe does not fail, nor wait for etcd
+        t0 = time.monotonic()
+        await sub.subscribe("t2", lambda ev: got["t2"].append(ev.message.body))
+        assert time.monotonic() - t0 < 1.0
+
+        await asyncio.to_thread(etcd_server.start)
+        # the registrations come back (the old one survived in etcd, the new one is written)
+        k = await wait_keys(etcd_server.endpoint, lambda k: len(k) == 2, what="t and t2 in etcd")
+        assert set(before) <= set(k)
+        await pub.wait_for_route("t2", timeout=10)
+        await pub.publish("t2", b"after")
+        await sub.subscribe("t3", lambda ev: got["t3"].append(ev.message.body))
+        await pub.wait_for_route("t3", timeout=10)
+        await pub.publish("t3", b"later")
+        await pub.flush(timeout=10)
+        assert got["t2"] == [b"after"] and got["t3"] == [b"later"]
+
+
+async def test_broker_with_an_etcd_url_owns_the_registry(etcd_server: EtcdServer) -> None:
+    b = Broker(address=LOOP, registry=f"etcd://{etcd_server.endpoint}?timeout=3", disconnect_timeout=0)
+    async with b:
+        reg = b.registry
+        assert isinstance(reg, EtcdRegistry) and reg.endpoints == [etcd_server.endpoint]
+        got: list[Event] = []
+        sub = await b.subscribe("self", got.append)
+        k = await akeys(etcd_server.endpoint)
+        assert list(k) == [f"/micro/registry/topic:self/{sub.id}".encode()]
+        node = json.loads(next(iter(k.values()))["value"])["nodes"][0]
+        assert node["address"] == b.advertised_address and node["metadata"]["broker"] == "http"
+        await b.publish("self", b"loop")
+        await b.flush()
+        await until(lambda: len(got) == 1)
+    with pytest.raises(RegistryError, match="closed"):
+        reg.watch()
+    assert await akeys(etcd_server.endpoint) == {}
+    assert await asyncio.to_thread(gw_leases, etcd_server.endpoint) == []
+
+
+async def test_env_var_selects_etcd(etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPERBROKER_REGISTRY", f"etcd://{etcd_server.endpoint}")
+    async with Broker(address=LOOP, disconnect_timeout=0) as b:
+        assert isinstance(b.registry, EtcdRegistry)
+        sub = await b.subscribe("env", lambda ev: None)
+        assert f"/micro/registry/topic:env/{sub.id}".encode() in await akeys(etcd_server.endpoint)
+
+
+def _cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hyperbroker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+async def test_cli_browse_with_etcd(etcd_server: EtcdServer) -> None:
+    reg = EtcdRegistry([etcd_server.endpoint])
+    try:
+        await reg.register(svc("topic:orders", "node-a", "workers", "127.0.0.1:5555"), ttl=30)
+        r = await asyncio.to_thread(_cli, "browse", "--registry", f"etcd://{etcd_server.endpoint}", "--wait", "0.1")
+        assert r.returncode == 0, r.stderr
+        row = [ln for ln in r.stdout.splitlines() if "node-a" in ln]
+        assert len(row) == 1 and row[0].split()[:4] == ["orders", "workers", "node-a", "127.0.0.1:5555"]
+        # the old words still work, and the environment variable is read
+        r = await asyncio.to_thread(_cli, "browse", "--registry", "memory", "--wait", "0")
+        assert r.returncode == 0 and "TOPIC" in r.stdout and "node-a" not in r.stdout
+        env_run = lambda: subprocess.run(
+            [sys.executable, "-m", "hyperbroker", "browse", "--wait", "0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "HYPERBROKER_REGISTRY": f"etcd://{etcd_server.endpoint}"},
+        )
+        r = await asyncio.to_thread(env_run)
+        assert r.returncode == 0 and "node-a" in r.stdout, r.stderr
+    finally:
+        await reg.close()
+
+
+def test_cli_rejects_a_bad_registry_url() -> None:
+    r = _cli("browse", "--registry", "etcd://h:0")
+    assert r.returncode == 2 and "registry URL" in r.stderr
+    r = _cli("browse", "--registry", f"etcd://127.0.0.1:{free_port()}?timeout=0.3", "--wait", "0")
+    assert r.returncode == 2 and "did not answer" in r.stderr
+
+
+# --- a three-member cluster, and authentication -----------------------------------------------
+
+
+def _status(endpoint: str) -> tuple[int, int]:
+    """(this member's id, the leader's id) from /v3/maintenance/status."""
+    rsp = gw_post(endpoint, "/v3/maintenance/status", {})
+    return int(rsp["header"]["member_id"]), int(rsp["leader"])
+
+
+async def test_cluster_leader_killed_registration_and_discovery_go_on(tmp_path: Path) -> None:
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
+    members = await asyncio.to_thread(start_cluster, tmp_path, 3)
+    endpoints = [m.endpoint for m in members]
+    # the writer prefers the leader, the watcher another member: both lose their member or not
+    statuses = [await asyncio.to_thread(_status, e) for e in endpoints]
+    leader_i = next(i for i, (me, leader) in enumerate(statuses) if me == leader)
+    order = endpoints[leader_i:] + endpoints[:leader_i]
+    writer = EtcdRegistry(order, timeout=2)
+    reader = EtcdRegistry(list(reversed(order)), timeout=2)
+    try:
+        w = reader.watch()
+        s1 = svc("topic:c", "n1")
+        await writer.register(s1, ttl=10)
+        await event_where(w, lambda ev: ev.action == "create" and ev.service == s1)
+
+        await asyncio.to_thread(members[leader_i].kill)
+        s2 = svc("topic:c", "n2", address="127.0.0.1:2")
+        await writer.register(s2, ttl=10)  # remembered if the session is being re-made
+        ev = await event_where(w, lambda ev: "n2" in {n.id for n in ev.service.nodes}, timeout=20)
+        assert {n.id for n in ev.service.nodes} == {"n1", "n2"}
+        alive = [m for i, m in enumerate(members) if i != leader_i]
+        k = await wait_keys(alive[0].endpoint, lambda k: len(k) == 2, what="both keys on a survivor")
+        assert len({kv["lease"] for kv in k.values()}) == 1
+        await writer.deregister(s1)
+        await event_where(w, lambda ev: [n.id for n in ev.service.nodes] == ["n2"], timeout=10)
+    finally:
+        await writer.close()
+        await reader.close()
+        for m in members:
+            m.cleanup()
+
+
+def _etcdctl(endpoint: str, *args: str) -> None:
+    r = subprocess.run(
+        ["etcdctl", "--endpoints", endpoint, *args], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert r.returncode == 0, r.stderr
+
+
+async def test_etcd_with_user_and_password(etcd_server: EtcdServer) -> None:
+    import shutil
+
+    if shutil.which("etcdctl") is None:
+        pytest.skip("etcdctl is not installed (Debian: apt-get install etcd-client)")
+    e = etcd_server.endpoint
+    for cmd in (
+        ("user", "add", "root:rootpw"),
+        ("user", "add", "app:app pw"),
+        ("role", "add", "registry"),
+        ("role", "grant-permission", "registry", "--prefix=true", "readwrite", "/micro/registry/"),
+        ("user", "grant-role", "app", "registry"),
+        ("auth", "enable"),
+    ):
+        await asyncio.to_thread(_etcdctl, e, *cmd)
+
+    async with Broker(address=LOOP, registry=f"etcd://app:app%20pw@{e}", disconnect_timeout=0) as b:
+        got: list[bytes] = []
+        sub = await b.subscribe("secret", lambda ev: got.append(ev.message.body))
+        await b.publish("secret", b"s")
+        await b.flush()
+        await until(lambda: got == [b"s"])
+        token = (await asyncio.to_thread(gw_post, e, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"}))[
+            "token"
+        ]
+        k = await asyncio.to_thread(gw_range, e, PREFIX, token)
+        assert [kv["key"] for kv in k] == [f"/micro/registry/topic:secret/{sub.id}".encode()]
+
+    # a wrong password is a RegistryError that says why, and never a silent wait
+    bad = EtcdRegistry([e], username="app", password="wrong", timeout=1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RegistryError, match="refused this client.*authentication failed"):
+            await bad.register(svc("topic:x", "n"), ttl=5)
+        assert time.monotonic() - t0 < 0.9  # at once, not after the timeout
+    finally:
+        await bad.close()
+    # without the right to write outside its prefix
+    other = EtcdRegistry([e], prefix="/elsewhere/", username="app", password="app pw", timeout=1)
+    try:
+        with pytest.raises(RegistryError, match="refused this client.*permission denied"):
+            await other.register(svc("topic:x", "n"), ttl=5)
+    finally:
+        await other.close()
+
+
+async def test_etcd_over_tls_with_client_certificates(tmp_path: Path) -> None:
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
+    from certs_util import make_ca
+    from hyperbroker import TLSConfig
+
+    ca = make_ca(tmp_path, "etcd-ca")
+    server_cert = ca.issue(tmp_path, "etcd-server")
+    client_cert = ca.issue(tmp_path, "etcd-client")
+    server = await asyncio.to_thread(EtcdServer.single, tmp_path, "tls", (ca.cert, server_cert.cert, server_cert.key))
+    try:
+        tls = TLSConfig(cert_file=client_cert.cert, key_file=client_cert.key, ca_file=ca.cert)
+        reg = EtcdRegistry([server.endpoint], tls=tls, timeout=3)
+        watcher = from_url(f"etcd://{server.endpoint}?ca={ca.cert}&cert={client_cert.cert}&key={client_cert.key}")
+        try:
+            w = watcher.watch()
+            s = svc("topic:tls", "n1")
+            await reg.register(s, ttl=10)
+            await event_where(w, lambda ev: ev == WatchEvent("create", s))
+        finally:
+            await reg.close()
+            await watcher.close()
+        # without a client certificate etcd refuses the handshake: never reached
+        anon = EtcdRegistry([server.endpoint], tls=TLSConfig(ca_file=ca.cert), timeout=1)
+        try:
+            with pytest.raises(RegistryError):
+                await anon.register(svc("topic:tls", "n2"), ttl=10)
+        finally:
+            await anon.close()
+        # and a plain-text client gets nowhere either
+        plain = EtcdRegistry([server.endpoint], timeout=1)
+        try:
+            with pytest.raises(RegistryError, match="did not answer"):
+                await plain.get_service("topic:tls")
+        finally:
+            await plain.close()
+    finally:
+        server.cleanup()

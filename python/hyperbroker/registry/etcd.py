@@ -56,7 +56,7 @@ from ..errors import RegistryError
 from ..tls import TLSConfig, read_pem
 from .base import Node, QueueWatcher, Service, WatchEvent
 
-__all__ = ["EtcdRegistry", "DEFAULT_PREFIX", "DEFAULT_PORT", "encode_service", "decode_service"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "EtcdRegistry", "decode_service", "encode_service"]
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,7 @@ def _import_aetcd() -> Any:
     try:
         import aetcd  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as e:
-        raise RegistryError(
-            "EtcdRegistry needs the aetcd package: pip install 'hyperbroker[etcd]'"
-        ) from e
+        raise RegistryError("EtcdRegistry needs the aetcd package: pip install 'hyperbroker[etcd]'") from e
     return aetcd
 
 
@@ -167,7 +165,7 @@ def _client_factory(tls: TLSConfig | None) -> Any:
     aetcd = _import_aetcd()
     if tls is None:
         return aetcd.Client
-    import grpc
+    import grpc  # type: ignore[import-untyped, unused-ignore]
 
     if not tls.verify:
         raise RegistryError("EtcdRegistry: TLS without verification is not supported by gRPC; give ca_file")
@@ -177,9 +175,10 @@ def _client_factory(tls: TLSConfig | None) -> Any:
         certificate_chain=read_pem(tls.cert_file, "certificate"),
     )
     rpc = aetcd.rpc
+    base: Any = aetcd.Client
 
-    class TlsClient(aetcd.Client):  # type: ignore[misc]
-        async def connect(self) -> None:
+    class TlsClient(base):  # type: ignore[misc]
+        async def connect(self: Any) -> None:
             if self._connected.is_set():
                 return
             if self._is_connecting:
@@ -304,6 +303,8 @@ class EtcdRegistry:
         self._wake: asyncio.Event | None = None
         self._lost: BaseException | None = None  # set by a caller whose request failed
         self._last_error: BaseException | None = None
+        self._refused: BaseException | None = None  # etcd answered no: bad credentials, rights
+        self._attempt: asyncio.Event | None = None  # set after each connection attempt
         self._write_lock: asyncio.Lock | None = None
         self._closed = False
         # what this registry keeps in etcd
@@ -347,6 +348,7 @@ class EtcdRegistry:
             self._first_up = asyncio.Event()
             self._synced = asyncio.Event()
             self._wake = asyncio.Event()
+            self._attempt = asyncio.Event()
             self._write_lock = asyncio.Lock()
         assert self._first_up is not None and self._synced is not None and self._write_lock is not None
         return self._first_up, self._synced, self._wake, self._write_lock
@@ -366,22 +368,34 @@ class EtcdRegistry:
             self._wake.set()
 
     def _unreachable(self) -> RegistryError:
+        where = ",".join(self.endpoints)
+        if self._refused is not None:
+            return RegistryError(f"etcd at {where} refused this client: {self._refused}")
         why = f": {self._last_error}" if self._last_error is not None else ""
-        return RegistryError(
-            f"etcd at {','.join(self.endpoints)} did not answer within {self._timeout}s{why}"
-        )
+        return RegistryError(f"etcd at {where} did not answer within {self._timeout}s{why}")
 
     async def _wait_first_up(self) -> None:
-        """Wait (up to ``timeout``) until a session has been up once; RegistryError otherwise."""
+        """Wait (up to ``timeout``) until a session has been up once; RegistryError otherwise
+        (at once when etcd refused the credentials)."""
         first_up, _, _, _ = self._events()
         self._ensure_session()
-        if first_up.is_set():
-            return
-        try:
-            await asyncio.wait_for(first_up.wait(), self._timeout)
-        except TimeoutError:
-            raise self._unreachable() from None
-        self._check()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while not first_up.is_set():
+            if self._refused is not None:
+                raise self._unreachable()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise self._unreachable()
+            assert self._attempt is not None
+            self._attempt.clear()
+            waits = [loop.create_task(first_up.wait()), loop.create_task(self._attempt.wait())]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in waits:
+                    t.cancel()
+            self._check()
 
     # -- the merged view and its events ------------------------------------------------------------
 
@@ -458,10 +472,13 @@ class EtcdRegistry:
                 raise
             except Exception as e:
                 self._last_error = e
+                if _is_auth_error(e):
+                    self._refused = e
                 log.debug("etcd endpoint %s:%s: %r", host, port, e)
                 await self._close_client(client)
                 continue
             self._ep_index = idx
+            self._refused = None
             return client
         raise _SessionLost(f"no etcd endpoint answered: {self._last_error!r}")
 
@@ -470,7 +487,7 @@ class EtcdRegistry:
             await asyncio.wait_for(client.close(), self._timeout)
 
     async def _run(self) -> None:
-        first_up, synced, wake, _ = self._events()
+        first_up, _, wake, _ = self._events()
         backoff = _BACKOFF_MIN
         while not self._closed:
             client: Any = None
@@ -501,6 +518,8 @@ class EtcdRegistry:
                     await self._close_client(client)
                 elif client is not None:
                     self._client = client  # close() still needs it to revoke the lease
+            assert self._attempt is not None
+            self._attempt.set()
             if self._closed:
                 return
             wake.clear()
@@ -510,7 +529,7 @@ class EtcdRegistry:
 
     async def _serve(self, client: Any, rev: int | None) -> None:
         """Run the watch and the keep-alive; return only by raising when the session fails."""
-        _, synced, wake, _ = self._events()
+        _, _, wake, _ = self._events()
         loop = asyncio.get_running_loop()
         watch: asyncio.Task[None] | None = None
         next_ping = loop.time() + self._ping_interval()
@@ -531,7 +550,9 @@ class EtcdRegistry:
                 if watch is not None:
                     waits.append(watch)
                 try:
-                    await asyncio.wait(waits, timeout=max(0.0, next_ping - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        waits, timeout=max(0.0, next_ping - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     waits[0].cancel()
                 if loop.time() >= next_ping:

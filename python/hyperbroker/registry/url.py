@@ -17,6 +17,7 @@ A malformed URL raises :class:`~hyperbroker.BrokerError` naming what is wrong.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import BrokerError
 from .base import Registry
 
-__all__ = ["ENV_VAR", "RegistrySpec", "parse_url", "from_url", "from_env"]
+__all__ = ["ENV_VAR", "RegistrySpec", "from_env", "from_url", "parse_url"]
 
 #: The environment variable a Broker without a ``registry`` option reads.
 ENV_VAR = "HYPERBROKER_REGISTRY"
@@ -135,7 +136,7 @@ def _parse_etcd(url: str, netloc: str, options: dict[str, str]) -> RegistrySpec:
             timeout = float(options["timeout"])
         except ValueError:
             timeout = -1.0
-        if not timeout > 0 or timeout != timeout or timeout == float("inf"):
+        if not (timeout > 0 and math.isfinite(timeout)):
             raise _bad(url, f"timeout must be a positive number of seconds, got {options['timeout']!r}")
         kwargs["timeout"] = timeout
     if any(k in options for k in ("ca", "cert", "key")):
