@@ -763,3 +763,15 @@ async def test_etcd_over_tls_with_client_certificates(tmp_path: Path) -> None:
             await plain.close()
     finally:
         server.cleanup()
+
+
+def test_unspecified_address_is_expanded_to_a_host_address() -> None:
+    from hyperbroker.registry.etcd import _expand_unspecified
+
+    n = _expand_unspecified(Node("n", "0.0.0.0:4000", {"a": "b"}))
+    host, _, port = n.address.rpartition(":")
+    assert port == "4000" and host != "0.0.0.0" and n.metadata == {"a": "b"}
+    assert not host.startswith("169.254.")
+    assert _expand_unspecified(Node("n", "10.1.2.3:5")) == Node("n", "10.1.2.3:5")
+    assert _expand_unspecified(Node("n", "[::]:7")).address.endswith("]:7")
+    assert _expand_unspecified(Node("n", "name:7")).address == "name:7"

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,6 +111,46 @@ def decode_service(value: bytes) -> tuple[_Key, list[Node]] | None:
         if isinstance(n, dict) and isinstance(n.get("id"), str) and isinstance(n.get("address"), str):
             nodes.append(Node(n["id"], n["address"], _str_map(n.get("metadata"))))
     return (doc["name"], version if isinstance(version, str) else ""), nodes
+
+
+def _local_ip(version: int) -> str:
+    """This host's best address to announce (go-micro's ``addr.Extract``): a private address,
+    else a public one, else loopback. Link-local addresses are never chosen."""
+    import ifaddr  # zeroconf's dependency and ours
+
+    private: list[str] = []
+    public: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for a in adapter.ips:
+            text = a.ip if isinstance(a.ip, str) else a.ip[0]
+            try:
+                ip = ipaddress.ip_address(text.split("%", 1)[0])
+            except ValueError:
+                continue
+            if ip.version != version or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
+                continue
+            (private if ip.is_private else public).append(str(ip))
+    found = private or public
+    if found:
+        return found[0]
+    return "127.0.0.1" if version == 4 else "::1"
+
+
+def _expand_unspecified(node: Node) -> Node:
+    """A node at ``0.0.0.0:port`` / ``[::]:port`` gets this host's best address instead."""
+    host, sep, port = node.address.rpartition(":")
+    if not sep:
+        return node
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return node
+    if not ip.is_unspecified:
+        return node
+    local = _local_ip(ip.version)
+    address = f"[{local}]:{port}" if ip.version == 6 else f"{local}:{port}"
+    return Node(node.id, address, node.metadata)
 
 
 def _clean(part: str) -> str:
@@ -258,8 +299,9 @@ class EtcdRegistry:
     what happens while etcd is unreachable.
     """
 
-    #: a node bound to 0.0.0.0 is announced as such only by registries that expand it (mDNS)
-    expands_unspecified = False
+    #: a node bound to 0.0.0.0 / :: is stored with this host's best address (see
+    #: ``_expand_unspecified``), not 127.0.0.1: peers on other hosts read it from etcd
+    expands_unspecified = True
 
     def __init__(
         self,
@@ -718,7 +760,7 @@ class EtcdRegistry:
                 self._old_leases.append(self._lease)
                 self._lease_lost()
             self._lease_ttl = lease_ttl
-        for node in service.nodes:
+        for node in map(_expand_unspecified, service.nodes):
             key = self.key(service.name, node.id)
             one = Service(service.name, service.version, (node,))
             value = encode_service(one, node)
