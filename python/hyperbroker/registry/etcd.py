@@ -655,7 +655,9 @@ class EtcdRegistry:
         return int(rsp.header.revision)
 
     async def _watch(self, client: Any, rev: int) -> None:
-        stream = await client.watch_prefix(self._prefix_b, start_revision=rev + 1, prev_kv=True)
+        stream = await asyncio.wait_for(
+            client.watch_prefix(self._prefix_b, start_revision=rev + 1, prev_kv=True), self._timeout
+        )
         try:
             async for ev in stream:
                 self._apply(ev)
