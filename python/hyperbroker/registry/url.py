@@ -1,7 +1,8 @@
 """Registries named by a URL string: what ``Broker(registry="...")``, the
 ``HYPERBROKER_REGISTRY`` environment variable and the CLI's ``--registry`` accept.
 
-    memory://                           a new MemoryRegistry (this process only; "memory" too)
+    memory://                           a new MemoryRegistry each time ("memory" too): brokers
+                                        given this URL do not see each other; share an object
     mdns://                             MdnsRegistry on every interface ("mdns" too)
     mdns://?interfaces=127.0.0.1,::1    MdnsRegistry bound to those addresses
     etcd://127.0.0.1:2379               EtcdRegistry ("etcd" alone: 127.0.0.1:2379)
