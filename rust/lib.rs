@@ -4,7 +4,9 @@
 //! codec, the backlog, routing and queue-group choice (`route`), node queues and batch taking
 //! (`node`), the share record of broadcast copies (`msg`), response classification (`client`),
 //! settling a send's result (`worker`), the wait loop (`progress`), the hand-off to asyncio
-//! (`bridge`) and the server. `py/` is the thin PyO3 layer on top.
+//! (`bridge`), the server, and the whole publishing path against loopback HTTP nodes
+//! (`publisher`: broadcast, queue group, retry, 404, eviction and re-admission). `py/` is the
+//! thin PyO3 layer on top.
 //!
 //! The publishing side, by concern: `publisher` (facade: dispatch, backlog, route updates, flush,
 //! close) -> `route` (routing table) -> `node` (one node's queue and state) -> `worker` (its send

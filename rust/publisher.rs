@@ -380,3 +380,7 @@ impl Publisher {
         self.routes.get(topic).map_or(0, |r| r.node_count())
     }
 }
+
+#[cfg(test)]
+#[path = "publisher_tests.rs"]
+mod tests;
