@@ -161,6 +161,7 @@ class Broker:
             max_connections_per_peer=o.max_connections_per_peer,
             evict_after=o.evict_after,
             node_inflight=o.node_inflight,
+            max_connections=o.max_connections,
         )
         tokens = o.auth_tokens
         if tokens:

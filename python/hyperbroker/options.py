@@ -69,6 +69,13 @@ class BrokerOptions:
     body_read_timeout: seconds a client has to send the request body (408 after).
     max_topic / max_message_headers / max_message_header_bytes: limits of one message.
     max_connections_per_peer: simultaneous connections accepted from one IP address.
+    max_connections: simultaneous connections accepted from all peers together; over it a new
+        connection is closed at once (counted in ``stats()["connections_refused"]``). 4096 by
+        default: the kernel's default listen-queue cap, far above what a subscriber's
+        publishers need (one connection per publisher and ``node_inflight``), and a bound on
+        what a flood of idle connections can take (measured: 7 KB each silent, 20 KB with a
+        request head pending, so ~80 MB at worst); the open-file limit (``ulimit -n``) must
+        allow it.
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
     node_inflight: requests in flight per subscriber node (1 keeps each subscriber's order;
@@ -104,6 +111,7 @@ class BrokerOptions:
     max_message_headers: int = 256
     max_message_header_bytes: int = 65536
     max_connections_per_peer: int = 1024
+    max_connections: int = 4096
     evict_after: int = 3
     node_inflight: int = 1
     secure: bool = False
@@ -137,6 +145,7 @@ class BrokerOptions:
             "max_message_headers",
             "max_message_header_bytes",
             "max_connections_per_peer",
+            "max_connections",
             "evict_after",
             "node_inflight",
         ):

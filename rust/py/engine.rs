@@ -59,7 +59,7 @@ impl Engine {
         max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
         request_timeout = 30.0, header_read_timeout = 10.0, body_read_timeout = 30.0, max_topic = 1024,
         max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024,
-        evict_after = 3, node_inflight = 1))]
+        evict_after = 3, node_inflight = 1, max_connections = 4096))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         backlog: i64,
@@ -79,6 +79,7 @@ impl Engine {
         max_connections_per_peer: i64,
         evict_after: i64,
         node_inflight: i64,
+        max_connections: i64,
     ) -> PyResult<Self> {
         let cfg = PubConfig {
             backlog: positive("backlog", backlog)?,
@@ -111,6 +112,7 @@ impl Engine {
                 max_message_headers: positive("max_message_headers", max_message_headers)?,
                 max_message_header_bytes: positive("max_message_header_bytes", max_message_header_bytes)?,
                 max_connections_per_peer: positive("max_connections_per_peer", max_connections_per_peer)?,
+                max_connections: positive("max_connections", max_connections)?,
             },
         });
         let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(|e| BrokerError::new_err(e.to_string()))?);
