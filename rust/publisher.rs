@@ -125,7 +125,7 @@ fn link_key(topic: &Arc<str>, id: &str) -> (Arc<str>, String) {
 }
 
 impl Publisher {
-    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, String> {
+    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> crate::error::Result<Self> {
         let _guard = rt.enter();
         // go-micro's default: https peers are accepted without verification
         let tls = crate::tls::client_config(None, None)?;
@@ -792,7 +792,7 @@ impl Publisher {
                 Ok(r) => SendResult::Done {
                     failed: r.failed.into_iter().filter(|f| f.index < batch.len()).map(|f| (f.index, f.status, f.error)).collect(),
                 },
-                Err(e) => SendResult::Unreachable(e),
+                Err(e) => SendResult::Unreachable(e.to_string()),
             };
         }
         if status.is_success() {

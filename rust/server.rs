@@ -23,15 +23,15 @@ use tokio::sync::watch;
 use crate::batch;
 use crate::bridge::{Bridge, Outcome};
 use crate::codec;
+use crate::error::{Error, Result};
 use crate::stats::Stats;
 
 pub const PATH: &str = "/_sub";
 
-/// A subscription this endpoint serves.
+/// A subscription this endpoint serves (its queue group lives in the registry record only).
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub topic: String,
-    pub queue: Option<String>,
 }
 
 pub use crate::config::ServerConfig;
@@ -41,8 +41,8 @@ fn token_ok(accepted: &[Vec<u8>], presented: &[u8]) -> bool {
     let mut ok = 0u8;
     for t in accepted {
         let mut diff = (t.len() != presented.len()) as u8;
-        for i in 0..t.len() {
-            diff |= t[i] ^ presented.get(i).copied().unwrap_or(0);
+        for (i, b) in t.iter().enumerate() {
+            diff |= b ^ presented.get(i).copied().unwrap_or(0);
         }
         ok |= (diff == 0) as u8;
     }
@@ -438,9 +438,10 @@ impl ServerHandle {
 }
 
 /// Bind and serve. HTTP/1.1 keep-alive and HTTP/2 (prior knowledge) on the same port.
-pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> std::io::Result<ServerHandle> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
+pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> Result<ServerHandle> {
+    let cannot = |e: std::io::Error| Error::io(format!("cannot listen on {addr}: {e}"));
+    let listener = TcpListener::bind(addr).await.map_err(cannot)?;
+    let local_addr = listener.local_addr().map_err(cannot)?;
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, state, rx));
     Ok(ServerHandle { local_addr, shutdown: tx, accept })
