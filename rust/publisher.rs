@@ -61,7 +61,7 @@ impl Publisher {
     pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, Error> {
         let _guard = rt.enter();
         // go-micro's default: https peers are accepted without verification
-        let tls = crate::tls::client_config(None, None).map_err(Error::tls)?;
+        let tls = crate::tls::client_config(None, None)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Publisher {
             routes: Routes::default(),

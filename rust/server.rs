@@ -31,15 +31,15 @@ use tokio::sync::watch;
 use crate::batch;
 use crate::bridge::{Bridge, Outcome};
 use crate::codec;
+use crate::error::{Error, Result};
 use crate::stats::Stats;
 
 pub const PATH: &str = "/_sub";
 
-/// A subscription this endpoint serves.
+/// A subscription this endpoint serves (its queue group lives in the registry record only).
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub topic: String,
-    pub queue: Option<String>,
 }
 
 pub use crate::config::ServerConfig;
@@ -594,9 +594,10 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Bind and serve. HTTP/1.1 keep-alive and HTTP/2 (prior knowledge) on the same port.
-pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> std::io::Result<ServerHandle> {
-    let listener = bind(addr)?;
-    let local_addr = listener.local_addr()?;
+pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> Result<ServerHandle> {
+    let cannot = |e: std::io::Error| Error::io(format!("cannot listen on {addr}: {e}"));
+    let listener = bind(addr).map_err(cannot)?;
+    let local_addr = listener.local_addr().map_err(cannot)?;
     let (tx, rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(listener, state, rx));
     Ok(ServerHandle { local_addr, shutdown: tx, accept })

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from . import _core
+from ._routes import route_groups
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
 from .message import Handler, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
@@ -30,12 +31,6 @@ def _default_registry() -> Registry:
     from .registry.url import from_env
 
     return from_env("mdns://")
-
-
-def _int_or_none(v: str | None) -> int | None:
-    if v is None or not v.isdigit():
-        return None
-    return int(v)
 
 
 def _is_unspecified(host: str) -> bool:
@@ -143,26 +138,7 @@ class Broker:
         o = self._options
         loop = asyncio.get_running_loop()
         host, port = parse_address(o.address)
-        engine = _core.Engine(
-            backlog=o.backlog,
-            backlog_bytes=o.backlog_bytes,
-            max_body=o.max_body,
-            node_queue=o.node_queue,
-            max_batch=o.max_batch,
-            max_batch_bytes=o.max_batch_bytes,
-            retry_min=o.retry_min,
-            retry_max=o.retry_max,
-            request_timeout=o.request_timeout,
-            header_read_timeout=o.header_read_timeout,
-            body_read_timeout=o.body_read_timeout,
-            max_topic=o.max_topic,
-            max_message_headers=o.max_message_headers,
-            max_message_header_bytes=o.max_message_header_bytes,
-            max_connections_per_peer=o.max_connections_per_peer,
-            evict_after=o.evict_after,
-            node_inflight=o.node_inflight,
-            max_connections=o.max_connections,
-        )
+        engine = _core.Engine(o)
         tokens = o.auth_tokens
         if tokens:
             engine.set_auth_token(tokens[0])
@@ -359,10 +335,14 @@ class Broker:
             raise BrokerError(f"timeout must be > 0, got {timeout!r}")
         ok = await self._await_engine(lambda token: engine.flush(token, float(timeout)))
         if not ok:
-            st = engine.stats() if self._engine is not None else {}
+            st = engine.stats()
+            in_flight, last = st.get("in_flight"), st.get("last_error")
+            pending = in_flight if isinstance(in_flight, int) else 0
+            last_error = last if isinstance(last, str) else None
             raise FlushTimeoutError(
-                f"flush timed out after {timeout}s with {st.get('in_flight', '?')} deliveries still pending"
-                f" (last error: {st.get('last_error')})"
+                f"flush timed out after {timeout}s with {pending} deliveries still pending (last error: {last_error})",
+                pending=pending,
+                last_error=last_error,
             )
 
     def route_count(self, topic: str) -> int:
@@ -408,7 +388,7 @@ class Broker:
             raise BrokerError("queue must be a non-empty string or None")
         sub_id = f"hb-{uuid.uuid4().hex}"
         sub = Subscriber(self, sub_id, topic, handler, SubscribeOptions(queue=queue, auto_ack=auto_ack))
-        engine.add_subscriber(sub_id, topic, queue)
+        engine.add_subscriber(sub_id, topic)
         self._subs[sub_id] = sub
         try:
             await self.registry.register(self._service(sub), ttl=self._options.register_ttl)
@@ -515,22 +495,7 @@ class Broker:
         engine = self._engine
         if engine is None:
             return
-        services = await self.registry.get_service(service_name(topic))
-        groups = []
-        for s in services:
-            nodes = [
-                (
-                    n.id,
-                    n.address,
-                    n.metadata.get("batch") == "1",
-                    n.metadata.get("secure") == "true",
-                    n.metadata.get("h2") == "1",
-                    _int_or_none(n.metadata.get("max_body")),
-                )
-                for n in s.nodes
-            ]
-            if nodes:
-                groups.append((s.version, nodes))
+        groups = route_groups(await self.registry.get_service(service_name(topic)))
         if self._engine is engine:
             engine.set_routes(topic, groups)
 

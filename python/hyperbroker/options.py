@@ -1,10 +1,13 @@
-"""Broker options, validated once (go-micro's ``broker.Options``)."""
+"""Broker options (go-micro's ``broker.Options``): the one place their defaults and range checks
+live. The Rust engine reads a validated :class:`BrokerOptions` as it is (``Engine(options)``,
+``rust/py/conversion.rs``) and checks nothing again."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerError
@@ -14,6 +17,12 @@ if TYPE_CHECKING:
     from .registry.base import Registry
 
 __all__ = ["BrokerOptions", "parse_address", "validate_tokens"]
+
+#: inclusive upper bounds of the integer options (what their Rust fields can hold, or sensible)
+_INT_MAX = {"evict_after": (1 << 32) - 1, "node_inflight": 256}
+_INT_DEFAULT_MAX = (1 << 63) - 1
+#: longest accepted duration, in seconds (about 31 years: any deadline stays representable)
+_MAX_SECONDS = 1e9
 
 
 def validate_tokens(tokens: Sequence[str] | None) -> None:
@@ -47,6 +56,10 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     """Everything a :class:`~hyperbroker.Broker` can be configured with.
@@ -78,7 +91,7 @@ class BrokerOptions:
         allow it.
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
-    node_inflight: requests in flight per subscriber node (1 keeps each subscriber's order;
+    node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
         more overlap requests on HTTP/2 streams or extra connections, in any order).
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
@@ -118,7 +131,6 @@ class BrokerOptions:
     tls: TLSConfig | None = None
     h2: bool = False
     auth_token: str | Sequence[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -150,8 +162,10 @@ class BrokerOptions:
             "node_inflight",
         ):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise BrokerError(f"{name} must be a positive integer, got {v!r}")
+            top = _INT_MAX.get(name, _INT_DEFAULT_MAX)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+                limit = "" if top == _INT_DEFAULT_MAX else f" (at most {top})"
+                raise BrokerError(f"{name} must be a positive integer{limit}, got {v!r}")
         for name in (
             "retry_min",
             "retry_max",
@@ -162,10 +176,11 @@ class BrokerOptions:
             "register_ttl",
         ):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise BrokerError(f"{name} must be a positive number of seconds, got {v!r}")
-        if self.disconnect_timeout < 0:
-            raise BrokerError("disconnect_timeout must be >= 0")
+            if not _is_number(v) or not 0 < v <= _MAX_SECONDS:
+                raise BrokerError(f"{name} must be a positive number of seconds (at most {_MAX_SECONDS:g}), got {v!r}")
+        v = self.disconnect_timeout
+        if not _is_number(v) or not 0 <= v <= _MAX_SECONDS:
+            raise BrokerError(f"disconnect_timeout must be a number of seconds >= 0, got {v!r}")
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
         validate_tokens(self.auth_tokens if self.auth_token is not None else None)
