@@ -19,11 +19,13 @@ from .errors import (
     FlushTimeoutError,
     NotConnectedError,
     RegistryError,
+    RequestTimeoutError,
 )
 from .message import Event, Message
 from .options import BrokerOptions
 from .registry import BROADCAST_VERSION, MdnsRegistry, MemoryRegistry, Node, Registry, Service, WatchEvent
 from .subscriber import SubscribeOptions, Subscriber
+from .sync import SyncBroker, SyncSubscriber
 from .tls import TLSConfig
 
 __all__ = [
@@ -43,8 +45,11 @@ __all__ = [
     "NotConnectedError",
     "Registry",
     "RegistryError",
+    "RequestTimeoutError",
     "Service",
     "SubscribeOptions",
+    "SyncBroker",
+    "SyncSubscriber",
     "TLSConfig",
     "Subscriber",
     "WatchEvent",
