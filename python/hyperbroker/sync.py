@@ -205,7 +205,9 @@ class SyncBroker:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except concurrent.futures.TimeoutError:  # the builtin TimeoutError, as FlushTimeoutError is
+            if fut.done():
+                raise  # the coroutine's own error
             fut.cancel()
             raise BrokerError(f"the broker's loop did not answer within {timeout}s") from None
 
@@ -431,7 +433,8 @@ async def _stats(broker: Broker) -> dict[str, Any]:
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
+    # a coroutine function, or an object whose __call__ is one
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
 
 
 def _check_header(h: dict[str, str] | None) -> None:

@@ -48,10 +48,10 @@ from .registry.memory import MemoryRegistry
 from .subscriber import SubscribeOptions
 
 __all__ = [
-    "ORIGINAL_TOPIC_HEADER",
-    "NODE_HEADER",
-    "ERROR_HEADER",
     "DELIVERIES_HEADER",
+    "ERROR_HEADER",
+    "NODE_HEADER",
+    "ORIGINAL_TOPIC_HEADER",
     "BrokerPair",
     "TestBroker",
     "TestSubscriber",
@@ -240,7 +240,9 @@ class TestBroker:
         await self.connect()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.disconnect()
 
     async def connect(self) -> None:
@@ -446,7 +448,7 @@ class TestBroker:
         handler: Handler,
         queue: str | None = None,
         auto_ack: bool = True,
-        max_deliveries: int | None | _Unset = _UNSET,
+        max_deliveries: int | _Unset | None = _UNSET,
     ) -> TestSubscriber:
         """Call ``handler(event)`` for each message of ``topic``; with ``queue``, the members of
         the queue group get each message once between them. ``max_deliveries`` overrides the
@@ -499,7 +501,9 @@ class TestBroker:
         sub._queue.clear()
         if not left:
             return
-        members = [s for s in self._subs.values() if s.topic == sub.topic and s.queue is not None and s.queue == sub.queue]
+        members = [
+            s for s in self._subs.values() if s.topic == sub.topic and s.queue is not None and s.queue == sub.queue
+        ]
         for d in left:
             if members and self._connected:
                 n = self._rr.get((sub.topic, sub.queue or ""), 0)
