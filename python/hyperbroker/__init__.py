@@ -19,6 +19,7 @@ from .errors import (
     FlushTimeoutError,
     NotConnectedError,
     RegistryError,
+    RequestTimeoutError,
 )
 from .message import Event, Message
 from .options import BrokerOptions
@@ -33,6 +34,7 @@ from .registry import (
     WatchEvent,
 )
 from .subscriber import SubscribeOptions, Subscriber
+from .sync import SyncBroker, SyncSubscriber
 from .tls import TLSConfig
 
 __all__ = [
@@ -53,8 +55,11 @@ __all__ = [
     "NotConnectedError",
     "Registry",
     "RegistryError",
+    "RequestTimeoutError",
     "Service",
     "SubscribeOptions",
+    "SyncBroker",
+    "SyncSubscriber",
     "TLSConfig",
     "Subscriber",
     "WatchEvent",

@@ -10,6 +10,7 @@ __all__ = [
     "NotConnectedError",
     "FlushTimeoutError",
     "RegistryError",
+    "RequestTimeoutError",
 ]
 
 BrokerError.__module__ = "hyperbroker"
@@ -38,3 +39,7 @@ class FlushTimeoutError(BrokerError, TimeoutError):
 
 class RegistryError(BrokerError):
     """The registry refused an operation or could not be reached."""
+
+
+class RequestTimeoutError(BrokerError, TimeoutError):
+    """``request()`` got no answer in time (or no subscriber of the topic was there to answer)."""

@@ -1,0 +1,632 @@
+"""Testing helpers: :class:`TestBroker`, the Broker API routed in-process, and
+:func:`broker_pair`, two real loopback Brokers sharing a :class:`MemoryRegistry`.
+
+This file owns the TestBroker's routing, redelivery, backlog, request/reply and flush semantics.
+It uses the package's public pieces only (``Message``, ``Event``, ``to_wire``, ``BrokerOptions``,
+the errors); it has no endpoint, no registry and no sockets.
+
+Semantics, the same as the real broker's (what differs is said so):
+
+- broadcast: every subscription without a queue gets each message; queue group: one member per
+  message, round-robin in subscription order.
+- each subscription runs its handler (``def`` or ``async def``) for one message at a time, in
+  arrival order; a fresh native :class:`~hyperbroker.Event` per attempt.
+- a handler that raises, or returns without ``event.ack()`` under ``auto_ack=False``, fails the
+  attempt: the message is delivered again to the same subscription (after ``retry_min`` seconds;
+  the real broker backs off up to ``retry_max``) until ``max_deliveries`` attempts failed, then it
+  goes to ``on_undeliverable(topic, message, reason)`` and, with ``dead_letter_topic``, is
+  published there with ``X-Hyperbroker-*`` headers.
+- no subscriber: the message waits in a per-topic backlog of ``backlog`` messages (the newest are
+  kept, the dropped counted) and is delivered when a subscription of the topic appears.
+- ``flush()`` waits until every handler has finished (messages that handlers published meanwhile
+  included) and then re-raises the first exception a handler raised since the last flush (once).
+- ``published`` records every ``(topic, Message)`` published, dead letters included.
+- ``request(topic, message)`` returns the first non-None handler return value as a Message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import inspect
+import itertools
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .broker import Broker
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestTimeoutError
+from .message import Event, Handler, Message, to_wire
+from .options import BrokerOptions
+from .registry.memory import MemoryRegistry
+from .subscriber import SubscribeOptions
+
+__all__ = [
+    "DELIVERIES_HEADER",
+    "ERROR_HEADER",
+    "NODE_HEADER",
+    "ORIGINAL_TOPIC_HEADER",
+    "BrokerPair",
+    "TestBroker",
+    "TestSubscriber",
+    "Undeliverable",
+    "broker_pair",
+]
+
+log = logging.getLogger("hyperbroker.testing")
+
+ORIGINAL_TOPIC_HEADER = "X-Hyperbroker-Original-Topic"
+NODE_HEADER = "X-Hyperbroker-Node"
+ERROR_HEADER = "X-Hyperbroker-Error"
+DELIVERIES_HEADER = "X-Hyperbroker-Deliveries"
+
+#: ``on_undeliverable(topic, message, reason)``: a plain function or a coroutine function
+Undeliverable = Callable[[str, Message, str], Any]
+
+#: options of the delivery limit, validated here (the real Broker gains them in parallel)
+_DELIVERY_OPTIONS = ("max_deliveries", "on_undeliverable", "dead_letter_topic")
+_NOT_ACKED = "handler returned without ack() (auto_ack=False)"
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_max_deliveries(v: object) -> int | None:
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise BrokerError(f"max_deliveries must be a positive integer or None, got {v!r}")
+    return v
+
+
+def _reply_message(value: object) -> Message:
+    """A handler's return value as a reply: a Message as is, else what ``publish`` would send."""
+    if isinstance(value, Message):
+        return value
+    header, body = to_wire(value)
+    return Message(dict(header) if header else {}, body)
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One message on its way to one subscription."""
+
+    topic: str
+    header: dict[str, str] | None
+    body: bytes
+    reply: asyncio.Future[Message] | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+    def message(self) -> Message:
+        return Message(dict(self.header) if self.header else {}, self.body)
+
+
+class TestSubscriber:
+    """A TestBroker subscription: ``.id``, ``.topic``, ``.options``, ``.queue``,
+    ``.max_deliveries``, ``await .unsubscribe()``."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        broker: TestBroker,
+        id: str,
+        topic: str,
+        handler: Handler,
+        options: SubscribeOptions,
+        max_deliveries: int | None,
+    ) -> None:
+        self.id = id
+        self.topic = topic
+        self.options = options
+        self.max_deliveries = max_deliveries
+        self._broker = broker
+        self._handler = handler
+        self._queue: deque[_Delivery] = deque()
+        self._runner: asyncio.Task[None] | None = None
+        self._active = True
+
+    @property
+    def queue(self) -> str | None:
+        return self.options.queue
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving. Messages queued for this subscription go to another member of its
+        queue group, or are dropped (counted). Idempotent."""
+        await self._broker._unsubscribe(self)
+
+    def __repr__(self) -> str:
+        return f"TestSubscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
+
+
+class TestBroker:
+    """The Broker API routed in-process, for tests: no endpoint, no registry, no sockets.
+
+    ``TestBroker(**options)`` accepts the Broker's options (network ones are validated and
+    ignored) plus ``max_deliveries`` (default 10, None = forever), ``on_undeliverable``,
+    ``dead_letter_topic`` and ``raise_handler_errors`` (default True: ``flush()`` re-raises the
+    first handler exception). See the module docstring for the delivery semantics.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, *, raise_handler_errors: bool = True, **options: Any) -> None:
+        known = {f.name for f in dataclasses.fields(BrokerOptions)}
+        self._options = BrokerOptions().replace(
+            **{k: v for k, v in options.items() if k not in _DELIVERY_OPTIONS or k in known}
+        )
+        self._max_deliveries = _check_max_deliveries(options.get("max_deliveries", 10))
+        on_undeliverable = options.get("on_undeliverable")
+        if on_undeliverable is not None and not callable(on_undeliverable):
+            raise BrokerError(f"on_undeliverable must be callable, got {type(on_undeliverable).__name__}")
+        self._on_undeliverable: Undeliverable | None = on_undeliverable
+        dlt = options.get("dead_letter_topic")
+        if dlt is not None and (not isinstance(dlt, str) or not dlt):
+            raise BrokerError("dead_letter_topic must be a non-empty string or None")
+        self._dead_letter_topic: str | None = dlt
+        self._raise_handler_errors = raise_handler_errors
+        self._id = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        self._connected = False
+        self._subs: dict[str, TestSubscriber] = {}
+        self._rr: dict[tuple[str, str], int] = {}
+        self._backlog: dict[str, deque[_Delivery]] = {}
+        self._pending = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._first_error: BaseException | None = None
+        self._stats: dict[str, int] = dict.fromkeys(
+            (
+                "published",
+                "delivered",
+                "failed",
+                "retried",
+                "backlogged",
+                "dropped",
+                "received",
+                "handler_errors",
+                "rejected",
+                "remote_handler_errors",
+                "evicted",
+                "dead_lettered",
+            ),
+            0,
+        )
+        self._last_error: str | None = None
+        #: every ``(topic, Message)`` published, in order (dead letters and requests included)
+        self.published: list[tuple[str, Message]] = []
+        #: every exception a handler raised, in order (flush re-raises only the first, once)
+        self.errors: list[BaseException] = []
+
+    # --- the Broker interface -----------------------------------------------------------------
+
+    @property
+    def options(self) -> BrokerOptions:
+        return self._options
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def address(self) -> str:
+        """No endpoint: a name for logs."""
+        return f"test-broker-{self._id}"
+
+    def __str__(self) -> str:
+        return "test"
+
+    def __repr__(self) -> str:
+        state = "connected" if self._connected else "disconnected"
+        return f"<TestBroker {state} subscriptions={len(self._subs)} pending={self._pending}>"
+
+    async def __aenter__(self) -> TestBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.disconnect()
+
+    async def connect(self) -> None:
+        """Idempotent; there is nothing to bind."""
+        self._connected = True
+
+    async def disconnect(self, timeout: float | None = None) -> None:
+        """Wait for the handlers up to ``timeout`` (default ``disconnect_timeout``), then stop
+        every subscription and drop the backlog. Handler errors are not raised here. Idempotent."""
+        if not self._connected:
+            return
+        wait = self._options.disconnect_timeout if timeout is None else timeout
+        if wait > 0 and self._pending:
+            try:
+                await asyncio.wait_for(self._settled.wait(), wait)
+            except TimeoutError:
+                log.warning("disconnect: %d deliveries still pending are dropped", self._pending)
+        self._connected = False
+        for sub in list(self._subs.values()):
+            sub._active = False
+            await self._stop_runner(sub)
+            self._drop(sub._queue)
+        self._subs.clear()
+        for parked in self._backlog.values():
+            if parked:
+                log.warning("disconnect: %d message(s) waiting in the backlog are dropped", len(parked))
+            self._drop(parked)
+        self._backlog.clear()
+        self._pending = 0
+        self._settled.set()
+
+    def _need(self) -> None:
+        if not self._connected:
+            raise NotConnectedError("broker is not connected: await broker.connect() first")
+
+    def _check_topic(self, topic: str) -> None:
+        if not isinstance(topic, str) or not topic:
+            raise BrokerError("topic must be a non-empty string")
+        if len(topic.encode()) > self._options.max_topic:
+            raise BrokerError(f"topic is over max_topic={self._options.max_topic} bytes")
+
+    # --- publish ------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, message: object, header: dict[str, str] | None = None) -> None:
+        """Queue ``message`` for every subscriber of ``topic`` (handlers run later, on the loop)."""
+        self.publish_nowait(topic, message, header)
+
+    def publish_nowait(self, topic: str, message: object, header: dict[str, str] | None = None) -> bool:
+        """``publish`` without the coroutine. Never congested: returns False."""
+        self._need()
+        self._check_topic(topic)
+        h, body = to_wire(message, header)
+        self._publish(topic, h, body)
+        return False
+
+    async def publish_many(self, topic: str, messages: Iterable[object]) -> int:
+        """Queue many messages of one topic; returns how many."""
+        self._need()
+        self._check_topic(topic)
+        items = [to_wire(m) for m in messages]
+        for h, body in items:
+            self._publish(topic, h, body)
+        return len(items)
+
+    async def wait_room(self) -> None:
+        """Never congested: returns at once."""
+        self._need()
+
+    def _publish(
+        self, topic: str, header: dict[str, str] | None, body: bytes, reply: asyncio.Future[Message] | None = None
+    ) -> None:
+        header = dict(header) if header else None
+        self.published.append((topic, Message(dict(header) if header else {}, body)))
+        self._stats["published"] += 1
+        self._route(_Delivery(topic, header, body, reply))
+
+    def _route(self, d: _Delivery) -> None:
+        subs = [s for s in self._subs.values() if s.topic == d.topic]
+        if not subs:
+            self._park(d)
+            return
+        groups: dict[str, list[TestSubscriber]] = {}
+        for s in subs:
+            if s.queue is None:
+                self._enqueue(s, dataclasses.replace(d))
+            else:
+                groups.setdefault(s.queue, []).append(s)
+        for queue, members in groups.items():
+            n = self._rr.get((d.topic, queue), 0)
+            self._rr[(d.topic, queue)] = n + 1
+            self._enqueue(members[n % len(members)], dataclasses.replace(d))
+
+    def _park(self, d: _Delivery) -> None:
+        parked = self._backlog.setdefault(d.topic, deque())
+        if len(parked) >= self._options.backlog:
+            parked.popleft()
+            self._stats["dropped"] += 1
+            self._last_error = f"backlog of {d.topic!r} is full: the oldest message was dropped"
+        parked.append(d)
+        self._stats["backlogged"] += 1
+
+    def _enqueue(self, sub: TestSubscriber, d: _Delivery) -> None:
+        sub._queue.append(d)
+        self._pending += 1
+        self._settled.clear()
+        if sub._runner is None:
+            sub._runner = asyncio.get_running_loop().create_task(self._run(sub), name=f"test-broker-{sub.id}")
+
+    def _settle(self, n: int = 1) -> None:
+        self._pending -= n
+        if self._pending <= 0:
+            self._pending = 0
+            self._settled.set()
+
+    def _drop(self, items: deque[_Delivery]) -> None:
+        """Forget queued deliveries (disconnect): counted as dropped; their requests fail."""
+        for d in items:
+            if d.reply is not None and not d.reply.done():
+                d.reply.set_exception(NotConnectedError("the broker disconnected before an answer came"))
+        self._stats["dropped"] += len(items)
+        items.clear()
+
+    # --- flush, request, stats ----------------------------------------------------------------
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every handler has finished (retries included), then re-raise the first
+        exception a handler raised since the last flush. :class:`FlushTimeoutError` when
+        ``timeout`` seconds pass first."""
+        self._need()
+        if not timeout > 0:
+            raise BrokerError(f"timeout must be > 0, got {timeout!r}")
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except TimeoutError:
+            raise FlushTimeoutError(
+                f"flush timed out after {timeout}s with {self._pending} deliveries still pending"
+                f" (last error: {self._last_error})"
+            ) from None
+        err, self._first_error = self._first_error, None
+        if err is not None and self._raise_handler_errors:
+            raise err
+
+    async def request(
+        self, topic: str, message: object, timeout: float = 5.0, header: dict[str, str] | None = None
+    ) -> Message:
+        """Publish ``message`` and return the first handler return value that is not None, as a
+        :class:`Message` (bytes/str as the body, other values as JSON). Raises
+        :class:`RequestTimeoutError` when no subscriber of ``topic`` exists or none answers in
+        ``timeout`` seconds."""
+        self._need()
+        self._check_topic(topic)
+        if not timeout > 0:
+            raise BrokerError(f"timeout must be > 0, got {timeout!r}")
+        if not any(s.topic == topic for s in self._subs.values()):
+            raise RequestTimeoutError(f"no subscriber of {topic!r} to answer the request")
+        h, body = to_wire(message, header)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._publish(topic, h, body, reply=fut)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RequestTimeoutError(
+                f"no answer to the request on {topic!r} within {timeout}s"
+                " (a handler answers by returning a value that is not None;"
+                f" last error: {self._last_error})"
+            ) from None
+
+    def route_count(self, topic: str) -> int:
+        """How many subscriptions of ``topic`` exist (the real broker counts subscriber nodes)."""
+        self._need()
+        return sum(1 for s in self._subs.values() if s.topic == topic)
+
+    async def wait_for_route(self, topic: str, timeout: float = 5.0) -> int:
+        """The subscription count of ``topic``; waits up to ``timeout`` for a first one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            n = self.route_count(topic)
+            if n:
+                return n
+            if loop.time() >= deadline:
+                raise BrokerError(f"no subscriber of {topic!r} appeared within {timeout}s")
+            await asyncio.sleep(0.005)
+
+    def stats(self) -> dict[str, Any]:
+        """The real broker's counters (publisher and subscriber sides in one) plus
+        ``dead_lettered``; ``in_flight`` is the deliveries not settled yet, ``backlog`` the
+        messages parked."""
+        if not self._connected:
+            return {}
+        return {
+            **self._stats,
+            "in_flight": self._pending,
+            "backlog": sum(len(q) for q in self._backlog.values()),
+            "last_error": self._last_error,
+        }
+
+    # --- subscribe ----------------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Handler,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | _Unset | None = _UNSET,
+    ) -> TestSubscriber:
+        """Call ``handler(event)`` for each message of ``topic``; with ``queue``, the members of
+        the queue group get each message once between them. ``max_deliveries`` overrides the
+        broker's for this subscription (None = retry forever)."""
+        self._need()
+        self._check_topic(topic)
+        if not callable(handler):
+            raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise BrokerError("queue must be a non-empty string or None")
+        limit = self._max_deliveries if max_deliveries is _UNSET else _check_max_deliveries(max_deliveries)
+        sub = TestSubscriber(
+            self,
+            f"hb-test-{self._id}-{next(self._ids)}",
+            topic,
+            handler,
+            SubscribeOptions(queue=queue, auto_ack=auto_ack),
+            limit,
+        )
+        self._subs[sub.id] = sub
+        parked = self._backlog.pop(topic, None)
+        if parked:
+            for d in parked:
+                self._route(d)
+        return sub
+
+    async def _unsubscribe(self, sub: TestSubscriber) -> None:
+        if self._subs.pop(sub.id, None) is None:
+            return
+        sub._active = False
+        if sub._runner is not asyncio.current_task():
+            await self._stop_runner(sub)
+            self._orphan(sub)
+        # else: called from its own handler; the runner hands the rest over when it returns
+
+    async def _stop_runner(self, sub: TestSubscriber) -> None:
+        runner = sub._runner
+        if runner is None or runner is asyncio.current_task():
+            return
+        runner.cancel()
+        try:
+            await runner
+        except asyncio.CancelledError:
+            pass
+
+    def _orphan(self, sub: TestSubscriber) -> None:
+        """Messages left on a subscription that ended: to another member of its queue group,
+        else dropped."""
+        left = list(sub._queue)
+        sub._queue.clear()
+        if not left:
+            return
+        members = [
+            s for s in self._subs.values() if s.topic == sub.topic and s.queue is not None and s.queue == sub.queue
+        ]
+        for d in left:
+            if members and self._connected:
+                n = self._rr.get((sub.topic, sub.queue or ""), 0)
+                self._rr[(sub.topic, sub.queue or "")] = n + 1
+                self._enqueue(members[n % len(members)], d)
+            else:
+                self._stats["dropped"] += 1
+            self._settle()
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    async def _run(self, sub: TestSubscriber) -> None:
+        """One subscription's deliveries, in order; a failed message is retried at the head."""
+        try:
+            while sub._queue and sub._active:
+                d = sub._queue[0]
+                err = await self._attempt(sub, d)
+                if err is None:
+                    sub._queue.popleft()
+                    self._stats["delivered"] += 1
+                    self._settle()
+                    continue
+                d.attempts += 1
+                d.last_error = err
+                self._stats["remote_handler_errors"] += 1
+                self._last_error = f"{sub.id}: {err}"
+                if sub.max_deliveries is not None and d.attempts >= sub.max_deliveries:
+                    sub._queue.popleft()
+                    try:
+                        await self._give_up(sub, d, err)
+                    finally:
+                        self._settle()
+                    continue
+                if not sub._active:
+                    break
+                self._stats["retried"] += 1
+                await asyncio.sleep(self._options.retry_min)
+        finally:
+            sub._runner = None
+            if not sub._active and sub._queue:
+                self._orphan(sub)
+
+    async def _attempt(self, sub: TestSubscriber, d: _Delivery) -> str | None:
+        """Run the handler once; the failure text, or None when it succeeded."""
+        ev = Event(d.topic, d.message())
+        self._stats["received"] += 1
+        try:
+            r = sub._handler(ev)
+            if r is not None and inspect.isawaitable(r):
+                r = await r
+        except Exception as e:
+            self._stats["handler_errors"] += 1
+            self.errors.append(e)
+            if self._first_error is None:
+                self._first_error = e
+            return _describe(e)
+        if not sub.options.auto_ack and not ev.acked:
+            self._stats["handler_errors"] += 1
+            return _NOT_ACKED
+        if d.reply is not None and r is not None and not d.reply.done():
+            try:
+                d.reply.set_result(_reply_message(r))
+            except BrokerError as e:
+                d.reply.set_exception(e)
+        return None
+
+    async def _give_up(self, sub: TestSubscriber, d: _Delivery, reason: str) -> None:
+        """``max_deliveries`` attempts failed: on_undeliverable, then the dead-letter topic."""
+        self._stats["dead_lettered"] += 1
+        callback = self._on_undeliverable
+        if callback is not None:
+            try:
+                r = callback(d.topic, d.message(), reason)
+                if r is not None and inspect.isawaitable(r):
+                    await r
+            except Exception as e:
+                log.exception("on_undeliverable raised")
+                self.errors.append(e)
+                if self._first_error is None:
+                    self._first_error = e
+        dlt = self._dead_letter_topic
+        if dlt is not None and dlt != d.topic and self._connected:
+            header = dict(d.header or {})
+            header[ORIGINAL_TOPIC_HEADER] = d.topic
+            header[NODE_HEADER] = sub.id
+            header[ERROR_HEADER] = reason
+            header[DELIVERIES_HEADER] = str(d.attempts)
+            self._publish(dlt, header, d.body)
+
+
+# --- real brokers for tests ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPair:
+    """A connected publisher and subscriber :class:`Broker` sharing ``registry``."""
+
+    publisher: Broker
+    subscriber: Broker
+    registry: MemoryRegistry
+
+
+@asynccontextmanager
+async def broker_pair(**options: Any) -> AsyncIterator[BrokerPair]:
+    """Two real Brokers on 127.0.0.1 (free ports) sharing one :class:`MemoryRegistry` (or the
+    ``registry`` option), connected; disconnected on exit (publisher first, so what it still
+    holds is delivered within ``disconnect_timeout``, default 1 s here)."""
+    registry = options.pop("registry", None)
+    if registry is None:
+        registry = MemoryRegistry()
+    if not isinstance(registry, MemoryRegistry):
+        raise BrokerError("broker_pair needs a MemoryRegistry (or no registry option)")
+    options.setdefault("address", "127.0.0.1:0")
+    options.setdefault("disconnect_timeout", 1.0)
+    publisher = Broker(registry=registry, **options)
+    subscriber = Broker(registry=registry, **options)
+    await publisher.connect()
+    try:
+        await subscriber.connect()
+        try:
+            yield BrokerPair(publisher, subscriber, registry)
+        finally:
+            await publisher.disconnect()
+    finally:
+        await publisher.disconnect(timeout=0)  # a no-op unless the subscriber failed to connect
+        await subscriber.disconnect()
