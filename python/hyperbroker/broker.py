@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from . import _core
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Handler, to_wire
+from .message import Event, Handler, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
-from .subscriber import SubscribeOptions, Subscriber, _describe
+from .subscriber import SubscribeOptions, Subscriber
 from .tls import local_hosts, read_pem
 
 __all__ = ["Broker"]
@@ -254,8 +253,7 @@ class Broker:
                 pass
         self._tasks.clear()
         for sub in list(self._subs.values()):
-            sub._active = False
-            sub._fail_pending("subscriber closing")
+            sub.fail_pending("subscriber closing")
         self._subs.clear()
         self._topics.clear()
         if engine is not None:
@@ -403,7 +401,14 @@ class Broker:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         sub_id = f"hb-{uuid.uuid4().hex}"
-        sub = Subscriber(self, sub_id, topic, handler, SubscribeOptions(queue=queue, auto_ack=auto_ack))
+        sub = Subscriber(
+            sub_id,
+            topic,
+            handler,
+            SubscribeOptions(queue=queue, auto_ack=auto_ack),
+            complete=self._complete,
+            unsubscribe=self._unsubscribe,
+        )
         engine.add_subscriber(sub_id, topic, queue)
         self._subs[sub_id] = sub
         try:
@@ -434,15 +439,12 @@ class Broker:
     async def _unsubscribe(self, sub: Subscriber) -> None:
         if self._subs.pop(sub.id, None) is None:
             return
-        sub._active = False
         try:
             await self._deregister(sub)
         finally:
             if self._engine is not None:
                 self._engine.remove_subscriber(sub.id)
-                failed = sub._fail_pending("subscriber unsubscribed")
-                if failed:
-                    self._engine.complete(failed)
+                sub.fail_pending("subscriber unsubscribed")
         await self._refresh_topic(sub.topic)
 
     # --- from Rust to the handlers --------------------------------------------------------------
@@ -455,30 +457,8 @@ class Broker:
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
-            subs = self._subs
-            done = 0
             try:
-                for sub_id, ev in zip(sub_ids, events):
-                    sub = subs.get(sub_id)
-                    if sub is None:
-                        failures.append((ev._token, "subscriber is gone"))
-                    elif sub._inline and not sub._pending:
-                        # the hot path: a plain function with auto-ack, run right here
-                        try:
-                            r = sub._handler(ev)
-                        except Exception as e:
-                            failures.append((ev._token, _describe(e)))
-                        else:
-                            if r is not None and inspect.isawaitable(r):
-                                deferred.append(ev._token)
-                                sub._defer_awaitable(ev, r)
-                    else:
-                        sub._deliver(ev, failures, deferred)
-                    done += 1
-            except BaseException:
-                # KeyboardInterrupt, SystemExit...: what did not run is not acknowledged
-                failures.extend((ev._token, "handler interrupted") for ev in events[done:])
-                raise
+                dispatch(self._subs, sub_ids, events, failures, deferred)
             finally:
                 engine.done(failures, deferred)
         for token, ok in flushes:
@@ -487,6 +467,7 @@ class Broker:
                 fut.set_result(ok)
 
     def _complete(self, results: list[tuple[int, str | None]]) -> None:
+        """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""
         if self._engine is not None and results:
             self._engine.complete(results)
 
@@ -539,3 +520,32 @@ class Broker:
                     await self.registry.register(self._service(sub), ttl=o.register_ttl)
                 except Exception as e:
                     log.warning("heartbeat: re-registering %s failed: %s", sub.topic, e)
+
+
+def dispatch(
+    subs: Mapping[str, Subscriber],
+    sub_ids: Sequence[str],
+    events: Sequence[Event],
+    failures: list[tuple[int, str]],
+    deferred: list[int],
+) -> None:
+    """Hand one wake-up's events to their subscribers: each run of consecutive events of one
+    subscriber in one ``deliver_batch`` call, in arrival order (``sub_ids[i]`` is the id of the
+    subscriber of ``events[i]``). Events of a subscriber that is gone fail. If a handler is
+    interrupted (KeyboardInterrupt...), the events after its run fail too before it propagates."""
+    start = end = 0
+    try:
+        for sub_id, run in itertools.groupby(sub_ids):
+            n = len(list(run))
+            batch = events[start : start + n]
+            sub = subs.get(sub_id)
+            end = start + n  # from here on, this run is answered for below or by the subscriber
+            if sub is None:
+                failures.extend((ev._token, "subscriber is gone") for ev in batch)
+            else:
+                sub.deliver_batch(batch, failures, deferred)
+            start = end
+    except BaseException:
+        # the subscriber failed what it did not finish of its own run
+        failures.extend((ev._token, "handler interrupted") for ev in events[end:])
+        raise
