@@ -529,23 +529,33 @@ def dispatch(
     failures: list[tuple[int, str]],
     deferred: list[int],
 ) -> None:
-    """Hand one wake-up's events to their subscribers: each run of consecutive events of one
-    subscriber in one ``deliver_batch`` call, in arrival order (``sub_ids[i]`` is the id of the
-    subscriber of ``events[i]``). Events of a subscriber that is gone fail. If a handler is
-    interrupted (KeyboardInterrupt...), the events after its run fail too before it propagates."""
-    start = end = 0
+    """Hand one wake-up's events to their subscribers (``sub_ids[i]`` names the subscriber of
+    ``events[i]``): one ``deliver_batch`` call per subscriber, with its events in arrival order.
+    Events of a subscriber that is gone fail. If a handler is interrupted (KeyboardInterrupt...),
+    the subscriber fails what it did not finish and the later subscribers' events fail here."""
+    if not events:
+        return
+    groups: list[tuple[str, Sequence[Event]]]
+    if sub_ids.count(sub_ids[0]) == len(sub_ids):
+        # the usual case (one subscriber, or a batch POST for one): no per-event work here
+        groups = [(sub_ids[0], events)]
+    else:
+        by_sub: dict[str, list[Event]] = {}
+        for sub_id, ev in zip(sub_ids, events):
+            run = by_sub.get(sub_id)
+            if run is None:
+                by_sub[sub_id] = [ev]
+            else:
+                run.append(ev)
+        groups = list(by_sub.items())
+    i = 0
     try:
-        for sub_id, run in itertools.groupby(sub_ids):
-            n = len(list(run))
-            batch = events[start : start + n]
+        for i, (sub_id, batch) in enumerate(groups):
             sub = subs.get(sub_id)
-            end = start + n  # from here on, this run is answered for below or by the subscriber
             if sub is None:
                 failures.extend((ev._token, "subscriber is gone") for ev in batch)
             else:
                 sub.deliver_batch(batch, failures, deferred)
-            start = end
     except BaseException:
-        # the subscriber failed what it did not finish of its own run
-        failures.extend((ev._token, "handler interrupted") for ev in events[end:])
+        failures.extend((ev._token, "handler interrupted") for _, later in groups[i + 1 :] for ev in later)
         raise
