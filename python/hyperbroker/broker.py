@@ -57,7 +57,6 @@ class Broker:
 
     def __init__(self, **options: Any) -> None:
         self._options = BrokerOptions().replace(**options)
-        self._id = uuid.uuid4().hex
         self._engine: _core.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._registry: Registry | None = None
