@@ -9,35 +9,17 @@ Rotation ``[new, old]`` -> send ``new`` -> drop ``old`` never stops delivery.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
-from brokers import MakeBroker, Sink, envelope, until
+from brokers import MakeBroker, Sink, deliver_numbered, envelope, pick, post, until
 
 from hyperbroker import BrokerError
 
 pytestmark = pytest.mark.timeout(60)
 
 TOPIC = "auth.events"
-
-
-def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: st[k] for k in keys}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def post(http: aiohttp.ClientSession, url: str, data: bytes, **headers: str) -> tuple[int, str, dict[str, str]]:
-    h = {"Content-Type": "application/json", **headers}
-    async with http.post(url, data=data, headers=h) as r:
-        return r.status, await r.text(), dict(r.headers)
 
 
 # --- the endpoint ---------------------------------------------------------------------------------
@@ -92,11 +74,7 @@ async def test_publisher_with_the_token_delivers(make_broker: MakeBroker) -> Non
     sink = Sink()
     await sub_b.subscribe(TOPIC, sink)
     await pub_b.wait_for_route(TOPIC, 5)
-    bodies = [f"m-{i}".encode() for i in range(300)]
-    for b in bodies:
-        await pub_b.publish(TOPIC, b)
-    await pub_b.flush(timeout=10)
-    await until(lambda: len(sink.bodies) >= 300, 5, "300 handled")
+    bodies = await deliver_numbered(pub_b, TOPIC, sink, 300)
     assert sink.bodies == bodies
     assert pick(pub_b.stats(), "delivered", "retried", "failed", "dropped") == {
         "delivered": 300,

@@ -9,7 +9,6 @@ checked exactly; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from brokers import AsyncSink, envelope, post
 from yarl import URL
 
 from hyperbroker import Broker, Event, MemoryRegistry, Subscriber
@@ -30,43 +30,8 @@ NDJSON = "application/x-ndjson"
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def envelope(topic: str | None, body: bytes, header: dict[str, str] | None = None) -> bytes:
-    """A go-micro envelope as JSON bytes (topic None: no ``:topic`` header at all)."""
-    h: dict[str, str] = {}
-    if topic is not None:
-        h[":topic"] = topic
-    if header:
-        h.update(header)
-    return json.dumps({"Header": h, "Body": base64.b64encode(body).decode()}).encode()
-
-
-class Sink:
-    """A subscription handler that records what it handled.
-
-    Header ``slow`` makes it sleep first (to prove the response waits for it); header ``raise``
-    makes it raise RuntimeError with that text.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.calls = 0
-
-    async def __call__(self, ev: Event) -> None:
-        self.calls += 1
-        h = ev.message.header
-        if "slow" in h:
-            await asyncio.sleep(float(h["slow"]))
-        if "raise" in h:
-            raise RuntimeError(h["raise"])
-        self.events.append(ev)
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.events]
-
-
 class Endpoint:
-    def __init__(self, broker: Broker, sub: Subscriber, sink: Sink) -> None:
+    def __init__(self, broker: Broker, sub: Subscriber, sink: AsyncSink) -> None:
         self.broker = broker
         self.sub = sub
         self.sink = sink
@@ -99,7 +64,7 @@ async def make_endpoint() -> AsyncIterator[MakeEndpoint]:
         )
         await b.connect()
         brokers.append(b)
-        sink = Sink()
+        sink = AsyncSink()
         sub = await b.subscribe(TOPIC, sink)
         return Endpoint(b, sub, sink)
 
@@ -111,19 +76,6 @@ async def make_endpoint() -> AsyncIterator[MakeEndpoint]:
 @pytest.fixture
 async def ep(make_endpoint: MakeEndpoint) -> Endpoint:
     return await make_endpoint()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def post(
-    http: aiohttp.ClientSession, url: str, data: Any, content_type: str = "application/json"
-) -> tuple[int, str, Any]:
-    async with http.post(url, data=data, headers={"Content-Type": content_type}) as r:
-        return r.status, await r.text(), r.headers
 
 
 async def raw_request(host_port: str, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:

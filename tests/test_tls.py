@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from certs_util import CA, Leaf, make_ca
 
-from brokers import MakeBroker, Sink, envelope, until
+from brokers import MakeBroker, Sink, deliver_numbered, envelope, pick, publish_each, until
 
 from hyperbroker import Broker, BrokerError, MemoryRegistry, TLSConfig
 
@@ -73,10 +73,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: st[k] for k in keys}
-
-
 # --- secure=True (self-signed, go-micro's Secure) -------------------------------------------------
 
 
@@ -90,11 +86,7 @@ async def test_secure_delivers_1000_in_order_over_https(make_broker: MakeBroker,
     assert sub_b.secure is True
     assert await pub_b.wait_for_route(TOPIC, timeout=5) == 1
 
-    expected = [f"m-{i}".encode() for i in range(1000)]
-    for body in expected:
-        await pub_b.publish(TOPIC, body)
-    await pub_b.flush(timeout=15)
-    await until(lambda: len(sink.bodies) >= 1000, 5, "1000 messages handled")
+    expected = await deliver_numbered(pub_b, TOPIC, sink, 1000, timeout=15)
 
     assert sink.bodies == expected
     ps = pub_b.stats()
@@ -172,13 +164,9 @@ async def test_ca_verified_delivery(make_broker: MakeBroker, pki: dict[str, Any]
     await pub_full.wait_for_route(TOPIC, 5)
 
     first = [f"v-{i}".encode() for i in range(300)]
-    for body in first:
-        await pub_verify.publish(TOPIC, body)
-    await pub_verify.flush(timeout=10)
+    await publish_each(pub_verify, TOPIC, first)
     second = [f"f-{i}".encode() for i in range(300)]
-    for body in second:
-        await pub_full.publish(TOPIC, body)
-    await pub_full.flush(timeout=10)
+    await publish_each(pub_full, TOPIC, second)
     await until(lambda: len(sink.bodies) >= 600, 5, "600 handled")
 
     assert sink.bodies == first + second
@@ -371,11 +359,7 @@ async def test_mtls_publisher_with_ca_signed_certificate_delivers(make_broker: M
         tls=TLSConfig(cert_file=pub_leaf.cert, key_file=pub_leaf.key, ca_file=ca.cert, verify=True)
     )
     await pub_b.wait_for_route(TOPIC, 5)
-    bodies = [f"m-{i}".encode() for i in range(500)]
-    for body in bodies:
-        await pub_b.publish(TOPIC, body)
-    await pub_b.flush(timeout=10)
-    await until(lambda: len(sink.bodies) >= 500, 5, "500 handled")
+    bodies = await deliver_numbered(pub_b, TOPIC, sink, 500)
     assert sink.bodies == bodies
     st = pub_b.stats()
     assert pick(st, "delivered", "dropped", "failed", "retried") == {
