@@ -116,3 +116,9 @@ async def deliver_numbered(pub: Broker, topic: str, sink: Sink, n: int, timeout:
     await publish_each(pub, topic, bodies, timeout)
     await until(lambda: len(sink.events) >= n, 5, f"{n} handled")
     return bodies
+
+
+def assert_counters(st: Mapping[str, Any], **expected: Any) -> None:
+    """The named counters of a ``stats()`` dict are exactly ``expected``."""
+    got = pick(st, *expected)
+    assert got == expected, f"counters {got}, expected {expected}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from brokers import AsyncSink, envelope, post
+from brokers import AsyncSink, assert_counters, envelope, post
 from yarl import URL
 
 from hyperbroker import Broker, Event, MemoryRegistry, Subscriber
@@ -108,6 +108,16 @@ def assert_text(headers: Any) -> None:
     assert headers["Content-Type"].startswith("text/plain"), headers
 
 
+async def refused(ep: Endpoint, http: aiohttp.ClientSession, url: str, data: bytes, status: int, *words: str) -> None:
+    """POST ``data`` to ``url``: answered ``status`` with a text/plain reason that contains each
+    of ``words``, and the handler did not run."""
+    got, text, headers = await post(http, url, data)
+    assert got == status, text
+    assert_text(headers)
+    assert all(w in text for w in words), text
+    assert ep.sink.calls == 0
+
+
 # --- single envelopes ---------------------------------------------------------------------------
 
 
@@ -166,38 +176,21 @@ BAD_ENVELOPES = [
 async def test_bad_envelope_is_400_with_reason(
     ep: Endpoint, http: aiohttp.ClientSession, body: bytes, reason: str
 ) -> None:
-    status, text, headers = await post(http, ep.url, body)
-    assert status == 400, text
-    assert_text(headers)
-    assert reason in text, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 1
-    assert st["received"] == 0
+    await refused(ep, http, ep.url, body, 400, reason)
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 @pytest.mark.parametrize("query", ["", "?", "?ids=x", "?foo=1&bar=2"])
 async def test_missing_id_parameter_is_400(ep: Endpoint, http: aiohttp.ClientSession, query: str) -> None:
-    status, text, headers = await post(http, f"{ep.base}/_sub{query}", envelope(TOPIC, b"x"))
-    assert status == 400, text
-    assert_text(headers)
-    assert "id" in text and "missing" in text, text
-    assert ep.sink.calls == 0
-    assert ep.stats()["rejected"] == 1
+    await refused(ep, http, f"{ep.base}/_sub{query}", envelope(TOPIC, b"x"), 400, "id", "missing")
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 async def test_unknown_id_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:
-    status, text, headers = await post(http, f"{ep.base}/_sub?id=hb-nobody", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "hb-nobody" in text and "no subscriber" in text, text
+    await refused(ep, http, f"{ep.base}/_sub?id=hb-nobody", envelope(TOPIC, b"x"), 404, "hb-nobody", "no subscriber")
     # the id is matched exactly, not as a prefix
-    status, text, _ = await post(http, f"{ep.url}x", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 2
-    assert st["received"] == 0
+    await refused(ep, http, f"{ep.url}x", envelope(TOPIC, b"x"), 404)
+    assert_counters(ep.stats(), rejected=2, received=0)
 
 
 async def test_id_is_percent_decoded(ep: Endpoint, http: aiohttp.ClientSession) -> None:
@@ -209,24 +202,14 @@ async def test_id_is_percent_decoded(ep: Endpoint, http: aiohttp.ClientSession) 
 
 
 async def test_topic_not_matching_the_subscription_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:
-    status, text, headers = await post(http, ep.url, envelope("orders.deleted", b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "orders.deleted" in text and TOPIC in text, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 1
-    assert st["received"] == 0
+    await refused(ep, http, ep.url, envelope("orders.deleted", b"x"), 404, "orders.deleted", TOPIC)
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 @pytest.mark.parametrize("path", ["/", "/sub", "/_sub/", "/_subscribe", "/x/_sub"])
 async def test_wrong_path_is_404(ep: Endpoint, http: aiohttp.ClientSession, path: str) -> None:
-    status, text, headers = await post(http, f"{ep.base}{path}?id={ep.sub.id}", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "/_sub" in text and "path" in text, text
-    assert ep.sink.calls == 0
-    assert ep.stats()["rejected"] == 1
+    await refused(ep, http, f"{ep.base}{path}?id={ep.sub.id}", envelope(TOPIC, b"x"), 404, "/_sub", "path")
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 async def test_body_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:

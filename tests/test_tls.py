@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from certs_util import CA, Leaf, make_ca
 
-from brokers import MakeBroker, Sink, deliver_numbered, envelope, pick, publish_each, until
+from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, publish_each, until
 
 from hyperbroker import Broker, BrokerError, MemoryRegistry, TLSConfig
 
@@ -90,14 +90,7 @@ async def test_secure_delivers_1000_in_order_over_https(make_broker: MakeBroker,
 
     assert sink.bodies == expected
     ps = pub_b.stats()
-    assert pick(ps, "published", "delivered", "failed", "dropped", "in_flight", "backlog") == {
-        "published": 1000,
-        "delivered": 1000,
-        "failed": 0,
-        "dropped": 0,
-        "in_flight": 0,
-        "backlog": 0,
-    }
+    assert_counters(ps, published=1000, delivered=1000, failed=0, dropped=0, in_flight=0, backlog=0)
     ss = sub_b.stats()
     assert ss["received"] == 1000
     assert ss["tls_handshake_failures"] == 0
@@ -172,13 +165,7 @@ async def test_ca_verified_delivery(make_broker: MakeBroker, pki: dict[str, Any]
     assert sink.bodies == first + second
     for p in (pub_verify, pub_full):
         st = p.stats()
-        assert pick(st, "delivered", "failed", "dropped", "evicted", "backlog") == {
-            "delivered": 300,
-            "failed": 0,
-            "dropped": 0,
-            "evicted": 0,
-            "backlog": 0,
-        }
+        assert_counters(st, delivered=300, failed=0, dropped=0, evicted=0, backlog=0)
         assert st["last_error"] is None
     assert sub_b.stats()["tls_handshake_failures"] == 0
 
@@ -253,12 +240,7 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
     await until(lambda: pub_b.route_count(TOPIC) == 0, 5, "route gone")
     await until(lambda: pub_b.stats()["backlog"] == n, 5, f"backlog == {n}")
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "in_flight") == {
-        "delivered": 0,
-        "dropped": 0,
-        "failed": 0,
-        "in_flight": 0,
-    }
+    assert_counters(st, delivered=0, dropped=0, failed=0, in_flight=0)
 
     # it comes back on a new broker with a certificate of the CA the publisher trusts
     ca_a: CA = pki["ca_a"]
@@ -271,13 +253,7 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
     assert sink2.bodies == bodies
     assert sink.bodies == []
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "backlog", "in_flight") == {
-        "delivered": n,
-        "dropped": 0,
-        "failed": 0,
-        "backlog": 0,
-        "in_flight": 0,
-    }
+    assert_counters(st, delivered=n, dropped=0, failed=0, backlog=0, in_flight=0)
     assert fixed.stats()["tls_handshake_failures"] == 0
 
 
@@ -335,7 +311,7 @@ async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: Ma
     assert sink.bodies == []
     assert sub_b.stats()["received"] == 0
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed") == {"delivered": 0, "dropped": 0, "failed": 0}
+    assert_counters(st, delivered=0, dropped=0, failed=0)
     assert st["last_error"] is not None and sub_b.address in st["last_error"]
     # not lost: the 5 messages are queued for the node or parked in the backlog
     for _ in range(50):
@@ -362,12 +338,7 @@ async def test_mtls_publisher_with_ca_signed_certificate_delivers(make_broker: M
     bodies = await deliver_numbered(pub_b, TOPIC, sink, 500)
     assert sink.bodies == bodies
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "retried") == {
-        "delivered": 500,
-        "dropped": 0,
-        "failed": 0,
-        "retried": 0,
-    }
+    assert_counters(st, delivered=500, dropped=0, failed=0, retried=0)
     assert st["last_error"] is None
     assert sub_b.stats()["tls_handshake_failures"] == 0
 
