@@ -131,9 +131,7 @@ async def test_valid_envelope_is_handled_before_the_response(ep: Endpoint, http:
     assert ev.topic == TOPIC
     assert ev.message.header == {"slow": "0.2", "k": "v"}
     st = ep.stats()
-    assert st["received"] == 1
-    assert st["rejected"] == 0
-    assert st["handler_errors"] == 0
+    assert_counters(st, received=1, rejected=0, handler_errors=0)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
@@ -281,9 +279,7 @@ async def test_handler_raising_is_500_with_the_exception_text(ep: Endpoint, http
     assert ep.sink.calls == 2
     assert ep.sink.bodies == [b"b"]
     st = ep.stats()
-    assert st["handler_errors"] == 1
-    assert st["received"] == 2
-    assert st["rejected"] == 0
+    assert_counters(st, handler_errors=1, received=2, rejected=0)
 
 
 async def test_sync_handler_raising_is_500(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:
@@ -317,9 +313,7 @@ async def test_counters_add_up(ep: Endpoint, http: aiohttp.ClientSession) -> Non
     assert (await post(http, ep.url, envelope(TOPIC, b"e", {"raise": "x"})))[0] == 500
     assert (await post(http, ep.url, envelope(TOPIC, b"e", {"raise": "y"})))[0] == 500
     st = ep.stats()
-    assert st["rejected"] == 3
-    assert st["received"] == 5
-    assert st["handler_errors"] == 2
+    assert_counters(st, rejected=3, received=5, handler_errors=2)
     assert ep.sink.bodies == [b"g0", b"g1", b"g2"]
 
 
@@ -357,9 +351,7 @@ async def test_bad_requests_do_not_disturb_good_ones_on_one_keepalive_connection
     assert ep.sink.bodies == [f"good-{i}".encode() for i in range(50)]
     assert created == 1, f"the keep-alive connection was dropped: {created} connections"
     st = ep.stats()
-    assert st["rejected"] == 50
-    assert st["received"] == 50
-    assert st["handler_errors"] == 0
+    assert_counters(st, rejected=50, received=50, handler_errors=0)
 
 
 async def test_concurrent_good_and_bad_requests(ep: Endpoint, http: aiohttp.ClientSession) -> None:
@@ -398,9 +390,7 @@ async def test_batch_names_exactly_the_failed_envelopes(ep: Endpoint, http: aioh
     assert "batch-boom" in failed[1]["error"]
     assert ep.sink.bodies == [b"b0", b"b2", b"b4"]
     st = ep.stats()
-    assert st["received"] == 4
-    assert st["handler_errors"] == 1
-    assert st["rejected"] == 0
+    assert_counters(st, received=4, handler_errors=1, rejected=0)
 
 
 async def test_batch_all_good_and_trailing_newline(ep: Endpoint, http: aiohttp.ClientSession) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from brokers import MakeBroker, Sink, post_status, until
+from brokers import MakeBroker, Sink, assert_counters, post_status, until
 from gojson import go_quote
 
 from hyperbroker import BROADCAST_VERSION, Broker, MemoryRegistry, Message, Node, Service
@@ -365,11 +365,7 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
     assert len({s.body for s in node.seen}) == 1
     assert decode_envelope(node.seen[0].body) == ({":topic": topic, "k": "v"}, b"at-least-once")
     st = pub.stats()
-    assert st["delivered"] == 1
-    assert st["retried"] == 2
-    assert st["remote_handler_errors"] == 2
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, delivered=1, retried=2, remote_handler_errors=2, failed=0, in_flight=0)
     # and it keeps working afterwards
     await pub.publish(topic, b"next")
     await pub.flush(timeout=10)
@@ -400,12 +396,7 @@ async def test_404_drops_the_node_from_the_route(registry: MemoryRegistry, make_
     await asyncio.sleep(0.3)  # a retrying publisher would have POSTed again by now
     assert len(node.seen) == 1, "the publisher kept sending to a node that answered 404"
     st = pub.stats()
-    assert st["backlogged"] == 10
-    assert st["backlog"] == 10
-    assert st["delivered"] == 0
-    assert st["failed"] == 0
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, backlogged=10, backlog=10, delivered=0, failed=0, dropped=0, in_flight=0)
 
     # the node comes back (registers again): the backlog is delivered to it, in order
     answer["status"] = 200
@@ -436,11 +427,7 @@ async def test_queue_group_fails_over_from_a_dead_node(
     assert sorted(got) == sorted(expected)  # every message, exactly once
     assert all(s.query == {"id": [live.id]} for s in live.seen)
     st = pub.stats()
-    assert st["delivered"] == 40
-    assert st["failed"] == 0
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=40, failed=0, dropped=0, in_flight=0, backlog=0)
 
 
 async def test_queue_group_failover_does_not_wait_for_the_dead_nodes_backoff(

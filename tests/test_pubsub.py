@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from brokers import MakeBroker, until
+from brokers import MakeBroker, assert_counters, until
 
 from hyperbroker import (
     BROADCAST_VERSION,
@@ -85,14 +85,9 @@ async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) ->
         assert ev.message.header == {"id": str(i)}
         assert ev.message.body == f"body-{i}".encode()
     st = b.stats()
-    assert st["published"] == 10
-    assert st["delivered"] == 10
-    assert st["received"] == 10
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
-    assert st["handler_errors"] == 0
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(
+        st, published=10, delivered=10, received=10, backlogged=0, dropped=0, handler_errors=0, failed=0, in_flight=0
+    )
 
 
 async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
@@ -111,17 +106,10 @@ async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
     for c in collectors:
         assert c.bodies == nums(n)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == 3 * n
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, published=n, delivered=3 * n, backlogged=0, dropped=0, failed=0, in_flight=0)
     for s in subs:
         ss = s.stats()
-        assert ss["received"] == n
-        assert ss["handler_errors"] == 0
-        assert ss["published"] == 0
+        assert_counters(ss, received=n, handler_errors=0, published=0)
 
 
 async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None:
@@ -146,10 +134,7 @@ async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None
         # one member sees its share in publish order
         assert c.bodies == sorted(c.bodies, key=int)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == n
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
+    assert_counters(st, published=n, delivered=n, backlogged=0, dropped=0)
     assert sum(s.stats()["received"] for s in subs) == n
 
 
@@ -162,11 +147,7 @@ async def test_backlog_delivered_when_subscriber_appears(make_broker: MakeBroker
         await pub.publish("later", str(i))
     await pub.flush(timeout=5)  # parked counts as done
     st = pub.stats()
-    assert st["published"] == 50
-    assert st["backlogged"] == 50
-    assert st["backlog"] == 50
-    assert st["delivered"] == 0
-    assert st["dropped"] == 0
+    assert_counters(st, published=50, backlogged=50, backlog=50, delivered=0, dropped=0)
 
     sb = await make_broker()
     got = Collector()
@@ -175,10 +156,7 @@ async def test_backlog_delivered_when_subscriber_appears(make_broker: MakeBroker
     await pub.flush(timeout=5)
     assert got.bodies == nums(50)
     st = pub.stats()
-    assert st["delivered"] == 50
-    assert st["backlog"] == 0
-    assert st["backlogged"] == 50
-    assert st["dropped"] == 0
+    assert_counters(st, delivered=50, backlog=0, backlogged=50, dropped=0)
     assert sb.stats()["received"] == 50
 
 
@@ -188,20 +166,14 @@ async def test_backlog_keeps_newest(make_broker: MakeBroker) -> None:
         await b.publish("capped", str(i))
     await b.flush(timeout=5)
     st = b.stats()
-    assert st["published"] == 1000
-    assert st["backlogged"] == 1000
-    assert st["dropped"] == 900
-    assert st["backlog"] == 100
+    assert_counters(st, published=1000, backlogged=1000, dropped=900, backlog=100)
     got = Collector()
     await b.subscribe("capped", got)
     await got.wait(100)
     await b.flush(timeout=5)
     assert got.bodies == nums(100, 900)
     st = b.stats()
-    assert st["delivered"] == 100
-    assert st["received"] == 100
-    assert st["dropped"] == 900
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=100, received=100, dropped=900, backlog=0)
 
 
 # --- failures, retries, restarts ---------------------------------------------------------------
@@ -229,11 +201,7 @@ async def test_handler_failing_twice_still_gets_message(make_broker: MakeBroker)
     assert attempts == {b"0": 1, b"1": 1, b"2": 3, b"3": 1, b"4": 1}
     ps = pub.stats()
     assert ps["retried"] >= 2
-    assert ps["remote_handler_errors"] == 2
-    assert ps["delivered"] == 5
-    assert ps["failed"] == 0
-    assert ps["dropped"] == 0
-    assert ps["in_flight"] == 0
+    assert_counters(ps, remote_handler_errors=2, delivered=5, failed=0, dropped=0, in_flight=0)
     ss = sb.stats()
     assert ss["handler_errors"] == 2
     assert ss["received"] == 7
@@ -267,11 +235,7 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
     assert got2.bodies == nums(20, 10)
     assert got1.bodies == nums(10)
     st = pub.stats()
-    assert st["published"] == 30
-    assert st["delivered"] == 30
-    assert st["backlogged"] == 20
-    assert st["dropped"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, published=30, delivered=30, backlogged=20, dropped=0, backlog=0)
 
 
 def dead_node_service(topic: str, queue: str | None = None) -> Service:
@@ -303,9 +267,7 @@ async def test_hard_stopped_subscriber_broadcast_nothing_lost(make_broker: MakeB
     assert got.bodies == nums(n)
     assert live.stats()["received"] == n
     st = pub.stats()
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=n, dropped=0, backlog=0)
 
 
 async def test_dead_broadcast_node_does_not_duplicate_to_live_one(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
@@ -345,9 +307,7 @@ async def test_hard_stopped_queue_member_nothing_lost(make_broker: MakeBroker, r
     await pub.flush(timeout=5)
     assert sorted(got.bodies, key=int) == nums(n)
     st = pub.stats()
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, delivered=n, dropped=0, in_flight=0)
 
 
 # --- unsubscribe / disconnect ------------------------------------------------------------------
@@ -370,11 +330,7 @@ async def test_unsubscribe_stops_delivery_then_backlog(make_broker: MakeBroker) 
     await asyncio.sleep(0.1)
     assert got.bodies == nums(5)
     st = b.stats()
-    assert st["published"] == 12
-    assert st["delivered"] == 5
-    assert st["received"] == 5
-    assert st["backlogged"] == 7
-    assert st["backlog"] == 7
+    assert_counters(st, published=12, delivered=5, received=5, backlogged=7, backlog=7)
 
 
 async def test_unsubscribe_across_brokers_other_subscriber_keeps_getting(make_broker: MakeBroker) -> None:
@@ -507,9 +463,7 @@ async def test_sync_and_async_handlers(make_broker: MakeBroker) -> None:
     assert sync_got == nums(50)
     assert async_got == nums(50)
     st = b.stats()
-    assert st["delivered"] == 100
-    assert st["received"] == 100
-    assert st["handler_errors"] == 0
+    assert_counters(st, delivered=100, received=100, handler_errors=0)
 
 
 async def test_async_handler_runs_in_arrival_order(make_broker: MakeBroker) -> None:
@@ -589,10 +543,7 @@ async def test_back_pressure_loses_nothing(make_broker: MakeBroker) -> None:
     await pub.flush(timeout=20)
     assert got == nums(n)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["backlogged"] == 0
+    assert_counters(st, published=n, delivered=n, dropped=0, backlogged=0)
     assert sb.stats()["received"] == n
 
 

@@ -19,7 +19,7 @@ from certs_util import CA, Leaf, make_ca
 
 from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, publish_each, until
 
-from hyperbroker import Broker, BrokerError, MemoryRegistry, TLSConfig
+from hyperbroker import Broker, BrokerError, MemoryRegistry, Subscriber, TLSConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,16 +260,24 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
 # --- mutual TLS -------------------------------------------------------------------------------------
 
 
-async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
+async def mtls_subscriber(make_broker: MakeBroker, pki: dict[str, Any]) -> tuple[Broker, Subscriber, Sink]:
+    """A broker serving CA A's server certificate that requires client certificates of CA A,
+    with one subscription of TOPIC recording into a Sink."""
     ca: CA = pki["ca_a"]
     srv: Leaf = pki["srv_a"]
-    cli: Leaf = pki["cli_a"]
-    cli_b: Leaf = pki["cli_b"]
     sub_b = await make_broker(
         tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
     )
     sink = Sink()
     sub = await sub_b.subscribe(TOPIC, sink)
+    return sub_b, sub, sink
+
+
+async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
+    ca: CA = pki["ca_a"]
+    cli: Leaf = pki["cli_a"]
+    cli_b: Leaf = pki["cli_b"]
+    sub_b, sub, sink = await mtls_subscriber(make_broker, pki)
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
     # curl without a client certificate: the handshake is refused
@@ -295,13 +303,7 @@ async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBro
 
 
 async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
-    ca: CA = pki["ca_a"]
-    srv: Leaf = pki["srv_a"]
-    sub_b = await make_broker(
-        tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
-    )
-    sink = Sink()
-    await sub_b.subscribe(TOPIC, sink)
+    sub_b, _, sink = await mtls_subscriber(make_broker, pki)
     pub_b = await make_broker(retry_max=0.2)  # no TLS configuration: no client certificate
     await pub_b.wait_for_route(TOPIC, 5)
     for i in range(5):
@@ -324,13 +326,8 @@ async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: Ma
 
 async def test_mtls_publisher_with_ca_signed_certificate_delivers(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
     ca: CA = pki["ca_a"]
-    srv: Leaf = pki["srv_a"]
     pub_leaf: Leaf = pki["pub_a"]
-    sub_b = await make_broker(
-        tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
-    )
-    sink = Sink()
-    await sub_b.subscribe(TOPIC, sink)
+    sub_b, _, sink = await mtls_subscriber(make_broker, pki)
     pub_b = await make_broker(
         tls=TLSConfig(cert_file=pub_leaf.cert, key_file=pub_leaf.key, ca_file=ca.cert, verify=True)
     )
