@@ -241,14 +241,23 @@ def topic_service(topic: str, version: str, *nodes: Node) -> Service:
     return Service(name=f"topic:{topic}", version=version, nodes=tuple(nodes))
 
 
+async def routed_publisher(
+    registry: MemoryRegistry, make_broker: MakeBroker, topic: str, version: str, *nodes: Node, **options: Any
+) -> Broker:
+    """Register ``nodes`` as the subscribers of ``topic`` (``version``: the queue name or
+    BROADCAST_VERSION); returns a publisher that already routes to all of them."""
+    await registry.register(topic_service(topic, version, *nodes))
+    pub = await make_broker(**options)
+    await wait_route(pub, topic, len(nodes))
+    return pub
+
+
 async def test_go_subscriber_gets_one_envelope_per_post_in_order(
     registry: MemoryRegistry, make_broker: MakeBroker, go_nodes: Any
 ) -> None:
     topic = "go.micro.orders"
     node = await go_nodes()
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
 
     for i in range(100):
         await pub.publish(topic, f"order-{i}".encode(), header={"seq": str(i), "Micro-Id": f"id<{i}>&"})
@@ -272,9 +281,7 @@ async def test_go_subscriber_gets_message_headers_and_json_bodies(
 ) -> None:
     topic = "go.micro.json"
     node = await go_nodes()
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
     await pub.publish(topic, Message({"a": "1", ":topic": "spoofed"}, b"\x00\xff binary"))
     await pub.publish(topic, {"name": "John", "n": [1, 2]})
     await pub.flush(timeout=10)
@@ -298,9 +305,7 @@ async def test_batch_capable_node_gets_ndjson_batches(
         return web.json_response({"failed": []})
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node(batch="1")))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node(batch="1"))
     for i in range(100):
         await pub.publish(topic, f"b-{i}".encode(), header={"i": str(i)})
     await pub.flush(timeout=10)
@@ -335,9 +340,7 @@ async def test_batch_node_failures_are_retried_alone(
         return web.json_response({"failed": failed})
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node(batch="1")))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node(batch="1"))
     await pub.publish_many(topic, [f"m{i}".encode() for i in range(10)])
     await pub.flush(timeout=10)
     bodies = [decode_envelope(line)[1] for s in node.seen for line in s.body.split(b"\n")]
@@ -355,9 +358,7 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
         return web.Response(status=200)
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
     await pub.publish(topic, b"at-least-once", header={"k": "v"})
     await pub.flush(timeout=10)
 
@@ -414,9 +415,7 @@ async def test_queue_group_fails_over_from_a_dead_node(
     topic = "work"
     live = await go_nodes()
     dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
-    await registry.register(topic_service(topic, "workers", live.node(), dead))
-    pub = await make_broker()
-    await wait_route(pub, topic, 2)
+    pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead)
 
     expected = [f"job-{i}".encode() for i in range(40)]
     for body in expected:
@@ -438,9 +437,7 @@ async def test_queue_group_failover_does_not_wait_for_the_dead_nodes_backoff(
     topic = "work.defaults"
     live = await go_nodes()
     dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
-    await registry.register(topic_service(topic, "workers", live.node(), dead))
-    pub = await make_broker(retry_min=0.01, retry_max=2.0)
-    await wait_route(pub, topic, 2)
+    pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead, retry_min=0.01, retry_max=2.0)
 
     for i in range(40):
         await pub.publish(topic, f"job-{i}".encode())
