@@ -43,23 +43,14 @@ def envelope(topic: str | None, body: bytes, header: dict[str, str] | None = Non
 
 
 class Sink:
-    """A plain handler that records the events it handled, in order, and how often it ran.
-
-    Header ``raise`` makes it raise RuntimeError with that text (counted, not recorded).
-    """
+    """A plain handler that records the events it handled, in order, and how often it ran."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.calls = 0
 
     def __call__(self, ev: Event) -> None:
-        self.record(ev)
-
-    def record(self, ev: Event) -> None:
         self.calls += 1
-        h = ev.message.header
-        if "raise" in h:
-            raise RuntimeError(h["raise"])
         self.events.append(ev)
 
     @property
@@ -70,16 +61,24 @@ class Sink:
     def ran(self) -> bool:
         return self.calls > 0
 
+    async def wait(self, n: int, timeout: float = 10.0) -> None:
+        """Until at least ``n`` events were handled (fails the test after ``timeout`` s)."""
+        await until(lambda: len(self.events) >= n, timeout, f"{n} events (have {len(self.events)})")
+
 
 class AsyncSink(Sink):
-    """:class:`Sink` as an ``async def`` handler; header ``slow`` makes it sleep that many
-    seconds first (to prove a response waits for it)."""
+    """:class:`Sink` as an ``async def`` handler. Header ``slow`` makes it sleep that many seconds
+    first (to prove a response waits for it); header ``raise`` makes it raise RuntimeError with
+    that text (counted in ``calls``, not recorded)."""
 
     async def __call__(self, ev: Event) -> None:  # type: ignore[override]
+        self.calls += 1
         h = ev.message.header
         if "slow" in h:
             await asyncio.sleep(float(h["slow"]))
-        self.record(ev)
+        if "raise" in h:
+            raise RuntimeError(h["raise"])
+        self.events.append(ev)
 
 
 async def post(

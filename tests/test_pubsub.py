@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from brokers import MakeBroker, assert_counters, until
+from brokers import MakeBroker, Sink, assert_counters, until
 
 from hyperbroker import (
     BROADCAST_VERSION,
@@ -39,21 +39,19 @@ async def wait_routes(b: Broker, topic: str, n: int, timeout: float = 5.0) -> No
     await until(lambda: b.route_count(topic) == n, timeout, f"{n} routes for {topic!r}")
 
 
-class Collector:
-    """A sync handler that records every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, ev: Event) -> None:
-        self.events.append(ev)
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.events]
-
-    async def wait(self, n: int, timeout: float = 10.0) -> None:
-        await until(lambda: len(self.events) >= n, timeout, f"{n} events (have {len(self.events)})")
+async def three_subscribers(
+    make_broker: MakeBroker, topic: str, queue: str | None = None
+) -> tuple[list[Broker], Broker, list[Sink]]:
+    """Three brokers subscribed to ``topic`` (in ``queue``), each into its own Sink, and a
+    publisher that routes to all three: (subscriber brokers, publisher, sinks)."""
+    subs = [await make_broker() for _ in range(3)]
+    pub = await make_broker()
+    sinks = [Sink() for _ in subs]
+    for s, sink in zip(subs, sinks):
+        sub = await s.subscribe(topic, sink, queue=queue)
+        assert sub.options.queue == queue
+    await wait_routes(pub, topic, 3)
+    return subs, pub, sinks
 
 
 def nums(n: int, start: int = 0) -> list[bytes]:
@@ -74,7 +72,7 @@ def closed_port() -> int:
 
 async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) -> None:
     b = await make_broker()
-    got = Collector()
+    got = Sink()
     await b.subscribe("seed", got)
     for i in range(10):
         await b.publish("seed", Message({"id": str(i)}, f"body-{i}".encode()))
@@ -91,14 +89,7 @@ async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) ->
 
 
 async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
-    subs = [await make_broker() for _ in range(3)]
-    pub = await make_broker()
-    collectors = []
-    for s in subs:
-        c = Collector()
-        await s.subscribe("bcast", c)
-        collectors.append(c)
-    await wait_routes(pub, "bcast", 3)
+    subs, pub, collectors = await three_subscribers(make_broker, "bcast")
     n = 1000
     for i in range(n):
         await pub.publish("bcast", str(i))
@@ -113,15 +104,7 @@ async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
 
 
 async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None:
-    subs = [await make_broker() for _ in range(3)]
-    pub = await make_broker()
-    collectors = []
-    for s in subs:
-        c = Collector()
-        sub = await s.subscribe("work", c, queue="workers")
-        assert sub.options.queue == "workers"
-        collectors.append(c)
-    await wait_routes(pub, "work", 3)
+    subs, pub, collectors = await three_subscribers(make_broker, "work", queue="workers")
     n = 1000
     for i in range(n):
         await pub.publish("work", str(i))
@@ -150,7 +133,7 @@ async def test_backlog_delivered_when_subscriber_appears(make_broker: MakeBroker
     assert_counters(st, published=50, backlogged=50, backlog=50, delivered=0, dropped=0)
 
     sb = await make_broker()
-    got = Collector()
+    got = Sink()
     await sb.subscribe("later", got)
     await got.wait(50)
     await pub.flush(timeout=5)
@@ -167,7 +150,7 @@ async def test_backlog_keeps_newest(make_broker: MakeBroker) -> None:
     await b.flush(timeout=5)
     st = b.stats()
     assert_counters(st, published=1000, backlogged=1000, dropped=900, backlog=100)
-    got = Collector()
+    got = Sink()
     await b.subscribe("capped", got)
     await got.wait(100)
     await b.flush(timeout=5)
@@ -211,7 +194,7 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
     pub = await make_broker(retry_min=0.01, retry_max=0.1)
     s1 = await make_broker()
     port = int(s1.address.rsplit(":", 1)[1])
-    got1 = Collector()
+    got1 = Sink()
     await s1.subscribe("restart", got1)
     await wait_routes(pub, "restart", 1)
     for i in range(10):
@@ -228,7 +211,7 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
 
     s2 = await make_broker(address=f"127.0.0.1:{port}")
     assert s2.address == f"127.0.0.1:{port}"
-    got2 = Collector()
+    got2 = Sink()
     await s2.subscribe("restart", got2)
     await got2.wait(20)
     await pub.flush(timeout=5)
@@ -260,7 +243,7 @@ async def test_hard_stopped_subscriber_broadcast_nothing_lost(make_broker: MakeB
     await pub.flush(timeout=5)  # everything is parked in the backlog now
 
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("hard", got)
     await got.wait(n, timeout=5)
     await asyncio.sleep(0.2)  # anything extra would show up now
@@ -275,7 +258,7 @@ async def test_dead_broadcast_node_does_not_duplicate_to_live_one(make_broker: M
     message exactly once, whatever happens to the dead node's own copies (each node has its
     own queue and retry state)."""
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("mixed", got)
     await registry.register(dead_node_service("mixed"))
     pub = await make_broker(retry_min=0.01, retry_max=0.05)
@@ -301,7 +284,7 @@ async def test_hard_stopped_queue_member_nothing_lost(make_broker: MakeBroker, r
     await until(lambda: pub.stats()["retried"] >= 1, 5, "a failed delivery to the dead node")
 
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("hardq", got, queue="q")
     await got.wait(n, timeout=10)
     await pub.flush(timeout=5)
@@ -315,7 +298,7 @@ async def test_hard_stopped_queue_member_nothing_lost(make_broker: MakeBroker, r
 
 async def test_unsubscribe_stops_delivery_then_backlog(make_broker: MakeBroker) -> None:
     b = await make_broker()
-    got = Collector()
+    got = Sink()
     sub = await b.subscribe("unsub", got)
     for i in range(5):
         await b.publish("unsub", str(i))
@@ -337,7 +320,7 @@ async def test_unsubscribe_across_brokers_other_subscriber_keeps_getting(make_br
     s1 = await make_broker()
     s2 = await make_broker()
     pub = await make_broker()
-    g1, g2 = Collector(), Collector()
+    g1, g2 = Sink(), Sink()
     sub1 = await s1.subscribe("two", g1)
     await s2.subscribe("two", g2)
     await wait_routes(pub, "two", 2)
@@ -356,11 +339,11 @@ async def test_unsubscribe_across_brokers_other_subscriber_keeps_getting(make_br
 
 async def test_disconnect_deregisters(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
     other = await make_broker()
-    await other.subscribe("dereg", Collector())
+    await other.subscribe("dereg", Sink())
     b = await make_broker()
-    await b.subscribe("dereg", Collector())
-    await b.subscribe("dereg", Collector(), queue="q")
-    await b.subscribe("dereg-2", Collector())
+    await b.subscribe("dereg", Sink())
+    await b.subscribe("dereg", Sink(), queue="q")
+    await b.subscribe("dereg-2", Sink())
     addr = b.advertised_address
     assert addr is not None
 
@@ -553,7 +536,7 @@ async def test_back_pressure_loses_nothing(make_broker: MakeBroker) -> None:
 async def test_publish_kinds_and_publish_many(make_broker: MakeBroker) -> None:
     sb = await make_broker()
     pub = await make_broker()
-    got = Collector()
+    got = Sink()
     await sb.subscribe("kinds", got)
     await wait_routes(pub, "kinds", 1)
 
