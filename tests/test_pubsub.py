@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from brokers import MakeBroker, Sink, assert_counters, until
+from brokers import MakeBroker, Sink, assert_counters, publish_each, until
 
 from hyperbroker import (
     BROADCAST_VERSION,
@@ -91,9 +91,7 @@ async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) ->
 async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
     subs, pub, collectors = await three_subscribers(make_broker, "bcast")
     n = 1000
-    for i in range(n):
-        await pub.publish("bcast", str(i))
-    await pub.flush(timeout=15)
+    await publish_each(pub, "bcast", nums(n), timeout=15)
     for c in collectors:
         assert c.bodies == nums(n)
     st = pub.stats()
@@ -106,9 +104,7 @@ async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
 async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None:
     subs, pub, collectors = await three_subscribers(make_broker, "work", queue="workers")
     n = 1000
-    for i in range(n):
-        await pub.publish("work", str(i))
-    await pub.flush(timeout=15)
+    await publish_each(pub, "work", nums(n), timeout=15)
     everything = [b for c in collectors for b in c.bodies]
     assert len(everything) == n
     assert sorted(everything, key=int) == nums(n)  # each handled exactly once in total
@@ -145,9 +141,7 @@ async def test_backlog_delivered_when_subscriber_appears(make_broker: MakeBroker
 
 async def test_backlog_keeps_newest(make_broker: MakeBroker) -> None:
     b = await make_broker(backlog=100)
-    for i in range(1000):
-        await b.publish("capped", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "capped", nums(1000), timeout=5)
     st = b.stats()
     assert_counters(st, published=1000, backlogged=1000, dropped=900, backlog=100)
     got = Sink()
@@ -177,9 +171,7 @@ async def test_handler_failing_twice_still_gets_message(make_broker: MakeBroker)
 
     await sb.subscribe("flaky", handler)
     await wait_routes(pub, "flaky", 1)
-    for i in range(5):
-        await pub.publish("flaky", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "flaky", nums(5), timeout=10)
     assert sorted(handled, key=int) == nums(5)
     assert attempts == {b"0": 1, b"1": 1, b"2": 3, b"3": 1, b"4": 1}
     ps = pub.stats()
@@ -197,9 +189,7 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
     got1 = Sink()
     await s1.subscribe("restart", got1)
     await wait_routes(pub, "restart", 1)
-    for i in range(10):
-        await pub.publish("restart", str(i))
-    await pub.flush(timeout=5)
+    await publish_each(pub, "restart", nums(10), timeout=5)
     assert got1.bodies == nums(10)
 
     await asyncio.wait_for(s1.disconnect(), 10)
@@ -300,9 +290,7 @@ async def test_unsubscribe_stops_delivery_then_backlog(make_broker: MakeBroker) 
     b = await make_broker()
     got = Sink()
     sub = await b.subscribe("unsub", got)
-    for i in range(5):
-        await b.publish("unsub", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "unsub", nums(5), timeout=5)
     assert got.bodies == nums(5)
     assert b.stats()["backlogged"] == 0
 
@@ -375,9 +363,7 @@ async def test_flush_returns_after_delivery(make_broker: MakeBroker) -> None:
 
     await sb.subscribe("fl", slow)
     await wait_routes(pub, "fl", 1)
-    for i in range(40):
-        await pub.publish("fl", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "fl", nums(40), timeout=10)
     assert handled == nums(40)
     assert pub.stats()["delivered"] == 40
     assert pub.stats()["in_flight"] == 0
@@ -440,9 +426,7 @@ async def test_sync_and_async_handlers(make_broker: MakeBroker) -> None:
 
     await b.subscribe("h", sync_h)
     await b.subscribe("h", async_h)
-    for i in range(50):
-        await b.publish("h", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "h", nums(50), timeout=5)
     assert sync_got == nums(50)
     assert async_got == nums(50)
     st = b.stats()
@@ -464,9 +448,7 @@ async def test_async_handler_runs_in_arrival_order(make_broker: MakeBroker) -> N
     await sb.subscribe("ord", h)
     await wait_routes(pub, "ord", 1)
     n = 300
-    for i in range(n):
-        await pub.publish("ord", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "ord", nums(n), timeout=10)
     expected = [x for i in range(n) for x in (("start", i), ("end", i))]
     assert trace == expected
 
@@ -521,9 +503,7 @@ async def test_back_pressure_loses_nothing(make_broker: MakeBroker) -> None:
     await sb.subscribe("bp", slow)
     await wait_routes(pub, "bp", 1)
     n = 2000
-    for i in range(n):
-        await pub.publish("bp", str(i))
-    await pub.flush(timeout=20)
+    await publish_each(pub, "bp", nums(n), timeout=20)
     assert got == nums(n)
     st = pub.stats()
     assert_counters(st, published=n, delivered=n, dropped=0, backlogged=0)
