@@ -16,7 +16,7 @@ from typing import Any
 
 from .message import Event, Handler
 
-__all__ = ["Subscriber", "SubscribeOptions"]
+__all__ = ["SubscribeOptions", "Subscriber"]
 
 #: after this many events in a row, an async runner yields to the loop once
 _YIELD_EVERY = 512
@@ -47,7 +47,7 @@ class Subscriber:
     """A live subscription. ``await sub.unsubscribe()`` ends it."""
 
     __slots__ = (
-        "id", "topic", "options", "_complete", "_unsubscribe", "_handler", "_is_async", "_inline", "_pending", "_runner"
+        "_complete", "_handler", "_inline", "_is_async", "_pending", "_runner", "_unsubscribe", "id", "options", "topic"
     )
 
     def __init__(
@@ -204,7 +204,7 @@ class Subscriber:
 class _AwaitingEvent:
     """An event whose plain handler returned an awaitable: the runner awaits it in its turn."""
 
-    __slots__ = ("event", "awaitable")
+    __slots__ = ("awaitable", "event")
 
     def __init__(self, event: Event, awaitable: Awaitable[Any]) -> None:
         self.event = event
