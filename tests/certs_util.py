@@ -30,9 +30,35 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _validity(b: x509.CertificateBuilder) -> x509.CertificateBuilder:
+def _builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.CertificateBuilder:
+    """A certificate valid from an hour ago for two days, with the basic constraints, key usage
+    and subject key identifier of a CA (``ca``) or of a leaf."""
     now = _dt.datetime.now(_dt.timezone.utc)
-    return b.not_valid_before(now - _dt.timedelta(hours=1)).not_valid_after(now + _dt.timedelta(days=2))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(hours=1))
+        .not_valid_after(now + _dt.timedelta(days=2))
+    )
+    b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+    b = b.add_extension(
+        x509.KeyUsage(
+            digital_signature=True,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            encipher_only=False,
+            decipher_only=False,
+        ),
+        critical=True,
+    )
+    return b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
 
 
 @dataclass(frozen=True)
@@ -59,35 +85,12 @@ class CA:
         key = ec.generate_private_key(ec.SECP256R1())
         sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         sans += [x509.DNSName(d) for d in dns]
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(self.cert_obj.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-        )
-        b = _validity(b)
-        b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        b = b.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        b = _builder(name, self.cert_obj.subject, key, ca=False)
         b = b.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         b = b.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key_obj.public_key()), critical=False
         )
@@ -103,30 +106,7 @@ def make_ca(directory: Path, name: str) -> CA:
     """A self-signed CA certificate (written to ``<directory>/<name>.crt``)."""
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(_name(name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-    )
-    b = _validity(b)
-    b = b.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-    b = b.add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        ),
-        critical=True,
-    )
-    b = b.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    b = _builder(name, _name(name), key, ca=True)
     cert = b.sign(key, hashes.SHA256())
     path = directory / f"{name}.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the test modules: a MemoryRegistry per test and a broker factory."""
+"""Fixtures shared by the test modules: a MemoryRegistry per test, a broker factory and an
+aiohttp client session."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from brokers import LOOPBACK, MakeBroker
 
@@ -13,8 +15,11 @@ from hyperbroker import Broker, MemoryRegistry
 
 
 @pytest.fixture
-def registry() -> MemoryRegistry:
-    return MemoryRegistry()
+async def registry() -> AsyncIterator[MemoryRegistry]:
+    """The test's own registry, closed (watchers stopped) after the test's brokers are gone."""
+    reg = MemoryRegistry()
+    yield reg
+    await reg.close()
 
 
 @pytest.fixture
@@ -51,3 +56,10 @@ def etcd_server(tmp_path: Any) -> Any:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An aiohttp client session (10 s total timeout per request)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s

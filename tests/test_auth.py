@@ -9,35 +9,17 @@ Rotation ``[new, old]`` -> send ``new`` -> drop ``old`` never stops delivery.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
-from brokers import MakeBroker, Sink, envelope, until
+from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, post, until
 
 from hyperbroker import BrokerError
 
 pytestmark = pytest.mark.timeout(60)
 
 TOPIC = "auth.events"
-
-
-def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: st[k] for k in keys}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def post(http: aiohttp.ClientSession, url: str, data: bytes, **headers: str) -> tuple[int, str, dict[str, str]]:
-    h = {"Content-Type": "application/json", **headers}
-    async with http.post(url, data=data, headers=h) as r:
-        return r.status, await r.text(), dict(r.headers)
 
 
 # --- the endpoint ---------------------------------------------------------------------------------
@@ -92,18 +74,9 @@ async def test_publisher_with_the_token_delivers(make_broker: MakeBroker) -> Non
     sink = Sink()
     await sub_b.subscribe(TOPIC, sink)
     await pub_b.wait_for_route(TOPIC, 5)
-    bodies = [f"m-{i}".encode() for i in range(300)]
-    for b in bodies:
-        await pub_b.publish(TOPIC, b)
-    await pub_b.flush(timeout=10)
-    await until(lambda: len(sink.bodies) >= 300, 5, "300 handled")
+    bodies = await deliver_numbered(pub_b, TOPIC, sink, 300)
     assert sink.bodies == bodies
-    assert pick(pub_b.stats(), "delivered", "retried", "failed", "dropped") == {
-        "delivered": 300,
-        "retried": 0,
-        "failed": 0,
-        "dropped": 0,
-    }
+    assert_counters(pub_b.stats(), delivered=300, retried=0, failed=0, dropped=0)
     assert sub_b.stats()["rejected"] == 0
 
 
@@ -130,7 +103,7 @@ async def test_publisher_without_token_or_with_wrong_token_loses_nothing(make_br
     for p in (wrong, none):
         st = p.stats()
         # never counted delivered, never dropped or given up; still owed
-        assert pick(st, "delivered", "failed", "dropped") == {"delivered": 0, "failed": 0, "dropped": 0}
+        assert_counters(st, delivered=0, failed=0, dropped=0)
         assert st["in_flight"] + st["backlog"] == 10, pick(st, "in_flight", "backlog")
         errors[p] = st["last_error"]
     with pytest.raises(BrokerError, match="flush timed out"):
@@ -147,13 +120,7 @@ async def test_publisher_without_token_or_with_wrong_token_loses_nothing(make_br
     assert [x for x in sink.bodies if x.startswith(b"n-")] == b
     for p in (wrong, none):
         st = p.stats()
-        assert pick(st, "delivered", "failed", "dropped", "in_flight", "backlog") == {
-            "delivered": 10,
-            "failed": 0,
-            "dropped": 0,
-            "in_flight": 0,
-            "backlog": 0,
-        }
+        assert_counters(st, delivered=10, failed=0, dropped=0, in_flight=0, backlog=0)
 
     # while refused, the reason was visible to the operator (stats()["last_error"])
     for p, err in errors.items():
@@ -221,14 +188,7 @@ async def test_token_rotation_never_stops_delivery(make_broker: MakeBroker, http
     assert b"refused" not in sink.bodies
     st = pub_b.stats()
     # not a single delivery was refused along the way
-    assert pick(st, "published", "delivered", "retried", "failed", "dropped", "in_flight") == {
-        "published": total,
-        "delivered": total,
-        "retried": 0,
-        "failed": 0,
-        "dropped": 0,
-        "in_flight": 0,
-    }
+    assert_counters(st, published=total, delivered=total, retried=0, failed=0, dropped=0, in_flight=0)
     assert sub_b.stats()["rejected"] == 1  # only the manual "old" request of phase 3
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gojson import go_quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,32 +37,6 @@ import hyperbroker
 from hyperbroker import BrokerError, CodecError, decode, encode
 
 # --- a Python model of Go's encoding/json for broker.Message -----------------------------------
-
-_GO_SHORT_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",  # Go >= 1.22; older Go writes \u0008
-    "\f": "\\f",  # Go >= 1.22; older Go writes \u000c
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
-
-
-def go_quote(s: str) -> str:
-    """Quote ``s`` exactly as Go's encoding/json does (with its default HTML escaping)."""
-    out = ['"']
-    for ch in s:
-        c = ord(ch)
-        if ch in _GO_SHORT_ESCAPES:
-            out.append(_GO_SHORT_ESCAPES[ch])
-        elif c < 0x20 or ch in "<>&" or c in (0x2028, 0x2029):
-            out.append("\\u%04x" % c)
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
 
 def go_marshal(header: dict[str, str] | None, body: bytes | None) -> bytes:
     """``json.Marshal(broker.Message{Header: header, Body: body})``; None is Go's nil."""

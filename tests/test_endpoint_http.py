@@ -9,7 +9,6 @@ checked exactly; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from brokers import AsyncSink, assert_counters, envelope, post
 from yarl import URL
 
 from hyperbroker import Broker, Event, MemoryRegistry, Subscriber
@@ -30,43 +30,8 @@ NDJSON = "application/x-ndjson"
 # --- helpers ----------------------------------------------------------------------------------
 
 
-def envelope(topic: str | None, body: bytes, header: dict[str, str] | None = None) -> bytes:
-    """A go-micro envelope as JSON bytes (topic None: no ``:topic`` header at all)."""
-    h: dict[str, str] = {}
-    if topic is not None:
-        h[":topic"] = topic
-    if header:
-        h.update(header)
-    return json.dumps({"Header": h, "Body": base64.b64encode(body).decode()}).encode()
-
-
-class Sink:
-    """A subscription handler that records what it handled.
-
-    Header ``slow`` makes it sleep first (to prove the response waits for it); header ``raise``
-    makes it raise RuntimeError with that text.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.calls = 0
-
-    async def __call__(self, ev: Event) -> None:
-        self.calls += 1
-        h = ev.message.header
-        if "slow" in h:
-            await asyncio.sleep(float(h["slow"]))
-        if "raise" in h:
-            raise RuntimeError(h["raise"])
-        self.events.append(ev)
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.events]
-
-
 class Endpoint:
-    def __init__(self, broker: Broker, sub: Subscriber, sink: Sink) -> None:
+    def __init__(self, broker: Broker, sub: Subscriber, sink: AsyncSink) -> None:
         self.broker = broker
         self.sub = sub
         self.sink = sink
@@ -99,7 +64,7 @@ async def make_endpoint() -> AsyncIterator[MakeEndpoint]:
         )
         await b.connect()
         brokers.append(b)
-        sink = Sink()
+        sink = AsyncSink()
         sub = await b.subscribe(TOPIC, sink)
         return Endpoint(b, sub, sink)
 
@@ -111,19 +76,6 @@ async def make_endpoint() -> AsyncIterator[MakeEndpoint]:
 @pytest.fixture
 async def ep(make_endpoint: MakeEndpoint) -> Endpoint:
     return await make_endpoint()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def post(
-    http: aiohttp.ClientSession, url: str, data: Any, content_type: str = "application/json"
-) -> tuple[int, str, Any]:
-    async with http.post(url, data=data, headers={"Content-Type": content_type}) as r:
-        return r.status, await r.text(), r.headers
 
 
 async def raw_request(host_port: str, request: bytes, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
@@ -156,6 +108,16 @@ def assert_text(headers: Any) -> None:
     assert headers["Content-Type"].startswith("text/plain"), headers
 
 
+async def refused(ep: Endpoint, http: aiohttp.ClientSession, url: str, data: bytes, status: int, *words: str) -> None:
+    """POST ``data`` to ``url``: answered ``status`` with a text/plain reason that contains each
+    of ``words``, and the handler did not run."""
+    got, text, headers = await post(http, url, data)
+    assert got == status, text
+    assert_text(headers)
+    assert all(w in text for w in words), text
+    assert ep.sink.calls == 0
+
+
 # --- single envelopes ---------------------------------------------------------------------------
 
 
@@ -169,9 +131,7 @@ async def test_valid_envelope_is_handled_before_the_response(ep: Endpoint, http:
     assert ev.topic == TOPIC
     assert ev.message.header == {"slow": "0.2", "k": "v"}
     st = ep.stats()
-    assert st["received"] == 1
-    assert st["rejected"] == 0
-    assert st["handler_errors"] == 0
+    assert_counters(st, received=1, rejected=0, handler_errors=0)
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
@@ -214,38 +174,21 @@ BAD_ENVELOPES = [
 async def test_bad_envelope_is_400_with_reason(
     ep: Endpoint, http: aiohttp.ClientSession, body: bytes, reason: str
 ) -> None:
-    status, text, headers = await post(http, ep.url, body)
-    assert status == 400, text
-    assert_text(headers)
-    assert reason in text, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 1
-    assert st["received"] == 0
+    await refused(ep, http, ep.url, body, 400, reason)
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 @pytest.mark.parametrize("query", ["", "?", "?ids=x", "?foo=1&bar=2"])
 async def test_missing_id_parameter_is_400(ep: Endpoint, http: aiohttp.ClientSession, query: str) -> None:
-    status, text, headers = await post(http, f"{ep.base}/_sub{query}", envelope(TOPIC, b"x"))
-    assert status == 400, text
-    assert_text(headers)
-    assert "id" in text and "missing" in text, text
-    assert ep.sink.calls == 0
-    assert ep.stats()["rejected"] == 1
+    await refused(ep, http, f"{ep.base}/_sub{query}", envelope(TOPIC, b"x"), 400, "id", "missing")
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 async def test_unknown_id_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:
-    status, text, headers = await post(http, f"{ep.base}/_sub?id=hb-nobody", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "hb-nobody" in text and "no subscriber" in text, text
+    await refused(ep, http, f"{ep.base}/_sub?id=hb-nobody", envelope(TOPIC, b"x"), 404, "hb-nobody", "no subscriber")
     # the id is matched exactly, not as a prefix
-    status, text, _ = await post(http, f"{ep.url}x", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 2
-    assert st["received"] == 0
+    await refused(ep, http, f"{ep.url}x", envelope(TOPIC, b"x"), 404)
+    assert_counters(ep.stats(), rejected=2, received=0)
 
 
 async def test_id_is_percent_decoded(ep: Endpoint, http: aiohttp.ClientSession) -> None:
@@ -257,24 +200,14 @@ async def test_id_is_percent_decoded(ep: Endpoint, http: aiohttp.ClientSession) 
 
 
 async def test_topic_not_matching_the_subscription_is_404(ep: Endpoint, http: aiohttp.ClientSession) -> None:
-    status, text, headers = await post(http, ep.url, envelope("orders.deleted", b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "orders.deleted" in text and TOPIC in text, text
-    assert ep.sink.calls == 0
-    st = ep.stats()
-    assert st["rejected"] == 1
-    assert st["received"] == 0
+    await refused(ep, http, ep.url, envelope("orders.deleted", b"x"), 404, "orders.deleted", TOPIC)
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 @pytest.mark.parametrize("path", ["/", "/sub", "/_sub/", "/_subscribe", "/x/_sub"])
 async def test_wrong_path_is_404(ep: Endpoint, http: aiohttp.ClientSession, path: str) -> None:
-    status, text, headers = await post(http, f"{ep.base}{path}?id={ep.sub.id}", envelope(TOPIC, b"x"))
-    assert status == 404, text
-    assert_text(headers)
-    assert "/_sub" in text and "path" in text, text
-    assert ep.sink.calls == 0
-    assert ep.stats()["rejected"] == 1
+    await refused(ep, http, f"{ep.base}{path}?id={ep.sub.id}", envelope(TOPIC, b"x"), 404, "/_sub", "path")
+    assert_counters(ep.stats(), rejected=1, received=0)
 
 
 async def test_body_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:
@@ -346,9 +279,7 @@ async def test_handler_raising_is_500_with_the_exception_text(ep: Endpoint, http
     assert ep.sink.calls == 2
     assert ep.sink.bodies == [b"b"]
     st = ep.stats()
-    assert st["handler_errors"] == 1
-    assert st["received"] == 2
-    assert st["rejected"] == 0
+    assert_counters(st, handler_errors=1, received=2, rejected=0)
 
 
 async def test_sync_handler_raising_is_500(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:
@@ -382,9 +313,7 @@ async def test_counters_add_up(ep: Endpoint, http: aiohttp.ClientSession) -> Non
     assert (await post(http, ep.url, envelope(TOPIC, b"e", {"raise": "x"})))[0] == 500
     assert (await post(http, ep.url, envelope(TOPIC, b"e", {"raise": "y"})))[0] == 500
     st = ep.stats()
-    assert st["rejected"] == 3
-    assert st["received"] == 5
-    assert st["handler_errors"] == 2
+    assert_counters(st, rejected=3, received=5, handler_errors=2)
     assert ep.sink.bodies == [b"g0", b"g1", b"g2"]
 
 
@@ -422,9 +351,7 @@ async def test_bad_requests_do_not_disturb_good_ones_on_one_keepalive_connection
     assert ep.sink.bodies == [f"good-{i}".encode() for i in range(50)]
     assert created == 1, f"the keep-alive connection was dropped: {created} connections"
     st = ep.stats()
-    assert st["rejected"] == 50
-    assert st["received"] == 50
-    assert st["handler_errors"] == 0
+    assert_counters(st, rejected=50, received=50, handler_errors=0)
 
 
 async def test_concurrent_good_and_bad_requests(ep: Endpoint, http: aiohttp.ClientSession) -> None:
@@ -463,9 +390,7 @@ async def test_batch_names_exactly_the_failed_envelopes(ep: Endpoint, http: aioh
     assert "batch-boom" in failed[1]["error"]
     assert ep.sink.bodies == [b"b0", b"b2", b"b4"]
     st = ep.stats()
-    assert st["received"] == 4
-    assert st["handler_errors"] == 1
-    assert st["rejected"] == 0
+    assert_counters(st, received=4, handler_errors=1, rejected=0)
 
 
 async def test_batch_all_good_and_trailing_newline(ep: Endpoint, http: aiohttp.ClientSession) -> None:

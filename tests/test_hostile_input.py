@@ -23,7 +23,7 @@ import socket
 import string
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,7 +32,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brokers import MakeBroker, envelope, until
+from brokers import MakeBroker, Sink, envelope, post_status, until
 
 from hyperbroker import Broker, Event, MemoryRegistry
 
@@ -456,17 +456,6 @@ async def _stats(b: Broker) -> dict[str, Any]:
     return b.stats()
 
 
-# --- fixtures for the async tests ---------------------------------------------------------------------
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-
-    def __call__(self, ev: Event) -> None:
-        self.bodies.append(ev.message.body)
-
-
 # --- slowloris --------------------------------------------------------------------------------------
 
 
@@ -576,17 +565,6 @@ async def test_silent_and_slow_preface_connections_are_closed_too(make_broker: M
 # --- limits -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def _post(http: aiohttp.ClientSession, url: str, data: Any, ct: str = "application/json") -> tuple[int, str]:
-    async with http.post(url, data=data, headers={"Content-Type": ct}) as r:
-        return r.status, await r.text()
-
-
 async def test_body_over_max_body_is_413(make_broker: MakeBroker, http: aiohttp.ClientSession) -> None:
     b = await make_broker(max_body=1024)
     sink = Sink()
@@ -597,10 +575,10 @@ async def test_body_over_max_body_is_413(make_broker: MakeBroker, http: aiohttp.
     base = envelope(TOPIC, b"", {"p": ""})
     exact = envelope(TOPIC, b"", {"p": "x" * (1024 - len(base))})
     assert len(exact) == 1024
-    assert await _post(http, url, exact) == (200, "")
+    assert await post_status(http, url, exact) == (200, "")
 
     big = envelope(TOPIC, b"x" * 2000)
-    assert await _post(http, url, big) == (413, f"body of {len(big)} bytes is over the limit of 1024 bytes")
+    assert await post_status(http, url, big) == (413, f"body of {len(big)} bytes is over the limit of 1024 bytes")
 
     # chunked, so no Content-Length announces it: refused while reading
     raw = http_request("POST", f"/_sub?id={sub.id}", [("Content-Type", "application/json")], big, chunks=[300] * 7)
@@ -610,7 +588,7 @@ async def test_body_over_max_body_is_413(make_broker: MakeBroker, http: aiohttp.
     st = b.stats()
     assert (st["rejected"], st["received"]) == (2, 1)
     # and it keeps serving
-    assert await _post(http, url, envelope(TOPIC, b"after")) == (200, "")
+    assert await post_status(http, url, envelope(TOPIC, b"after")) == (200, "")
     assert sink.bodies[-1] == b"after"
 
 
@@ -637,12 +615,12 @@ async def test_topic_over_max_topic_is_400(make_broker: MakeBroker, http: aiohtt
     topic = "t" * 16
     sub = await b.subscribe(topic, sink)
     url = f"http://{b.address}/_sub?id={sub.id}"
-    assert await _post(http, url, envelope(topic, b"ok")) == (200, "")
-    assert await _post(http, url, envelope("t" * 17, b"no")) == (400, "topic of 17 bytes is over the limit of 16 bytes")
-    assert await _post(http, url, envelope("é" * 9, b"no")) == (400, "topic of 18 bytes is over the limit of 16 bytes")
+    assert await post_status(http, url, envelope(topic, b"ok")) == (200, "")
+    assert await post_status(http, url, envelope("t" * 17, b"no")) == (400, "topic of 17 bytes is over the limit of 16 bytes")
+    assert await post_status(http, url, envelope("é" * 9, b"no")) == (400, "topic of 18 bytes is over the limit of 16 bytes")
     # in a batch only the offending envelope is refused
     batch = b"\n".join([envelope(topic, b"b1"), envelope("t" * 40, b"no"), envelope(topic, b"b2")])
-    status, text = await _post(http, url, batch, "application/x-ndjson")
+    status, text = await post_status(http, url, batch, "application/x-ndjson")
     assert status == 200
     assert json.loads(text) == {
         "received": 3,
@@ -660,13 +638,13 @@ async def test_message_header_limits_are_400(make_broker: MakeBroker, http: aioh
 
     four = {f"k{i}": "v" for i in range(4)}
     five = {f"k{i}": "v" for i in range(5)}
-    assert await _post(http, url, envelope(TOPIC, b"4", four)) == (200, "")
-    assert await _post(http, url, envelope(TOPIC, b"5", five)) == (400, "5 header entries are over the limit of 4")
+    assert await post_status(http, url, envelope(TOPIC, b"4", four)) == (200, "")
+    assert await post_status(http, url, envelope(TOPIC, b"5", five)) == (400, "5 header entries are over the limit of 4")
 
     at = {"k": "v" * 63}  # 64 bytes of keys and values
     over = {"k": "v" * 64}
-    assert await _post(http, url, envelope(TOPIC, b"64", at)) == (200, "")
-    assert await _post(http, url, envelope(TOPIC, b"65", over)) == (400, "header of 65 bytes is over the limit of 64 bytes")
+    assert await post_status(http, url, envelope(TOPIC, b"64", at)) == (200, "")
+    assert await post_status(http, url, envelope(TOPIC, b"65", over)) == (400, "header of 65 bytes is over the limit of 64 bytes")
     assert sink.bodies == [b"4", b"64"]
     st = b.stats()
     assert (st["rejected"], st["received"]) == (2, 2)
@@ -690,7 +668,7 @@ async def test_max_connections_per_peer(make_broker: MakeBroker, http: aiohttp.C
     host, port = hostport(b.address)
     path = f"/_sub?id={sub.id}"
 
-    def raw_post(body: bytes, keep_alive: bool) -> bytes:
+    def rawpost_status(body: bytes, keep_alive: bool) -> bytes:
         env = envelope(TOPIC, body)
         conn = "keep-alive" if keep_alive else "close"
         return (
@@ -705,7 +683,7 @@ async def test_max_connections_per_peer(make_broker: MakeBroker, http: aiohttp.C
         r6, w6 = await asyncio.open_connection(host, port)
         t0 = time.monotonic()
         try:
-            w6.write(raw_post(b"sixth", True))
+            w6.write(rawpost_status(b"sixth", True))
             await w6.drain()
         except ConnectionError:
             pass
@@ -720,7 +698,7 @@ async def test_max_connections_per_peer(make_broker: MakeBroker, http: aiohttp.C
 
         # the 5 admitted connections work
         r, w = idle[0]
-        w.write(raw_post(b"on-idle-0", True))
+        w.write(rawpost_status(b"on-idle-0", True))
         await w.drain()
         head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
         assert head.startswith(b"HTTP/1.1 200 "), head
@@ -738,7 +716,7 @@ async def test_max_connections_per_peer(make_broker: MakeBroker, http: aiohttp.C
     deadline = time.monotonic() + 3
     while True:
         try:
-            status, _ = await _post(http, f"http://{b.address}{path}", envelope(TOPIC, b"after"))
+            status, _ = await post_status(http, f"http://{b.address}{path}", envelope(TOPIC, b"after"))
             break
         except aiohttp.ClientError:
             if time.monotonic() > deadline:
@@ -748,6 +726,6 @@ async def test_max_connections_per_peer(make_broker: MakeBroker, http: aiohttp.C
     assert sink.bodies == [b"on-idle-0", b"after"]
     # and 5 at a time really is the limit again (5 concurrent requests all succeed)
     results = await asyncio.gather(
-        *[_post(http, f"http://{b.address}{path}", envelope(TOPIC, f"c{i}".encode())) for i in range(5)]
+        *[post_status(http, f"http://{b.address}{path}", envelope(TOPIC, f"c{i}".encode())) for i in range(5)]
     )
     assert [s for s, _ in results] == [200] * 5

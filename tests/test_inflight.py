@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
+from brokers import until
 
 from hyperbroker import BROADCAST_VERSION, Broker, Event, MemoryRegistry, Node, Service
-
-
-@pytest.fixture
-async def registry() -> AsyncIterator[MemoryRegistry]:
-    yield MemoryRegistry()
-
-
-async def _until(cond: Any, timeout: float, what: str) -> None:
-    async def poll() -> None:
-        while not cond():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.mark.parametrize("h2", [False, True], ids=["http1", "h2c"])
@@ -63,11 +46,11 @@ async def test_many_in_flight_node_dies_and_a_replacement_gets_everything(regist
         n = 400
         for i in range(n):
             await pub.publish("dies", str(i))
-        await _until(lambda: pub.stats()["evicted"] >= 1, 10, "the dead node's eviction")
+        await until(lambda: pub.stats()["evicted"] >= 1, 10, "the dead node's eviction")
         got: list[bytes] = []
         async with Broker(address="127.0.0.1:0", registry=registry) as live:
             await live.subscribe("dies", lambda ev: got.append(ev.message.body))
-            await _until(lambda: len(got) >= n, 10, f"{n} messages at the replacement (have {len(got)})")
+            await until(lambda: len(got) >= n, 10, f"{n} messages at the replacement (have {len(got)})")
             await pub.flush(timeout=10)
             assert sorted(got, key=int) == [str(i).encode() for i in range(n)], "lost or doubled"
             st = pub.stats()

@@ -23,29 +23,14 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from brokers import MakeBroker, Sink, assert_counters, post_status, until
+from gojson import go_quote
 
-from hyperbroker import BROADCAST_VERSION, Broker, Event, MemoryRegistry, Message, Node, Service
+from hyperbroker import BROADCAST_VERSION, Broker, MemoryRegistry, Message, Node, Service
 
 pytestmark = pytest.mark.timeout(30)
 
 # --- Go's encoding/json, for broker.Message ---------------------------------------------------
-
-_GO_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def go_quote(s: str) -> str:
-    """A string as Go's encoding/json writes it (HTML escaping on, as json.Marshal does)."""
-    out = ['"']
-    for ch in s:
-        c = ord(ch)
-        if ch in _GO_SHORT:
-            out.append(_GO_SHORT[ch])
-        elif c < 0x20 or ch in "<>&" or c in (0x2028, 0x2029):
-            out.append("\\u%04x" % c)
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def go_marshal(header: dict[str, str], body: bytes | None) -> bytes:
@@ -75,79 +60,34 @@ def test_go_vector_is_what_go_marshal_makes() -> None:
 
 
 @pytest.fixture
-async def registry() -> AsyncIterator[MemoryRegistry]:
-    reg = MemoryRegistry()
-    yield reg
-    await reg.close()
+def make_broker(make_broker: MakeBroker) -> MakeBroker:
+    """conftest's broker factory with fast retries (the Go nodes here fail on purpose)."""
 
+    async def make(**options: Any) -> Broker:
+        return await make_broker(**{"retry_min": 0.01, "retry_max": 0.05, **options})
 
-MakeBroker = Callable[..., Awaitable[Broker]]
-
-
-@pytest.fixture
-async def make_broker(registry: MemoryRegistry) -> AsyncIterator[MakeBroker]:
-    brokers: list[Broker] = []
-
-    async def _make(**options: Any) -> Broker:
-        opts: dict[str, Any] = {"retry_min": 0.01, "retry_max": 0.05, "disconnect_timeout": 0}
-        opts.update(options)
-        b = Broker(address="127.0.0.1:0", registry=registry, **opts)
-        await b.connect()
-        brokers.append(b)
-        return b
-
-    yield _make
-    for b in brokers:
-        await asyncio.wait_for(b.disconnect(timeout=0), 10)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
-
-
-async def eventually(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
+    return make
 
 
 async def wait_route(broker: Broker, topic: str, nodes: int) -> None:
     """Wait until the publisher routes ``topic`` to ``nodes`` nodes (it learns them from the
     registry watch, asynchronously)."""
-    await eventually(lambda: broker.route_count(topic) == nodes, 5, f"{nodes} route(s) for {topic!r}")
+    await until(lambda: broker.route_count(topic) == nodes, 5, f"{nodes} route(s) for {topic!r}")
 
 
 # --- inbound: Go's bytes into a hyperbroker subscriber ------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, ev: Event) -> None:
-        self.events.append(ev)
-
-
-async def subscribed(make_broker: MakeBroker, topic: str) -> tuple[Broker, str, Recorder]:
+async def subscribed(make_broker: MakeBroker, topic: str) -> tuple[Broker, str, Sink]:
     b = await make_broker()
-    rec = Recorder()
+    rec = Sink()
     sub = await b.subscribe(topic, rec)
     return b, f"http://{b.address}/_sub?id={sub.id}", rec
 
 
-async def post_json(http: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, str]:
-    # what go-micro's http broker sends: POST, Content-Type application/json
-    async with http.post(url, data=data, headers={"Content-Type": "application/json"}) as r:
-        return r.status, await r.text()
-
-
 async def test_go_encoding_json_message_is_received(make_broker: MakeBroker, http: aiohttp.ClientSession) -> None:
     _, url, rec = await subscribed(make_broker, "go.topic")
-    status, text = await post_json(http, url, GO_VECTOR)
+    status, text = await post_status(http, url, GO_VECTOR)
     assert status == 200, text
     (ev,) = rec.events
     assert ev.topic == "go.topic"
@@ -174,7 +114,7 @@ async def test_go_marshalled_messages_are_received(
     make_broker: MakeBroker, http: aiohttp.ClientSession, header: dict[str, str], body: bytes | None
 ) -> None:
     _, url, rec = await subscribed(make_broker, "go.topic")
-    status, text = await post_json(http, url, go_marshal(header, body))
+    status, text = await post_status(http, url, go_marshal(header, body))
     assert status == 200, text
     (ev,) = rec.events
     assert ev.topic == "go.topic"
@@ -188,7 +128,7 @@ async def test_field_names_in_any_letter_case(
 ) -> None:
     _, url, rec = await subscribed(make_broker, "go.topic")
     data = f'{{"{hname}":{{":topic":"go.topic","k":"v"}},"{bname}":"Y2FzZQ=="}}'.encode()
-    status, text = await post_json(http, url, data)
+    status, text = await post_status(http, url, data)
     assert status == 200, text
     (ev,) = rec.events
     assert (ev.topic, ev.message.header, ev.message.body) == ("go.topic", {"k": "v"}, b"case")
@@ -197,14 +137,14 @@ async def test_field_names_in_any_letter_case(
 async def test_micro_topic_header_instead_of_topic(make_broker: MakeBroker, http: aiohttp.ClientSession) -> None:
     _, url, rec = await subscribed(make_broker, "go.topic")
     data = go_marshal({"Micro-Topic": "go.topic", "Content-Type": "text/plain"}, b"newer go-micro")
-    status, text = await post_json(http, url, data)
+    status, text = await post_status(http, url, data)
     assert status == 200, text
     (ev,) = rec.events
     assert ev.topic == "go.topic"
     assert ev.message.body == b"newer go-micro"
     assert ev.message.header["Content-Type"] == "text/plain"
     # a Micro-Topic naming another topic does not reach this subscriber
-    status, text = await post_json(http, url, go_marshal({"Micro-Topic": "other"}, b"x"))
+    status, text = await post_status(http, url, go_marshal({"Micro-Topic": "other"}, b"x"))
     assert status == 404, text
     assert len(rec.events) == 1
 
@@ -301,14 +241,23 @@ def topic_service(topic: str, version: str, *nodes: Node) -> Service:
     return Service(name=f"topic:{topic}", version=version, nodes=tuple(nodes))
 
 
+async def routed_publisher(
+    registry: MemoryRegistry, make_broker: MakeBroker, topic: str, version: str, *nodes: Node, **options: Any
+) -> Broker:
+    """Register ``nodes`` as the subscribers of ``topic`` (``version``: the queue name or
+    BROADCAST_VERSION); returns a publisher that already routes to all of them."""
+    await registry.register(topic_service(topic, version, *nodes))
+    pub = await make_broker(**options)
+    await wait_route(pub, topic, len(nodes))
+    return pub
+
+
 async def test_go_subscriber_gets_one_envelope_per_post_in_order(
     registry: MemoryRegistry, make_broker: MakeBroker, go_nodes: Any
 ) -> None:
     topic = "go.micro.orders"
     node = await go_nodes()
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
 
     for i in range(100):
         await pub.publish(topic, f"order-{i}".encode(), header={"seq": str(i), "Micro-Id": f"id<{i}>&"})
@@ -332,9 +281,7 @@ async def test_go_subscriber_gets_message_headers_and_json_bodies(
 ) -> None:
     topic = "go.micro.json"
     node = await go_nodes()
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
     await pub.publish(topic, Message({"a": "1", ":topic": "spoofed"}, b"\x00\xff binary"))
     await pub.publish(topic, {"name": "John", "n": [1, 2]})
     await pub.flush(timeout=10)
@@ -358,9 +305,7 @@ async def test_batch_capable_node_gets_ndjson_batches(
         return web.json_response({"failed": []})
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node(batch="1")))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node(batch="1"))
     for i in range(100):
         await pub.publish(topic, f"b-{i}".encode(), header={"i": str(i)})
     await pub.flush(timeout=10)
@@ -395,9 +340,7 @@ async def test_batch_node_failures_are_retried_alone(
         return web.json_response({"failed": failed})
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node(batch="1")))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node(batch="1"))
     await pub.publish_many(topic, [f"m{i}".encode() for i in range(10)])
     await pub.flush(timeout=10)
     bodies = [decode_envelope(line)[1] for s in node.seen for line in s.body.split(b"\n")]
@@ -415,9 +358,7 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
         return web.Response(status=200)
 
     node = await go_nodes(respond)
-    await registry.register(topic_service(topic, BROADCAST_VERSION, node.node()))
-    pub = await make_broker()
-    await wait_route(pub, topic, 1)
+    pub = await routed_publisher(registry, make_broker, topic, BROADCAST_VERSION, node.node())
     await pub.publish(topic, b"at-least-once", header={"k": "v"})
     await pub.flush(timeout=10)
 
@@ -425,11 +366,7 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
     assert len({s.body for s in node.seen}) == 1
     assert decode_envelope(node.seen[0].body) == ({":topic": topic, "k": "v"}, b"at-least-once")
     st = pub.stats()
-    assert st["delivered"] == 1
-    assert st["retried"] == 2
-    assert st["remote_handler_errors"] == 2
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, delivered=1, retried=2, remote_handler_errors=2, failed=0, in_flight=0)
     # and it keeps working afterwards
     await pub.publish(topic, b"next")
     await pub.flush(timeout=10)
@@ -451,7 +388,7 @@ async def test_404_drops_the_node_from_the_route(registry: MemoryRegistry, make_
     await wait_route(pub, topic, 1)
 
     await pub.publish(topic, b"m0")
-    await eventually(lambda: pub.stats()["backlogged"] == 1, 5, "the 404'd message to be parked")
+    await until(lambda: pub.stats()["backlogged"] == 1, 5, "the 404'd message to be parked")
     assert len(node.seen) == 1
     assert pub.route_count(topic) == 0
     for i in range(1, 10):
@@ -460,18 +397,13 @@ async def test_404_drops_the_node_from_the_route(registry: MemoryRegistry, make_
     await asyncio.sleep(0.3)  # a retrying publisher would have POSTed again by now
     assert len(node.seen) == 1, "the publisher kept sending to a node that answered 404"
     st = pub.stats()
-    assert st["backlogged"] == 10
-    assert st["backlog"] == 10
-    assert st["delivered"] == 0
-    assert st["failed"] == 0
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, backlogged=10, backlog=10, delivered=0, failed=0, dropped=0, in_flight=0)
 
     # the node comes back (registers again): the backlog is delivered to it, in order
     answer["status"] = 200
     await registry.deregister(svc)
     await registry.register(svc)
-    await eventually(lambda: len(node.seen) == 11, 5, "the backlog to drain")
+    await until(lambda: len(node.seen) == 11, 5, "the backlog to drain")
     assert [decode_envelope(s.body)[1] for s in node.seen[1:]] == [f"m{i}".encode() for i in range(10)]
     await pub.flush(timeout=5)
     assert pub.stats()["backlog"] == 0
@@ -483,9 +415,7 @@ async def test_queue_group_fails_over_from_a_dead_node(
     topic = "work"
     live = await go_nodes()
     dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
-    await registry.register(topic_service(topic, "workers", live.node(), dead))
-    pub = await make_broker()
-    await wait_route(pub, topic, 2)
+    pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead)
 
     expected = [f"job-{i}".encode() for i in range(40)]
     for body in expected:
@@ -496,11 +426,7 @@ async def test_queue_group_fails_over_from_a_dead_node(
     assert sorted(got) == sorted(expected)  # every message, exactly once
     assert all(s.query == {"id": [live.id]} for s in live.seen)
     st = pub.stats()
-    assert st["delivered"] == 40
-    assert st["failed"] == 0
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=40, failed=0, dropped=0, in_flight=0, backlog=0)
 
 
 async def test_queue_group_failover_does_not_wait_for_the_dead_nodes_backoff(
@@ -511,9 +437,7 @@ async def test_queue_group_failover_does_not_wait_for_the_dead_nodes_backoff(
     topic = "work.defaults"
     live = await go_nodes()
     dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
-    await registry.register(topic_service(topic, "workers", live.node(), dead))
-    pub = await make_broker(retry_min=0.01, retry_max=2.0)
-    await wait_route(pub, topic, 2)
+    pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead, retry_min=0.01, retry_max=2.0)
 
     for i in range(40):
         await pub.publish(topic, f"job-{i}".encode())

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from brokers import MakeBroker, publish_each
+
 from hyperbroker import Broker
 from hyperbroker.registry.mdns import MdnsRegistry
 
@@ -38,7 +40,6 @@ GONE_WITHIN = 2.0  # a goodbye reaches a peer
 FAST = {"retry_min": 0.01, "retry_max": 0.5}
 
 StartNode = Callable[[str], Awaitable[NodeProc]]
-MakeBroker = Callable[..., Awaitable[Broker]]
 
 
 def topic() -> str:
@@ -83,6 +84,14 @@ async def node_broker(node: NodeProc, name: str = "b", **options: Any) -> str:
     return str(res["address"])
 
 
+async def subscribed_node(start_node: StartNode, name: str, t: str, sub: str = "s") -> NodeProc:
+    """A node process ``name`` running broker ``b`` with subscription ``sub`` of topic ``t``."""
+    node = await start_node(name)
+    await node_broker(node)
+    await node.call("subscribe", broker="b", sub=sub, topic=t)
+    return node
+
+
 async def wait_route_count(b: Broker, t: str, n: int, timeout: float) -> float:
     """Poll until route_count(t) == n; returns when (monotonic). Fails with the last count."""
     deadline = time.monotonic() + timeout
@@ -121,15 +130,11 @@ async def wait_stat(b: Broker, pred: Callable[[dict[str, Any]], bool], timeout: 
 async def test_thousand_in_order_then_goodbye_then_backlog(start_node: StartNode, make_broker: MakeBroker) -> None:
     t = topic()
     pub = await make_broker(**FAST)
-    sub_node = await start_node("sub")
-    await node_broker(sub_node)
-    await sub_node.call("subscribe", broker="b", sub="s1", topic=t)
+    sub_node = await subscribed_node(start_node, "sub", t, sub="s1")
     await wait_route_count(pub, t, 1, SEEN_WITHIN)
 
     bodies = [f"m-{i:04d}" for i in range(1000)]
-    for body in bodies:
-        await pub.publish(t, body.encode())
-    await pub.flush(timeout=15)
+    await publish_each(pub, t, [body.encode() for body in bodies], timeout=15)
     got = await sub_node.call("wait_received", sub="s1", count=1000, timeout=15)
     assert got == bodies, describe(got, bodies)
     st = pub.stats()
@@ -146,9 +151,7 @@ async def test_thousand_in_order_then_goodbye_then_backlog(start_node: StartNode
     # With no subscriber left, what is published waits in the backlog.
     before = pub.stats()
     later = [f"late-{i:03d}" for i in range(50)]
-    for body in later:
-        await pub.publish(t, body.encode())
-    await pub.flush(timeout=5)
+    await publish_each(pub, t, [body.encode() for body in later], timeout=5)
     st = pub.stats()
     assert st["backlog"] == 50, st
     assert st["backlogged"] - before["backlogged"] == 50, (before, st)
@@ -227,9 +230,7 @@ async def test_brokers_in_one_process_and_several_processes_see_each_other(
     )
 
     bodies = [f"b-{i:03d}" for i in range(100)]
-    for body in bodies:
-        await pub.publish(t, body.encode())
-    await pub.flush(timeout=10)
+    await publish_each(pub, t, [body.encode() for body in bodies], timeout=10)
     got1, got2 = await asyncio.gather(
         n1.call("wait_received", sub="s", count=100, timeout=10),
         n2.call("wait_received", sub="s", count=100, timeout=10),
@@ -260,14 +261,10 @@ async def test_sigkilled_subscriber_is_evicted_and_backlog_reaches_replacement(
 ) -> None:
     t = topic()
     pub = await make_broker(**FAST)
-    victim = await start_node("victim")
-    await node_broker(victim)
-    await victim.call("subscribe", broker="b", sub="s", topic=t)
+    victim = await subscribed_node(start_node, "victim", t)
     await wait_route_count(pub, t, 1, SEEN_WITHIN)
     warm = [f"w-{i}" for i in range(10)]
-    for body in warm:
-        await pub.publish(t, body.encode())
-    await pub.flush(timeout=5)
+    await publish_each(pub, t, [body.encode() for body in warm], timeout=5)
     assert await victim.call("wait_received", sub="s", count=10, timeout=5) == warm
 
     victim.sigkill()  # no goodbye: mDNS keeps the node "discovered" for ~19 minutes
@@ -285,9 +282,7 @@ async def test_sigkilled_subscriber_is_evicted_and_backlog_reaches_replacement(
     assert st["delivered"] == 10 and st["dropped"] == 0, st
 
     # a replacement subscriber gets every message published while the first one was dead
-    repl = await start_node("replacement")
-    await node_broker(repl)
-    await repl.call("subscribe", broker="b", sub="s", topic=t)
+    repl = await subscribed_node(start_node, "replacement", t)
     got = await repl.call("wait_received", sub="s", count=n, timeout=SEEN_WITHIN + 5)
     assert got == dead_time, describe(got, dead_time)
     await pub.flush(timeout=5)

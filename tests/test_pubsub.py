@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from brokers import MakeBroker, until
+from brokers import MakeBroker, Sink, assert_counters, publish_each, until
 
 from hyperbroker import (
     BROADCAST_VERSION,
@@ -39,21 +39,19 @@ async def wait_routes(b: Broker, topic: str, n: int, timeout: float = 5.0) -> No
     await until(lambda: b.route_count(topic) == n, timeout, f"{n} routes for {topic!r}")
 
 
-class Collector:
-    """A sync handler that records every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, ev: Event) -> None:
-        self.events.append(ev)
-
-    @property
-    def bodies(self) -> list[bytes]:
-        return [e.message.body for e in self.events]
-
-    async def wait(self, n: int, timeout: float = 10.0) -> None:
-        await until(lambda: len(self.events) >= n, timeout, f"{n} events (have {len(self.events)})")
+async def three_subscribers(
+    make_broker: MakeBroker, topic: str, queue: str | None = None
+) -> tuple[list[Broker], Broker, list[Sink]]:
+    """Three brokers subscribed to ``topic`` (in ``queue``), each into its own Sink, and a
+    publisher that routes to all three: (subscriber brokers, publisher, sinks)."""
+    subs = [await make_broker() for _ in range(3)]
+    pub = await make_broker()
+    sinks = [Sink() for _ in subs]
+    for s, sink in zip(subs, sinks):
+        sub = await s.subscribe(topic, sink, queue=queue)
+        assert sub.options.queue == queue
+    await wait_routes(pub, topic, 3)
+    return subs, pub, sinks
 
 
 def nums(n: int, start: int = 0) -> list[bytes]:
@@ -74,7 +72,7 @@ def closed_port() -> int:
 
 async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) -> None:
     b = await make_broker()
-    got = Collector()
+    got = Sink()
     await b.subscribe("seed", got)
     for i in range(10):
         await b.publish("seed", Message({"id": str(i)}, f"body-{i}".encode()))
@@ -85,59 +83,28 @@ async def test_seed_one_broker_ten_messages_in_order(make_broker: MakeBroker) ->
         assert ev.message.header == {"id": str(i)}
         assert ev.message.body == f"body-{i}".encode()
     st = b.stats()
-    assert st["published"] == 10
-    assert st["delivered"] == 10
-    assert st["received"] == 10
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
-    assert st["handler_errors"] == 0
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(
+        st, published=10, delivered=10, received=10, backlogged=0, dropped=0, handler_errors=0, failed=0, in_flight=0
+    )
 
 
 async def test_broadcast_across_three_brokers(make_broker: MakeBroker) -> None:
-    subs = [await make_broker() for _ in range(3)]
-    pub = await make_broker()
-    collectors = []
-    for s in subs:
-        c = Collector()
-        await s.subscribe("bcast", c)
-        collectors.append(c)
-    await wait_routes(pub, "bcast", 3)
+    subs, pub, collectors = await three_subscribers(make_broker, "bcast")
     n = 1000
-    for i in range(n):
-        await pub.publish("bcast", str(i))
-    await pub.flush(timeout=15)
+    await publish_each(pub, "bcast", nums(n), timeout=15)
     for c in collectors:
         assert c.bodies == nums(n)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == 3 * n
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
-    assert st["failed"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, published=n, delivered=3 * n, backlogged=0, dropped=0, failed=0, in_flight=0)
     for s in subs:
         ss = s.stats()
-        assert ss["received"] == n
-        assert ss["handler_errors"] == 0
-        assert ss["published"] == 0
+        assert_counters(ss, received=n, handler_errors=0, published=0)
 
 
 async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None:
-    subs = [await make_broker() for _ in range(3)]
-    pub = await make_broker()
-    collectors = []
-    for s in subs:
-        c = Collector()
-        sub = await s.subscribe("work", c, queue="workers")
-        assert sub.options.queue == "workers"
-        collectors.append(c)
-    await wait_routes(pub, "work", 3)
+    subs, pub, collectors = await three_subscribers(make_broker, "work", queue="workers")
     n = 1000
-    for i in range(n):
-        await pub.publish("work", str(i))
-    await pub.flush(timeout=15)
+    await publish_each(pub, "work", nums(n), timeout=15)
     everything = [b for c in collectors for b in c.bodies]
     assert len(everything) == n
     assert sorted(everything, key=int) == nums(n)  # each handled exactly once in total
@@ -146,10 +113,7 @@ async def test_queue_group_across_three_brokers(make_broker: MakeBroker) -> None
         # one member sees its share in publish order
         assert c.bodies == sorted(c.bodies, key=int)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == n
-    assert st["backlogged"] == 0
-    assert st["dropped"] == 0
+    assert_counters(st, published=n, delivered=n, backlogged=0, dropped=0)
     assert sum(s.stats()["received"] for s in subs) == n
 
 
@@ -162,46 +126,31 @@ async def test_backlog_delivered_when_subscriber_appears(make_broker: MakeBroker
         await pub.publish("later", str(i))
     await pub.flush(timeout=5)  # parked counts as done
     st = pub.stats()
-    assert st["published"] == 50
-    assert st["backlogged"] == 50
-    assert st["backlog"] == 50
-    assert st["delivered"] == 0
-    assert st["dropped"] == 0
+    assert_counters(st, published=50, backlogged=50, backlog=50, delivered=0, dropped=0)
 
     sb = await make_broker()
-    got = Collector()
+    got = Sink()
     await sb.subscribe("later", got)
     await got.wait(50)
     await pub.flush(timeout=5)
     assert got.bodies == nums(50)
     st = pub.stats()
-    assert st["delivered"] == 50
-    assert st["backlog"] == 0
-    assert st["backlogged"] == 50
-    assert st["dropped"] == 0
+    assert_counters(st, delivered=50, backlog=0, backlogged=50, dropped=0)
     assert sb.stats()["received"] == 50
 
 
 async def test_backlog_keeps_newest(make_broker: MakeBroker) -> None:
     b = await make_broker(backlog=100)
-    for i in range(1000):
-        await b.publish("capped", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "capped", nums(1000), timeout=5)
     st = b.stats()
-    assert st["published"] == 1000
-    assert st["backlogged"] == 1000
-    assert st["dropped"] == 900
-    assert st["backlog"] == 100
-    got = Collector()
+    assert_counters(st, published=1000, backlogged=1000, dropped=900, backlog=100)
+    got = Sink()
     await b.subscribe("capped", got)
     await got.wait(100)
     await b.flush(timeout=5)
     assert got.bodies == nums(100, 900)
     st = b.stats()
-    assert st["delivered"] == 100
-    assert st["received"] == 100
-    assert st["dropped"] == 900
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=100, received=100, dropped=900, backlog=0)
 
 
 # --- failures, retries, restarts ---------------------------------------------------------------
@@ -222,18 +171,12 @@ async def test_handler_failing_twice_still_gets_message(make_broker: MakeBroker)
 
     await sb.subscribe("flaky", handler)
     await wait_routes(pub, "flaky", 1)
-    for i in range(5):
-        await pub.publish("flaky", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "flaky", nums(5), timeout=10)
     assert sorted(handled, key=int) == nums(5)
     assert attempts == {b"0": 1, b"1": 1, b"2": 3, b"3": 1, b"4": 1}
     ps = pub.stats()
     assert ps["retried"] >= 2
-    assert ps["remote_handler_errors"] == 2
-    assert ps["delivered"] == 5
-    assert ps["failed"] == 0
-    assert ps["dropped"] == 0
-    assert ps["in_flight"] == 0
+    assert_counters(ps, remote_handler_errors=2, delivered=5, failed=0, dropped=0, in_flight=0)
     ss = sb.stats()
     assert ss["handler_errors"] == 2
     assert ss["received"] == 7
@@ -243,12 +186,10 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
     pub = await make_broker(retry_min=0.01, retry_max=0.1)
     s1 = await make_broker()
     port = int(s1.address.rsplit(":", 1)[1])
-    got1 = Collector()
+    got1 = Sink()
     await s1.subscribe("restart", got1)
     await wait_routes(pub, "restart", 1)
-    for i in range(10):
-        await pub.publish("restart", str(i))
-    await pub.flush(timeout=5)
+    await publish_each(pub, "restart", nums(10), timeout=5)
     assert got1.bodies == nums(10)
 
     await asyncio.wait_for(s1.disconnect(), 10)
@@ -260,18 +201,14 @@ async def test_subscriber_restarted_on_same_port_gets_what_was_published_meanwhi
 
     s2 = await make_broker(address=f"127.0.0.1:{port}")
     assert s2.address == f"127.0.0.1:{port}"
-    got2 = Collector()
+    got2 = Sink()
     await s2.subscribe("restart", got2)
     await got2.wait(20)
     await pub.flush(timeout=5)
     assert got2.bodies == nums(20, 10)
     assert got1.bodies == nums(10)
     st = pub.stats()
-    assert st["published"] == 30
-    assert st["delivered"] == 30
-    assert st["backlogged"] == 20
-    assert st["dropped"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, published=30, delivered=30, backlogged=20, dropped=0, backlog=0)
 
 
 def dead_node_service(topic: str, queue: str | None = None) -> Service:
@@ -296,16 +233,14 @@ async def test_hard_stopped_subscriber_broadcast_nothing_lost(make_broker: MakeB
     await pub.flush(timeout=5)  # everything is parked in the backlog now
 
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("hard", got)
     await got.wait(n, timeout=5)
     await asyncio.sleep(0.2)  # anything extra would show up now
     assert got.bodies == nums(n)
     assert live.stats()["received"] == n
     st = pub.stats()
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["backlog"] == 0
+    assert_counters(st, delivered=n, dropped=0, backlog=0)
 
 
 async def test_dead_broadcast_node_does_not_duplicate_to_live_one(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
@@ -313,7 +248,7 @@ async def test_dead_broadcast_node_does_not_duplicate_to_live_one(make_broker: M
     message exactly once, whatever happens to the dead node's own copies (each node has its
     own queue and retry state)."""
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("mixed", got)
     await registry.register(dead_node_service("mixed"))
     pub = await make_broker(retry_min=0.01, retry_max=0.05)
@@ -339,15 +274,13 @@ async def test_hard_stopped_queue_member_nothing_lost(make_broker: MakeBroker, r
     await until(lambda: pub.stats()["retried"] >= 1, 5, "a failed delivery to the dead node")
 
     live = await make_broker()
-    got = Collector()
+    got = Sink()
     await live.subscribe("hardq", got, queue="q")
     await got.wait(n, timeout=10)
     await pub.flush(timeout=5)
     assert sorted(got.bodies, key=int) == nums(n)
     st = pub.stats()
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["in_flight"] == 0
+    assert_counters(st, delivered=n, dropped=0, in_flight=0)
 
 
 # --- unsubscribe / disconnect ------------------------------------------------------------------
@@ -355,11 +288,9 @@ async def test_hard_stopped_queue_member_nothing_lost(make_broker: MakeBroker, r
 
 async def test_unsubscribe_stops_delivery_then_backlog(make_broker: MakeBroker) -> None:
     b = await make_broker()
-    got = Collector()
+    got = Sink()
     sub = await b.subscribe("unsub", got)
-    for i in range(5):
-        await b.publish("unsub", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "unsub", nums(5), timeout=5)
     assert got.bodies == nums(5)
     assert b.stats()["backlogged"] == 0
 
@@ -370,18 +301,14 @@ async def test_unsubscribe_stops_delivery_then_backlog(make_broker: MakeBroker) 
     await asyncio.sleep(0.1)
     assert got.bodies == nums(5)
     st = b.stats()
-    assert st["published"] == 12
-    assert st["delivered"] == 5
-    assert st["received"] == 5
-    assert st["backlogged"] == 7
-    assert st["backlog"] == 7
+    assert_counters(st, published=12, delivered=5, received=5, backlogged=7, backlog=7)
 
 
 async def test_unsubscribe_across_brokers_other_subscriber_keeps_getting(make_broker: MakeBroker) -> None:
     s1 = await make_broker()
     s2 = await make_broker()
     pub = await make_broker()
-    g1, g2 = Collector(), Collector()
+    g1, g2 = Sink(), Sink()
     sub1 = await s1.subscribe("two", g1)
     await s2.subscribe("two", g2)
     await wait_routes(pub, "two", 2)
@@ -400,11 +327,11 @@ async def test_unsubscribe_across_brokers_other_subscriber_keeps_getting(make_br
 
 async def test_disconnect_deregisters(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
     other = await make_broker()
-    await other.subscribe("dereg", Collector())
+    await other.subscribe("dereg", Sink())
     b = await make_broker()
-    await b.subscribe("dereg", Collector())
-    await b.subscribe("dereg", Collector(), queue="q")
-    await b.subscribe("dereg-2", Collector())
+    await b.subscribe("dereg", Sink())
+    await b.subscribe("dereg", Sink(), queue="q")
+    await b.subscribe("dereg-2", Sink())
     addr = b.advertised_address
     assert addr is not None
 
@@ -436,9 +363,7 @@ async def test_flush_returns_after_delivery(make_broker: MakeBroker) -> None:
 
     await sb.subscribe("fl", slow)
     await wait_routes(pub, "fl", 1)
-    for i in range(40):
-        await pub.publish("fl", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "fl", nums(40), timeout=10)
     assert handled == nums(40)
     assert pub.stats()["delivered"] == 40
     assert pub.stats()["in_flight"] == 0
@@ -501,15 +426,11 @@ async def test_sync_and_async_handlers(make_broker: MakeBroker) -> None:
 
     await b.subscribe("h", sync_h)
     await b.subscribe("h", async_h)
-    for i in range(50):
-        await b.publish("h", str(i))
-    await b.flush(timeout=5)
+    await publish_each(b, "h", nums(50), timeout=5)
     assert sync_got == nums(50)
     assert async_got == nums(50)
     st = b.stats()
-    assert st["delivered"] == 100
-    assert st["received"] == 100
-    assert st["handler_errors"] == 0
+    assert_counters(st, delivered=100, received=100, handler_errors=0)
 
 
 async def test_async_handler_runs_in_arrival_order(make_broker: MakeBroker) -> None:
@@ -527,9 +448,7 @@ async def test_async_handler_runs_in_arrival_order(make_broker: MakeBroker) -> N
     await sb.subscribe("ord", h)
     await wait_routes(pub, "ord", 1)
     n = 300
-    for i in range(n):
-        await pub.publish("ord", str(i))
-    await pub.flush(timeout=10)
+    await publish_each(pub, "ord", nums(n), timeout=10)
     expected = [x for i in range(n) for x in (("start", i), ("end", i))]
     assert trace == expected
 
@@ -584,15 +503,10 @@ async def test_back_pressure_loses_nothing(make_broker: MakeBroker) -> None:
     await sb.subscribe("bp", slow)
     await wait_routes(pub, "bp", 1)
     n = 2000
-    for i in range(n):
-        await pub.publish("bp", str(i))
-    await pub.flush(timeout=20)
+    await publish_each(pub, "bp", nums(n), timeout=20)
     assert got == nums(n)
     st = pub.stats()
-    assert st["published"] == n
-    assert st["delivered"] == n
-    assert st["dropped"] == 0
-    assert st["backlogged"] == 0
+    assert_counters(st, published=n, delivered=n, dropped=0, backlogged=0)
     assert sb.stats()["received"] == n
 
 
@@ -602,7 +516,7 @@ async def test_back_pressure_loses_nothing(make_broker: MakeBroker) -> None:
 async def test_publish_kinds_and_publish_many(make_broker: MakeBroker) -> None:
     sb = await make_broker()
     pub = await make_broker()
-    got = Collector()
+    got = Sink()
     await sb.subscribe("kinds", got)
     await wait_routes(pub, "kinds", 1)
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from certs_util import CA, Leaf, make_ca
 
-from brokers import MakeBroker, Sink, envelope, until
+from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, publish_each, until
 
-from hyperbroker import Broker, BrokerError, MemoryRegistry, TLSConfig
+from hyperbroker import Broker, BrokerError, MemoryRegistry, Subscriber, TLSConfig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,10 +73,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-def pick(st: dict[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: st[k] for k in keys}
-
-
 # --- secure=True (self-signed, go-micro's Secure) -------------------------------------------------
 
 
@@ -90,22 +86,11 @@ async def test_secure_delivers_1000_in_order_over_https(make_broker: MakeBroker,
     assert sub_b.secure is True
     assert await pub_b.wait_for_route(TOPIC, timeout=5) == 1
 
-    expected = [f"m-{i}".encode() for i in range(1000)]
-    for body in expected:
-        await pub_b.publish(TOPIC, body)
-    await pub_b.flush(timeout=15)
-    await until(lambda: len(sink.bodies) >= 1000, 5, "1000 messages handled")
+    expected = await deliver_numbered(pub_b, TOPIC, sink, 1000, timeout=15)
 
     assert sink.bodies == expected
     ps = pub_b.stats()
-    assert pick(ps, "published", "delivered", "failed", "dropped", "in_flight", "backlog") == {
-        "published": 1000,
-        "delivered": 1000,
-        "failed": 0,
-        "dropped": 0,
-        "in_flight": 0,
-        "backlog": 0,
-    }
+    assert_counters(ps, published=1000, delivered=1000, failed=0, dropped=0, in_flight=0, backlog=0)
     ss = sub_b.stats()
     assert ss["received"] == 1000
     assert ss["tls_handshake_failures"] == 0
@@ -172,25 +157,15 @@ async def test_ca_verified_delivery(make_broker: MakeBroker, pki: dict[str, Any]
     await pub_full.wait_for_route(TOPIC, 5)
 
     first = [f"v-{i}".encode() for i in range(300)]
-    for body in first:
-        await pub_verify.publish(TOPIC, body)
-    await pub_verify.flush(timeout=10)
+    await publish_each(pub_verify, TOPIC, first)
     second = [f"f-{i}".encode() for i in range(300)]
-    for body in second:
-        await pub_full.publish(TOPIC, body)
-    await pub_full.flush(timeout=10)
+    await publish_each(pub_full, TOPIC, second)
     await until(lambda: len(sink.bodies) >= 600, 5, "600 handled")
 
     assert sink.bodies == first + second
     for p in (pub_verify, pub_full):
         st = p.stats()
-        assert pick(st, "delivered", "failed", "dropped", "evicted", "backlog") == {
-            "delivered": 300,
-            "failed": 0,
-            "dropped": 0,
-            "evicted": 0,
-            "backlog": 0,
-        }
+        assert_counters(st, delivered=300, failed=0, dropped=0, evicted=0, backlog=0)
         assert st["last_error"] is None
     assert sub_b.stats()["tls_handshake_failures"] == 0
 
@@ -265,12 +240,7 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
     await until(lambda: pub_b.route_count(TOPIC) == 0, 5, "route gone")
     await until(lambda: pub_b.stats()["backlog"] == n, 5, f"backlog == {n}")
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "in_flight") == {
-        "delivered": 0,
-        "dropped": 0,
-        "failed": 0,
-        "in_flight": 0,
-    }
+    assert_counters(st, delivered=0, dropped=0, failed=0, in_flight=0)
 
     # it comes back on a new broker with a certificate of the CA the publisher trusts
     ca_a: CA = pki["ca_a"]
@@ -283,29 +253,31 @@ async def test_wrong_ca_backlog_drains_to_a_subscriber_with_the_right_ca(
     assert sink2.bodies == bodies
     assert sink.bodies == []
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "backlog", "in_flight") == {
-        "delivered": n,
-        "dropped": 0,
-        "failed": 0,
-        "backlog": 0,
-        "in_flight": 0,
-    }
+    assert_counters(st, delivered=n, dropped=0, failed=0, backlog=0, in_flight=0)
     assert fixed.stats()["tls_handshake_failures"] == 0
 
 
 # --- mutual TLS -------------------------------------------------------------------------------------
 
 
-async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
+async def mtls_subscriber(make_broker: MakeBroker, pki: dict[str, Any]) -> tuple[Broker, Subscriber, Sink]:
+    """A broker serving CA A's server certificate that requires client certificates of CA A,
+    with one subscription of TOPIC recording into a Sink."""
     ca: CA = pki["ca_a"]
     srv: Leaf = pki["srv_a"]
-    cli: Leaf = pki["cli_a"]
-    cli_b: Leaf = pki["cli_b"]
     sub_b = await make_broker(
         tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
     )
     sink = Sink()
     sub = await sub_b.subscribe(TOPIC, sink)
+    return sub_b, sub, sink
+
+
+async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
+    ca: CA = pki["ca_a"]
+    cli: Leaf = pki["cli_a"]
+    cli_b: Leaf = pki["cli_b"]
+    sub_b, sub, sink = await mtls_subscriber(make_broker, pki)
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
     # curl without a client certificate: the handshake is refused
@@ -331,13 +303,7 @@ async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBro
 
 
 async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
-    ca: CA = pki["ca_a"]
-    srv: Leaf = pki["srv_a"]
-    sub_b = await make_broker(
-        tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
-    )
-    sink = Sink()
-    await sub_b.subscribe(TOPIC, sink)
+    sub_b, _, sink = await mtls_subscriber(make_broker, pki)
     pub_b = await make_broker(retry_max=0.2)  # no TLS configuration: no client certificate
     await pub_b.wait_for_route(TOPIC, 5)
     for i in range(5):
@@ -347,7 +313,7 @@ async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: Ma
     assert sink.bodies == []
     assert sub_b.stats()["received"] == 0
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed") == {"delivered": 0, "dropped": 0, "failed": 0}
+    assert_counters(st, delivered=0, dropped=0, failed=0)
     assert st["last_error"] is not None and sub_b.address in st["last_error"]
     # not lost: the 5 messages are queued for the node or parked in the backlog
     for _ in range(50):
@@ -360,30 +326,16 @@ async def test_mtls_publisher_without_certificate_cannot_deliver(make_broker: Ma
 
 async def test_mtls_publisher_with_ca_signed_certificate_delivers(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
     ca: CA = pki["ca_a"]
-    srv: Leaf = pki["srv_a"]
     pub_leaf: Leaf = pki["pub_a"]
-    sub_b = await make_broker(
-        tls=TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=ca.cert, verify=True, client_auth=True)
-    )
-    sink = Sink()
-    await sub_b.subscribe(TOPIC, sink)
+    sub_b, _, sink = await mtls_subscriber(make_broker, pki)
     pub_b = await make_broker(
         tls=TLSConfig(cert_file=pub_leaf.cert, key_file=pub_leaf.key, ca_file=ca.cert, verify=True)
     )
     await pub_b.wait_for_route(TOPIC, 5)
-    bodies = [f"m-{i}".encode() for i in range(500)]
-    for body in bodies:
-        await pub_b.publish(TOPIC, body)
-    await pub_b.flush(timeout=10)
-    await until(lambda: len(sink.bodies) >= 500, 5, "500 handled")
+    bodies = await deliver_numbered(pub_b, TOPIC, sink, 500)
     assert sink.bodies == bodies
     st = pub_b.stats()
-    assert pick(st, "delivered", "dropped", "failed", "retried") == {
-        "delivered": 500,
-        "dropped": 0,
-        "failed": 0,
-        "retried": 0,
-    }
+    assert_counters(st, delivered=500, dropped=0, failed=0, retried=0)
     assert st["last_error"] is None
     assert sub_b.stats()["tls_handshake_failures"] == 0
 

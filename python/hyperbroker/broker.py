@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from . import _core
 from ._routes import route_groups
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Handler, to_wire
+from .message import Event, Handler, to_wire
 from .options import BrokerOptions, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
-from .subscriber import SubscribeOptions, Subscriber, _describe
+from .subscriber import SubscribeOptions, Subscriber
 from .tls import local_hosts, read_pem
 
 __all__ = ["Broker"]
@@ -50,7 +49,6 @@ class Broker:
 
     def __init__(self, **options: Any) -> None:
         self._options = BrokerOptions().replace(**options)
-        self._id = uuid.uuid4().hex
         self._engine: _core.Engine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._registry: Registry | None = None
@@ -234,8 +232,7 @@ class Broker:
                 pass
         self._tasks.clear()
         for sub in list(self._subs.values()):
-            sub._active = False
-            sub._fail_pending("subscriber closing")
+            sub.fail_pending("subscriber closing")
         self._subs.clear()
         self._topics.clear()
         if engine is not None:
@@ -387,7 +384,14 @@ class Broker:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         sub_id = f"hb-{uuid.uuid4().hex}"
-        sub = Subscriber(self, sub_id, topic, handler, SubscribeOptions(queue=queue, auto_ack=auto_ack))
+        sub = Subscriber(
+            sub_id,
+            topic,
+            handler,
+            SubscribeOptions(queue=queue, auto_ack=auto_ack),
+            complete=self._complete,
+            unsubscribe=self._unsubscribe,
+        )
         engine.add_subscriber(sub_id, topic)
         self._subs[sub_id] = sub
         try:
@@ -418,15 +422,12 @@ class Broker:
     async def _unsubscribe(self, sub: Subscriber) -> None:
         if self._subs.pop(sub.id, None) is None:
             return
-        sub._active = False
         try:
             await self._deregister(sub)
         finally:
             if self._engine is not None:
                 self._engine.remove_subscriber(sub.id)
-                failed = sub._fail_pending("subscriber unsubscribed")
-                if failed:
-                    self._engine.complete(failed)
+                sub.fail_pending("subscriber unsubscribed")
         await self._refresh_topic(sub.topic)
 
     # --- from Rust to the handlers --------------------------------------------------------------
@@ -439,30 +440,8 @@ class Broker:
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
-            subs = self._subs
-            done = 0
             try:
-                for sub_id, ev in zip(sub_ids, events):
-                    sub = subs.get(sub_id)
-                    if sub is None:
-                        failures.append((ev._token, "subscriber is gone"))
-                    elif sub._inline and not sub._pending:
-                        # the hot path: a plain function with auto-ack, run right here
-                        try:
-                            r = sub._handler(ev)
-                        except Exception as e:
-                            failures.append((ev._token, _describe(e)))
-                        else:
-                            if r is not None and inspect.isawaitable(r):
-                                deferred.append(ev._token)
-                                sub._defer_awaitable(ev, r)
-                    else:
-                        sub._deliver(ev, failures, deferred)
-                    done += 1
-            except BaseException:
-                # KeyboardInterrupt, SystemExit...: what did not run is not acknowledged
-                failures.extend((ev._token, "handler interrupted") for ev in events[done:])
-                raise
+                dispatch(self._subs, sub_ids, events, failures, deferred)
             finally:
                 engine.done(failures, deferred)
         for token, ok in flushes:
@@ -471,6 +450,7 @@ class Broker:
                 fut.set_result(ok)
 
     def _complete(self, results: list[tuple[int, str | None]]) -> None:
+        """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""
         if self._engine is not None and results:
             self._engine.complete(results)
 
@@ -508,3 +488,42 @@ class Broker:
                     await self.registry.register(self._service(sub), ttl=o.register_ttl)
                 except Exception as e:
                     log.warning("heartbeat: re-registering %s failed: %s", sub.topic, e)
+
+
+def dispatch(
+    subs: Mapping[str, Subscriber],
+    sub_ids: Sequence[str],
+    events: Sequence[Event],
+    failures: list[tuple[int, str]],
+    deferred: list[int],
+) -> None:
+    """Hand one wake-up's events to their subscribers (``sub_ids[i]`` names the subscriber of
+    ``events[i]``): one ``deliver_batch`` call per subscriber, with its events in arrival order.
+    Events of a subscriber that is gone fail. If a handler is interrupted (KeyboardInterrupt...),
+    the subscriber fails what it did not finish and the later subscribers' events fail here."""
+    if not events:
+        return
+    groups: list[tuple[str, Sequence[Event]]]
+    if sub_ids.count(sub_ids[0]) == len(sub_ids):
+        # the usual case (one subscriber, or a batch POST for one): no per-event work here
+        groups = [(sub_ids[0], events)]
+    else:
+        by_sub: dict[str, list[Event]] = {}
+        for sub_id, ev in zip(sub_ids, events):
+            run = by_sub.get(sub_id)
+            if run is None:
+                by_sub[sub_id] = [ev]
+            else:
+                run.append(ev)
+        groups = list(by_sub.items())
+    i = 0
+    try:
+        for i, (sub_id, batch) in enumerate(groups):
+            sub = subs.get(sub_id)
+            if sub is None:
+                failures.extend((ev._token, "subscriber is gone") for ev in batch)
+            else:
+                sub.deliver_batch(batch, failures, deferred)
+    except BaseException:
+        failures.extend((ev._token, "handler interrupted") for _, later in groups[i + 1 :] for ev in later)
+        raise

@@ -1,25 +1,32 @@
-"""Subscriber: one subscription's handle, and the code that runs its handler in arrival order."""
+"""Subscriber: one subscription's handle, and the code that runs its handler in arrival order.
+
+The Broker hands each batch of received events to :meth:`Subscriber.deliver_batch` and settles
+what it reports; the Subscriber settles what it finished later (async handlers) through the
+``complete`` callable it was built with. It knows nothing else of the Broker.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .message import Event, Handler
 
-if TYPE_CHECKING:
-    from .broker import Broker
-
-__all__ = ["Subscriber", "SubscribeOptions"]
+__all__ = ["SubscribeOptions", "Subscriber"]
 
 #: after this many events in a row, an async runner yields to the loop once
 _YIELD_EVERY = 512
 
-Complete = Callable[[list[tuple[int, str | None]]], None]
+#: (delivery token, None when handled / the failure text): how a delivery ends
+Result = tuple[int, str | None]
+#: settles deliveries that ended after ``deliver_batch`` returned (the engine's ``complete``)
+Complete = Callable[[list[Result]], None]
+#: ends a subscription (the broker's side of ``Subscriber.unsubscribe``)
+Unsubscribe = Callable[["Subscriber"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +37,8 @@ class SubscribeOptions:
     auto_ack: bool = True
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """How a handler's exception is reported to the publisher: ``Type: text``."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -38,22 +46,34 @@ def _describe(exc: BaseException) -> str:
 class Subscriber:
     """A live subscription. ``await sub.unsubscribe()`` ends it."""
 
-    __slots__ = ("id", "topic", "options", "_broker", "_handler", "_is_async", "_inline", "_pending", "_runner", "_active")
+    __slots__ = (
+        "_complete", "_handler", "_inline", "_is_async", "_pending", "_runner", "_unsubscribe", "id", "options", "topic"
+    )
 
-    def __init__(self, broker: Broker, id: str, topic: str, handler: Handler, options: SubscribeOptions) -> None:
+    def __init__(
+        self,
+        id: str,
+        topic: str,
+        handler: Handler,
+        options: SubscribeOptions,
+        *,
+        complete: Complete,
+        unsubscribe: Unsubscribe,
+    ) -> None:
         self.id = id
         self.topic = topic
         self.options = options
-        self._broker = broker
+        self._complete = complete
+        self._unsubscribe = unsubscribe
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)
         )
-        #: a plain function with auto-ack: the broker runs it inline in its batch loop
+        #: a plain function with auto-ack: it runs right in deliver_batch's loop
         self._inline = not self._is_async and options.auto_ack
+        #: events (or awaitables a plain handler returned) waiting for the runner, in order
         self._pending: deque[tuple[int, Event | _AwaitingEvent]] = deque()
         self._runner: asyncio.Task[None] | None = None
-        self._active = True
 
     @property
     def queue(self) -> str | None:
@@ -61,68 +81,112 @@ class Subscriber:
 
     async def unsubscribe(self) -> None:
         """Stop receiving: deregister from the registry and drop the subscription. Idempotent."""
-        await self._broker._unsubscribe(self)
+        await self._unsubscribe(self)
 
-    def _outcome(self, ev: Event, result: Any) -> str | None:
-        if not self.options.auto_ack and not ev.acked:
-            return "handler returned without ack() (auto_ack=False): the message will be redelivered"
-        return None
+    # --- the broker's side (package-internal) -----------------------------------------------------
+
+    def deliver_batch(self, events: Sequence[Event], failures: list[tuple[int, str]], deferred: list[int]) -> None:
+        """Run the handler for ``events`` (this subscriber's, in arrival order), on the loop.
+
+        A delivery that ended here and failed goes into ``failures`` as (token, text); one that
+        ends later (async handler, or a plain one that returned an awaitable) goes into
+        ``deferred`` and is settled through ``complete`` once the runner task finished it; the
+        rest succeeded. If the loop is interrupted (KeyboardInterrupt...), the events that did
+        not finish go into ``failures`` before the exception propagates.
+        """
+        it = iter(events)
+        ev: Event | None = None
+        try:
+            if self._inline and not self._pending:
+                # the hot path: a plain function with auto-ack, nothing but the handler per event
+                handler = self._handler
+                for ev in it:
+                    try:
+                        r = handler(ev)
+                    except Exception as e:
+                        failures.append((ev._token, describe(e)))
+                    else:
+                        if r is not None and inspect.isawaitable(r):
+                            # it finishes in the runner; what follows waits behind it, in order
+                            deferred.append(ev._token)
+                            self._enqueue(ev._token, _AwaitingEvent(ev, r))
+                            break
+                ev = None
+            for ev in it:
+                self._deliver(ev, failures, deferred)
+            ev = None
+        except BaseException:
+            if ev is not None:
+                failures.append((ev._token, "handler interrupted"))
+            failures.extend((rest._token, "handler interrupted") for rest in it)
+            raise
+
+    def fail_pending(self, reason: str) -> None:
+        """Fail what still waits for the handler with ``reason`` and stop the runner."""
+        failed: list[Result] = [(t, reason) for t, _ in self._pending]
+        self._pending.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+        if failed:
+            self._complete(failed)
+
+    # --- running the handler ------------------------------------------------------------------------
 
     def _deliver(self, ev: Event, failures: list[tuple[int, str]], deferred: list[int]) -> None:
-        """Run the handler for one event (called on the loop from the broker's batch drain).
-
-        Plain functions run inline; a failure goes into ``failures``. Coroutine functions run in
-        one runner task per subscriber that works through the queue in order; their tokens go
-        into ``deferred`` and are settled by the runner.
-        """
+        """One event off the hot path: queued behind earlier ones, or run now when nothing waits."""
         token = ev._token
         if self._is_async or self._pending:
             deferred.append(token)
-            self._pending.append((token, ev))
-            if self._runner is None:
-                self._runner = asyncio.get_running_loop().create_task(self._run_pending())
+            self._enqueue(token, ev)
             return
         try:
             r = self._handler(ev)
         except Exception as e:
-            failures.append((token, _describe(e)))
+            failures.append((token, describe(e)))
             return
         if r is not None and inspect.isawaitable(r):
             deferred.append(token)
-            self._defer(token, _AwaitingEvent(ev, r))
+            self._enqueue(token, _AwaitingEvent(ev, r))
             return
-        err = self._outcome(ev, r)
+        err = self._outcome(ev)
         if err is not None:
             failures.append((token, err))
 
-    def _defer_awaitable(self, ev: Event, r: Awaitable[Any]) -> None:
-        self._defer(ev._token, _AwaitingEvent(ev, r))
+    def _outcome(self, ev: Event) -> str | None:
+        if not self.options.auto_ack and not ev.acked:
+            return "handler returned without ack() (auto_ack=False): the message will be redelivered"
+        return None
 
-    def _defer(self, token: int, item: _AwaitingEvent) -> None:
-        # a plain function that returned an awaitable: finish it in the runner, in order
+    def _enqueue(self, token: int, item: Event | _AwaitingEvent) -> None:
         self._pending.append((token, item))
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run_pending())
 
     async def _run_pending(self) -> None:
-        complete = self._broker._complete
-        results: list[tuple[int, str | None]] = []
+        complete, handler, is_async = self._complete, self._handler, self._is_async
+        results: list[Result] = []
         n = 0
         try:
             while self._pending:
-                token, ev = self._pending.popleft()
+                token, item = self._pending.popleft()
                 try:
-                    if isinstance(ev, _AwaitingEvent):
-                        r = await ev.awaitable
-                        ev = ev.event
-                    else:
-                        r = await self._handler(ev)
-                    results.append((token, self._outcome(ev, r)))
+                    if isinstance(item, _AwaitingEvent):
+                        ev = item.event
+                        await item.awaitable
+                    elif is_async:
+                        ev = item
+                        await handler(ev)
+                    else:  # a plain handler queued behind an awaitable: run it in its turn
+                        ev = item
+                        r = handler(ev)
+                        if r is not None and inspect.isawaitable(r):
+                            await r
+                    results.append((token, self._outcome(ev)))
                 except asyncio.CancelledError:
                     results.append((token, "subscriber closing"))
                     raise
                 except Exception as e:
-                    results.append((token, _describe(e)))
+                    results.append((token, describe(e)))
                 n += 1
                 if n % _YIELD_EVERY == 0:
                     complete(results)
@@ -133,19 +197,14 @@ class Subscriber:
                 complete(results)
             self._runner = None
 
-    def _fail_pending(self, reason: str) -> list[tuple[int, str | None]]:
-        out: list[tuple[int, str | None]] = [(t, reason) for t, _ in self._pending]
-        self._pending.clear()
-        if self._runner is not None:
-            self._runner.cancel()
-        return out
-
     def __repr__(self) -> str:
         return f"Subscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
 
 
 class _AwaitingEvent:
-    __slots__ = ("event", "awaitable")
+    """An event whose plain handler returned an awaitable: the runner awaits it in its turn."""
+
+    __slots__ = ("awaitable", "event")
 
     def __init__(self, event: Event, awaitable: Awaitable[Any]) -> None:
         self.event = event
