@@ -95,10 +95,7 @@ impl hyper::body::Body for Chunks {
 /// Split a batch body into envelopes (empty lines, e.g. a trailing newline, are skipped; a
 /// `\r` before the newline is tolerated).
 pub fn split(body: &[u8]) -> Vec<&[u8]> {
-    body.split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .filter(|l| !l.iter().all(|b| b.is_ascii_whitespace()))
-        .collect()
+    body.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.iter().all(|b| b.is_ascii_whitespace())).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,10 +116,7 @@ pub struct BatchResponse {
 }
 
 pub fn encode_response(received: usize, failed: Vec<Failure>) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&BatchResponse { received: Some(received), failed })
-            .unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()),
-    )
+    Bytes::from(serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()))
 }
 
 pub fn decode_response(body: &[u8]) -> Result<BatchResponse, String> {
@@ -134,18 +128,17 @@ mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
 
-/// Join envelopes into one batch body.
-fn frame<'a>(envelopes: impl Iterator<Item = &'a Bytes>, size_hint: usize) -> Bytes {
-    let mut out = BytesMut::with_capacity(size_hint);
-    for (i, e) in envelopes.enumerate() {
-        if i > 0 {
-            out.put_u8(b'\n');
+    /// Join envelopes into one batch body.
+    fn frame<'a>(envelopes: impl Iterator<Item = &'a Bytes>, size_hint: usize) -> Bytes {
+        let mut out = BytesMut::with_capacity(size_hint);
+        for (i, e) in envelopes.enumerate() {
+            if i > 0 {
+                out.put_u8(b'\n');
+            }
+            out.extend_from_slice(e);
         }
-        out.extend_from_slice(e);
+        out.freeze()
     }
-    out.freeze()
-}
-
 
     #[test]
     fn frame_and_split() {

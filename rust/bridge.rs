@@ -3,7 +3,7 @@
 //! Tokio tasks push items into a queue; only the empty->non-empty transition writes one byte to a
 //! socketpair whose read end the asyncio loop watches (`loop.add_reader`). The loop then takes the
 //! whole queue in one call. Rust never takes the GIL here. Handler outcomes come back through
-//! `complete`, which resolves the waiting HTTP requests.
+//! `complete_many`, which resolves the waiting HTTP requests.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -39,19 +39,26 @@ struct Queue {
 
 /// One HTTP request's worth of events: completed together, so the request task is woken once.
 struct BatchSlot {
-    state: Mutex<(usize, Vec<Outcome>, Option<oneshot::Sender<Vec<Outcome>>>)>,
+    state: Mutex<BatchState>,
+}
+
+struct BatchState {
+    /// outcomes still unknown
+    left: usize,
+    outcomes: Vec<Outcome>,
+    tx: Option<oneshot::Sender<Vec<Outcome>>>,
 }
 
 impl BatchSlot {
     fn set(&self, index: usize, outcome: Outcome) {
         let mut st = self.state.lock();
-        if let Some(slot) = st.1.get_mut(index) {
+        if let Some(slot) = st.outcomes.get_mut(index) {
             *slot = outcome;
         }
-        st.0 = st.0.saturating_sub(1);
-        if st.0 == 0 {
-            if let Some(tx) = st.2.take() {
-                let results = std::mem::take(&mut st.1);
+        st.left = st.left.saturating_sub(1);
+        if st.left == 0 {
+            if let Some(tx) = st.tx.take() {
+                let results = std::mem::take(&mut st.outcomes);
                 let _ = tx.send(results);
             }
         }
@@ -138,7 +145,9 @@ impl Bridge {
             let _ = tx.send(Vec::new());
             return rx;
         }
-        let slot = std::sync::Arc::new(BatchSlot { state: Mutex::new((n, vec![Outcome::Unavailable; n], Some(tx))) });
+        let slot = std::sync::Arc::new(BatchSlot {
+            state: Mutex::new(BatchState { left: n, outcomes: vec![Outcome::Unavailable; n], tx: Some(tx) }),
+        });
         let first = self.next_token.fetch_add(n as u64, Ordering::Relaxed);
         {
             let mut pending = self.pending.lock();
@@ -188,13 +197,6 @@ impl Bridge {
         std::mem::take(&mut q.items)
     }
 
-    pub fn complete(&self, token: u64, outcome: Outcome) {
-        let w = self.pending.lock().remove(&token);
-        if let Some(w) = w {
-            w.resolve(outcome);
-        }
-    }
-
     /// Complete many at once (one lock for the lookups).
     pub fn complete_many(&self, outcomes: Vec<(u64, Outcome)>) {
         let waiters: Vec<(Waiter, Outcome)> = {
@@ -222,5 +224,122 @@ impl Bridge {
 
     pub fn reopen(&self) {
         self.queue.lock().closed = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(body: &str) -> Envelope {
+        Envelope { topic: "t".into(), header: Vec::new(), body: body.as_bytes().to_vec() }
+    }
+
+    /// Wake-up bytes waiting on the fd (reading them, as the loop would).
+    fn wakes(b: &Bridge) -> usize {
+        let mut buf = [0u8; 64];
+        match (&b.wake_r).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn bodies(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Event { env, .. } => String::from_utf8_lossy(&env.body).into_owned(),
+                Item::Flushed { token, ok } => format!("flushed {token} {ok}"),
+            })
+            .collect()
+    }
+
+    fn token(i: &Item) -> u64 {
+        match i {
+            Item::Event { token, .. } | Item::Flushed { token, .. } => *token,
+        }
+    }
+
+    #[test]
+    fn the_fd_wakes_once_per_batch() {
+        let b = Bridge::new().unwrap();
+        assert_eq!(wakes(&b), 0);
+        let _r1 = b.submit("s".into(), env("a"));
+        let _r2 = b.submit("s".into(), env("b"));
+        let _r3 = b.submit_batch("s", vec![env("c"), env("d")]);
+        b.flushed(7, true);
+        assert_eq!(wakes(&b), 1, "one wake-up for everything queued before the take");
+        assert_eq!(bodies(&b.take()), ["a", "b", "c", "d", "flushed 7 true"]);
+        assert_eq!(wakes(&b), 0);
+        assert!(b.take().is_empty());
+        // the next item after a take schedules a new wake-up
+        let _r4 = b.submit("s".into(), env("e"));
+        let _r5 = b.submit("s".into(), env("f"));
+        assert_eq!(wakes(&b), 1);
+        assert_eq!(bodies(&b.take()), ["e", "f"]);
+    }
+
+    #[test]
+    fn a_take_clears_a_wake_up_the_loop_has_not_read() {
+        let b = Bridge::new().unwrap();
+        let _r = b.submit("s".into(), env("a"));
+        assert_eq!(bodies(&b.take()), ["a"]);
+        assert_eq!(wakes(&b), 0, "take read the byte itself");
+    }
+
+    #[test]
+    fn outcomes_resolve_single_and_batched_waiters() {
+        let b = Bridge::new().unwrap();
+        let mut one = b.submit("s".into(), env("a"));
+        let mut many = b.submit_batch("s", vec![env("b"), env("c")]);
+        let items = b.take();
+        let tokens: Vec<u64> = items.iter().map(token).collect();
+        assert_eq!(tokens.len(), 3);
+        b.complete_many(vec![(tokens[0], Outcome::Ok), (tokens[2], Outcome::Failed("boom".into()))]);
+        assert_eq!(one.try_recv().unwrap(), Outcome::Ok);
+        assert!(many.try_recv().is_err(), "a batch resolves once every outcome is known");
+        b.complete_many(vec![(tokens[1], Outcome::Ok), (tokens[1], Outcome::Ok), (999, Outcome::Ok)]);
+        assert_eq!(many.try_recv().unwrap(), vec![Outcome::Ok, Outcome::Failed("boom".into())]);
+        let mut empty = b.submit_batch("s", Vec::new());
+        assert_eq!(empty.try_recv().unwrap(), Vec::<Outcome>::new());
+    }
+
+    #[test]
+    fn close_answers_unavailable_and_reopen_takes_new_items() {
+        let b = Bridge::new().unwrap();
+        let mut waiting = b.submit("s".into(), env("before"));
+        b.close();
+        assert_eq!(waiting.try_recv().unwrap(), Outcome::Unavailable);
+        assert!(b.take().is_empty(), "what was queued at close is gone");
+
+        let mut refused = b.submit("s".into(), env("closed"));
+        assert_eq!(refused.try_recv().unwrap(), Outcome::Unavailable);
+        let mut refused_many = b.submit_batch("s", vec![env("x"), env("y")]);
+        assert_eq!(refused_many.try_recv().unwrap(), vec![Outcome::Unavailable, Outcome::Unavailable]);
+        b.flushed(1, true);
+        assert!(b.take().is_empty());
+
+        b.reopen();
+        let _w = wakes(&b);
+        let mut after = b.submit("s".into(), env("after"));
+        let mut after_many = b.submit_batch("s", vec![env("m")]);
+        assert_eq!(wakes(&b), 1, "the first item after reopen wakes the loop");
+        let items = b.take();
+        assert_eq!(bodies(&items), ["after", "m"]);
+        b.complete_many(items.iter().map(|i| (token(i), Outcome::Ok)).collect());
+        assert_eq!(after.try_recv().unwrap(), Outcome::Ok);
+        assert_eq!(after_many.try_recv().unwrap(), vec![Outcome::Ok]);
+    }
+
+    #[test]
+    fn reopen_after_a_close_with_a_wake_up_pending_still_takes_new_items() {
+        let b = Bridge::new().unwrap();
+        let _r = b.submit("s".into(), env("before")); // wake-up written, never read
+        b.close();
+        b.reopen();
+        let _r = b.submit("s".into(), env("after"));
+        assert!(wakes(&b) >= 1, "the fd is readable: the loop will take");
+        assert_eq!(bodies(&b.take()), ["after"]);
     }
 }

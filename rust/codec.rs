@@ -116,8 +116,9 @@ pub fn encode<'a>(
 
 struct HeaderSeed;
 
+/// `None` for a JSON null (Go sets the map to nil), the entries of an object otherwise.
 impl<'de> DeserializeSeed<'de> for HeaderSeed {
-    type Value = Vec<(String, String)>;
+    type Value = Option<Vec<(String, String)>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(HeaderVisitor)
     }
@@ -126,15 +127,15 @@ impl<'de> DeserializeSeed<'de> for HeaderSeed {
 struct HeaderVisitor;
 
 impl<'de> Visitor<'de> for HeaderVisitor {
-    type Value = Vec<(String, String)>;
+    type Value = Option<Vec<(String, String)>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Header to be an object of strings")
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(None)
     }
     fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
+        Ok(None)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: Vec<(String, String)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
@@ -150,7 +151,7 @@ impl<'de> Visitor<'de> for HeaderVisitor {
                 out.push((k, v));
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }
 
@@ -206,8 +207,8 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut body = None;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if key.eq_ignore_ascii_case("header") {
-                // Go decodes a repeated field into the same map: the entries merge.
-                let more: Vec<(String, String)> = map
+                // Go decodes a repeated field into the same map: the entries merge; null resets it.
+                let more: Option<Vec<(String, String)>> = map
                     .next_value_seed(HeaderSeed)
                     .map_err(|e| {
                         let m = e.to_string();
@@ -217,6 +218,10 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                             de::Error::custom("HDRERR Header is not an object of strings")
                         }
                     })?;
+                let Some(more) = more else {
+                    header.clear();
+                    continue;
+                };
                 for (k, v) in more {
                     match header.iter_mut().find(|(ek, _): &&mut (String, String)| *ek == k) {
                         Some(slot) => slot.1 = v,
@@ -291,7 +296,7 @@ fn finish(raw: RawEnvelope<'_>) -> Decoded {
 
 fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<Decoded, CodecError> {
     if std::str::from_utf8(data).is_err() {
-        let lossy = String::from_utf8_lossy(data);
+        let lossy = go_lossy(data);
         return match parse(lossy.as_bytes()) {
             Ok(raw) => Ok(finish(raw)),
             Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| classify_plain(first))),
@@ -306,6 +311,17 @@ fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<Decoded, CodecErr
         return Err(CodecError::InvalidJson(syntax.to_string()));
     }
     Err(classify(first))
+}
+
+/// Go's reading of invalid UTF-8: each byte that is not part of a valid sequence becomes one
+/// U+FFFD (`String::from_utf8_lossy` writes one per maximal invalid sequence instead).
+fn go_lossy(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() + 8);
+    for chunk in data.utf8_chunks() {
+        out.push_str(chunk.valid());
+        out.extend(std::iter::repeat_n('\u{FFFD}', chunk.invalid().len()));
+    }
+    out
 }
 
 fn hex4(b: &[u8]) -> Option<u16> {
@@ -474,6 +490,21 @@ mod tests {
         assert_eq!(env.header[0].1, "x\u{fffd}y");
         assert_eq!(env.header[1].1, "\u{1F600}");
         assert_eq!(env.header[2].1, "\\ud800");
+    }
+
+    #[test]
+    fn invalid_utf8_is_one_replacement_char_per_byte() {
+        // as Go: "\xe6\x97" (a cut 3-byte sequence) is two U+FFFD, not one
+        let env = decode(b"{\"Header\":{\":topic\":\"t\",\"x\":\"a\xe6\x97b\xff\"}}").unwrap();
+        assert_eq!(env.header[0].1, "a\u{fffd}\u{fffd}b\u{fffd}");
+    }
+
+    #[test]
+    fn null_header_drops_earlier_entries() {
+        // as Go: a repeated Header merges into the map, a null one sets it to nil
+        let env = decode(br#"{"Header":{":topic":"t","a":"1"},"Header":null,"header":{":topic":"u"}}"#).unwrap();
+        assert_eq!((env.topic.as_str(), env.header), ("u", vec![]));
+        assert_eq!(decode(br#"{"Header":{":topic":"t"},"Header":null}"#), Err(CodecError::NoTopic));
     }
 
     #[test]

@@ -1,55 +1,21 @@
-//! A link to one subscriber node: its own bounded FIFO queue, retry state and worker task.
+//! A link to one subscriber node of one topic (`NodeLink`): where the node is reached, its
+//! bounded FIFO queue, and its delivery state: failing, evicted, batch byte cap, consecutive
+//! sends without an answer, running workers and the sequence number each has on the wire.
 //!
-//! The worker sends one envelope per POST, or for nodes that accept batches everything queued
-//! (capped by count and bytes) in one POST. One request at a time per node keeps the order.
+//! The link owns that state; everything else reads and changes it through the methods here.
+//! It hands out batches (`take_batch`: capped by count and by bytes) and takes back what failed
+//! (`requeue_front*`). The workers that send those batches live in `worker.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::backlog::Weighted;
-
-/// What the copies of one dispatched message share: how many node queues still hold a copy,
-/// and whether any node has it delivered. A node that leaves parks its copy in the backlog only
-/// when no other node holds or delivered it (so nobody gets it twice from the backlog).
-#[derive(Debug, Default)]
-pub struct Share {
-    pub holders: AtomicUsize,
-    pub delivered: AtomicBool,
-}
-
-impl Share {
-    /// This copy is done with (delivered, refused or left behind). Returns the holders left.
-    pub fn release(&self, delivered: bool) -> usize {
-        if delivered {
-            self.delivered.store(true, Ordering::Release);
-        }
-        self.holders.fetch_sub(1, Ordering::AcqRel).saturating_sub(1)
-    }
-
-    pub fn reached_someone(&self) -> bool {
-        self.delivered.load(Ordering::Acquire)
-    }
-}
-
-/// One published message: its sequence number, topic and encoded go-micro envelope.
-#[derive(Clone, Debug)]
-pub struct Msg {
-    pub seq: u64,
-    pub topic: Arc<str>,
-    pub envelope: Bytes,
-    pub share: Arc<Share>,
-}
-
-impl Weighted for Msg {
-    fn weight(&self) -> usize {
-        self.envelope.len()
-    }
-}
+use crate::error::Error;
+use crate::msg::Msg;
 
 /// Where a node is reached and what it accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,32 +31,34 @@ pub struct NodeSpec {
 }
 
 #[derive(Default)]
-pub struct LinkState {
-    pub queue: VecDeque<Msg>,
+struct LinkState {
+    queue: VecDeque<Msg>,
     /// lowest sequence number of the request each worker has on the wire, if any
-    pub inflight: Vec<Option<u64>>,
+    inflight: Vec<Option<u64>>,
     /// set when the node left the route; `graceful` when the registry said so
-    pub removed: bool,
-    pub graceful: bool,
+    removed: bool,
+    graceful: bool,
 }
 
+/// One subscriber node of one topic. `spec`, `topic`, `queue_group` and `uri` never change.
 pub struct NodeLink {
     pub spec: NodeSpec,
     pub topic: Arc<str>,
     /// queue group name, None for a broadcast subscription
     pub queue_group: Option<String>,
     pub uri: hyper::Uri,
-    pub state: Mutex<LinkState>,
-    pub notify: Notify,
-    pub failing: AtomicBool,
+    state: Mutex<LinkState>,
+    /// wakes the node's workers: new work, removal, re-admission
+    notify: Notify,
+    failing: AtomicBool,
     /// out of the route after repeated refused connections; probed until it answers again
-    pub evicted: AtomicBool,
-    /// byte cap of one batch to this node; halved when the node answers 413 to a batch
-    pub batch_cap: AtomicUsize,
+    evicted: AtomicBool,
+    /// byte cap of one batch to this node; lowered when the node answers 413 to a batch
+    batch_cap: AtomicUsize,
     /// consecutive sends that got no answer, across this node's workers
-    pub unreachable: AtomicU32,
+    unreachable: AtomicU32,
     /// workers still running for this node
-    pub live_workers: AtomicUsize,
+    live_workers: AtomicUsize,
 }
 
 pub enum Enqueued {
@@ -100,13 +68,23 @@ pub enum Enqueued {
     Gone(Msg),
 }
 
+/// What `take_batch` hands a worker.
+#[derive(Debug)]
+pub enum Take {
+    /// the next batch (empty: nothing to send now, wait for `notified`)
+    Batch(Vec<Msg>),
+    /// the node left its route: everything it still had queued, for `leftovers`
+    Removed { left: Vec<Msg>, graceful: bool },
+}
+
 impl NodeLink {
-    pub fn new(spec: NodeSpec, topic: Arc<str>, queue_group: Option<String>) -> Result<Self, String> {
+    /// A link whose batches carry at most `batch_cap` bytes.
+    pub fn new(spec: NodeSpec, topic: Arc<str>, queue_group: Option<String>, batch_cap: usize) -> Result<Self, Error> {
         let scheme = if spec.secure { "https" } else { "http" };
         let id = percent_encode(&spec.id);
         let uri: hyper::Uri = format!("{scheme}://{}{}?id={id}", spec.address, crate::server::PATH)
             .parse()
-            .map_err(|e| format!("node {:?} has an unusable address {:?}: {e}", spec.id, spec.address))?;
+            .map_err(|e| Error::node(format!("node {:?} has an unusable address {:?}: {e}", spec.id, spec.address)))?;
         Ok(NodeLink {
             spec,
             topic,
@@ -116,29 +94,105 @@ impl NodeLink {
             notify: Notify::new(),
             failing: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
-            batch_cap: AtomicUsize::new(usize::MAX),
+            batch_cap: AtomicUsize::new(batch_cap),
             unreachable: AtomicU32::new(0),
             live_workers: AtomicUsize::new(0),
         })
+    }
+
+    /// This link, still in service, is the one for `spec` in `queue_group` (a route update may
+    /// keep it).
+    pub fn serves(&self, spec: &NodeSpec, queue_group: &Option<String>) -> bool {
+        self.spec == *spec && self.queue_group == *queue_group && !self.is_removed()
+    }
+
+    // --- health: failing, evicted, unreachable count ---
+
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_failing(&self) {
+        self.failing.store(true, Ordering::Release);
+    }
+
+    /// The node took a batch; returns true when it was failing until now.
+    pub fn mark_healthy(&self) -> bool {
+        self.failing.swap(false, Ordering::AcqRel)
     }
 
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
     }
 
-    pub fn is_removed(&self) -> bool {
-        self.state.lock().removed
+    /// Take the node out of service; true for the one caller that did it (others see false).
+    pub fn evict(&self) -> bool {
+        !self.evicted.swap(true, Ordering::AcqRel)
     }
 
-    /// Take everything queued (for eviction).
-    pub fn take_all(&self) -> Vec<Msg> {
-        self.state.lock().queue.drain(..).collect()
+    /// The evicted node answers again: back in service, not failing.
+    pub fn readmit(&self) {
+        self.evicted.store(false, Ordering::Release);
+        self.failing.store(false, Ordering::Release);
     }
 
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
+    /// The node answered a request (whatever it said).
+    pub fn note_answer(&self) {
+        self.unreachable.store(0, Ordering::Release);
     }
 
+    /// A request got no answer.
+    pub fn note_unreachable(&self) {
+        self.unreachable.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Consecutive requests without an answer, across this node's workers.
+    pub fn unreachable_count(&self) -> u32 {
+        self.unreachable.load(Ordering::Acquire)
+    }
+
+    // --- batch size ---
+
+    pub fn batch_cap(&self) -> usize {
+        self.batch_cap.load(Ordering::Relaxed)
+    }
+
+    /// The node refused a batch as too large: batches from now on carry at most `cap` bytes.
+    pub fn lower_batch_cap(&self, cap: usize) {
+        self.batch_cap.fetch_min(cap, Ordering::Relaxed);
+    }
+
+    // --- workers ---
+
+    /// `n` workers are about to start: one in-flight slot each.
+    pub fn start_workers(&self, n: usize) {
+        self.state.lock().inflight = vec![None; n];
+        self.live_workers.store(n, Ordering::Release);
+    }
+
+    /// A worker stops. True for the last one (it hands on what is left); otherwise a sibling is
+    /// woken, which may be waiting for work that is now gone.
+    pub fn worker_exited(&self) -> bool {
+        if self.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            return true;
+        }
+        self.notify.notify_one();
+        false
+    }
+
+    /// Resolves when there may be something for a worker to do.
+    pub fn notified(&self) -> Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Wake every worker of this node (after a re-admission).
+    pub fn wake_all(&self) {
+        self.notify.notify_waiters();
+    }
+
+    // --- the queue ---
+
+    /// Queue `msg`, displacing the oldest entry when `cap` are queued already.
     pub fn push(&self, msg: Msg, cap: usize) -> Enqueued {
         let dropped = {
             let mut st = self.state.lock();
@@ -146,7 +200,7 @@ impl NodeLink {
             if st.removed || self.is_evicted() {
                 return Enqueued::Gone(msg);
             }
-            msg.share.holders.fetch_add(1, Ordering::AcqRel);
+            msg.share.hold();
             let dropped = match if st.queue.len() >= cap { st.queue.pop_front() } else { None } {
                 Some(old) => {
                     old.share.release(false);
@@ -159,6 +213,57 @@ impl NodeLink {
         };
         self.notify.notify_one();
         Enqueued::Ok { dropped: dropped.0, len: dropped.1 }
+    }
+
+    /// The next batch for worker `slot`: for a node that takes batches, at most `max_count`
+    /// envelopes and `batch_cap` bytes (one envelope always goes, however large); otherwise one
+    /// envelope. The slot remembers the lowest sequence number taken until `clear_inflight`.
+    pub fn take_batch(&self, slot: usize, max_count: usize) -> Take {
+        let mut st = self.state.lock();
+        if st.removed {
+            let graceful = st.graceful;
+            return Take::Removed { left: st.queue.drain(..).collect(), graceful };
+        }
+        let mut out = Vec::new();
+        if self.is_evicted() {
+            return Take::Batch(out); // the worker that evicted it probes; the others wait
+        }
+        if self.spec.batch {
+            let mut bytes = 0usize;
+            while let Some(m) = st.queue.front() {
+                if !out.is_empty() && (out.len() >= max_count || bytes + m.envelope.len() > self.batch_cap()) {
+                    break;
+                }
+                bytes += m.envelope.len() + 1;
+                if let Some(m) = st.queue.pop_front() {
+                    out.push(m);
+                }
+            }
+        } else if let Some(m) = st.queue.pop_front() {
+            out.push(m);
+        }
+        if let Some(s) = st.inflight.get_mut(slot) {
+            *s = out.iter().map(|m| m.seq).min();
+        }
+        let more = !st.queue.is_empty();
+        let several_workers = st.inflight.len() > 1;
+        drop(st);
+        if more && several_workers {
+            self.notify.notify_one(); // let another worker of this node take the next batch
+        }
+        Take::Batch(out)
+    }
+
+    /// Worker `slot` has nothing on the wire any more.
+    pub fn clear_inflight(&self, slot: usize) {
+        if let Some(s) = self.state.lock().inflight.get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// Take everything queued (for eviction, or the last worker's exit).
+    pub fn take_all(&self) -> Vec<Msg> {
+        self.state.lock().queue.drain(..).collect()
     }
 
     /// Put messages back at the head of the queue unless the node was evicted meanwhile (then
@@ -183,17 +288,6 @@ impl NodeLink {
         }
     }
 
-    pub fn mark_removed(&self, graceful: bool) {
-        {
-            let mut st = self.state.lock();
-            if !st.removed {
-                st.removed = true;
-                st.graceful = graceful;
-            }
-        }
-        self.notify.notify_one();
-    }
-
     pub fn queue_len(&self) -> usize {
         self.state.lock().queue.len()
     }
@@ -207,6 +301,43 @@ impl NodeLink {
             (a, b) => a.or(b),
         }
     }
+
+    // --- leaving ---
+
+    /// The node left its route (`graceful`: the registry said so); its workers stop.
+    pub fn mark_removed(&self, graceful: bool) {
+        {
+            let mut st = self.state.lock();
+            if !st.removed {
+                st.removed = true;
+                st.graceful = graceful;
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.state.lock().removed
+    }
+
+    /// The registry said the node left (rather than the node failing or answering 404).
+    pub fn left_gracefully(&self) -> bool {
+        self.state.lock().graceful
+    }
+
+    /// The publisher closes: the link is removed and its queue emptied. Returns how many
+    /// messages were still queued.
+    pub fn close(&self) -> usize {
+        let n = {
+            let mut st = self.state.lock();
+            st.removed = true;
+            let n = st.queue.len();
+            st.queue.clear();
+            n
+        };
+        self.notify.notify_one();
+        n
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -219,4 +350,174 @@ fn percent_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    pub(crate) fn spec(id: &str, batch: bool) -> NodeSpec {
+        NodeSpec { id: id.into(), address: "127.0.0.1:1".into(), batch, secure: false, h2: false, max_body: None }
+    }
+
+    pub(crate) fn link(id: &str, batch: bool, cap: usize) -> NodeLink {
+        NodeLink::new(spec(id, batch), Arc::from("t"), None, cap).unwrap()
+    }
+
+    pub(crate) fn msg(seq: u64, size: usize) -> Msg {
+        Msg::new(seq, Arc::from("t"), Bytes::from(vec![b'x'; size]))
+    }
+
+    fn batch(t: Take) -> Vec<u64> {
+        match t {
+            Take::Batch(b) => b.iter().map(|m| m.seq).collect(),
+            Take::Removed { .. } => panic!("removed"),
+        }
+    }
+
+    #[test]
+    fn uri_names_the_node_percent_encoded() {
+        let l = NodeLink::new(spec("a b/ü", false), Arc::from("t"), None, 1).unwrap();
+        assert_eq!(l.uri.to_string(), format!("http://127.0.0.1:1{}?id=a%20b%2F%C3%BC", crate::server::PATH));
+        let bad = NodeSpec { address: "no spaces here".into(), ..spec("x", false) };
+        assert!(matches!(NodeLink::new(bad, Arc::from("t"), None, 1), Err(Error::Node(_))));
+    }
+
+    #[test]
+    fn take_batch_stops_at_the_count_cap() {
+        let l = link("n", true, usize::MAX);
+        l.start_workers(1);
+        for s in 1..=5 {
+            let _ = l.push(msg(s, 10), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
+        assert_eq!(batch(l.take_batch(0, 2)), vec![3, 4]);
+        assert_eq!(batch(l.take_batch(0, 2)), vec![5]);
+        assert_eq!(batch(l.take_batch(0, 2)), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn take_batch_stops_at_the_byte_cap_counting_separators() {
+        // each envelope counts its 10 bytes plus a newline: with a cap of 25, two fit (11 + 10)
+        let l = link("n", true, 25);
+        l.start_workers(1);
+        for s in 1..=3 {
+            let _ = l.push(msg(s, 10), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 100)), vec![1, 2]); // 11 + 10 <= 25
+        assert_eq!(batch(l.take_batch(0, 100)), vec![3]);
+        l.lower_batch_cap(15);
+        for s in 4..=5 {
+            let _ = l.push(msg(s, 10), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 100)), vec![4]); // 11 + 10 > 15
+    }
+
+    #[test]
+    fn an_oversize_envelope_still_goes_alone() {
+        let l = link("n", true, 8);
+        l.start_workers(1);
+        let _ = l.push(msg(1, 100), 100);
+        let _ = l.push(msg(2, 100), 100);
+        assert_eq!(batch(l.take_batch(0, 100)), vec![1]);
+        assert_eq!(batch(l.take_batch(0, 100)), vec![2]);
+    }
+
+    #[test]
+    fn a_node_without_batches_gets_one_envelope_at_a_time() {
+        let l = link("n", false, usize::MAX);
+        l.start_workers(1);
+        for s in 1..=3 {
+            let _ = l.push(msg(s, 1), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 100)), vec![1]);
+    }
+
+    #[test]
+    fn each_worker_slot_remembers_what_it_has_on_the_wire() {
+        let l = link("n", true, usize::MAX);
+        l.start_workers(2);
+        for s in 1..=4 {
+            let _ = l.push(msg(s, 1), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
+        assert_eq!(batch(l.take_batch(1, 2)), vec![3, 4]);
+        assert_eq!(l.queue_len(), 0);
+        assert_eq!(l.min_pending(), Some(1), "slot 0 still owes 1");
+        l.clear_inflight(0);
+        assert_eq!(l.min_pending(), Some(3));
+        l.requeue_front(vec![msg(2, 1)]);
+        assert_eq!(l.min_pending(), Some(2), "queued counts too");
+        l.clear_inflight(1);
+        let _ = l.take_all();
+        assert_eq!(l.min_pending(), None);
+        // an unknown slot is ignored, not a panic
+        l.clear_inflight(7);
+    }
+
+    #[test]
+    fn push_displaces_the_oldest_at_the_cap_and_releases_its_copy() {
+        let l = link("n", true, usize::MAX);
+        let first = msg(1, 1);
+        assert!(matches!(l.push(first.clone(), 2), Enqueued::Ok { dropped: false, len: 1 }));
+        assert_eq!(first.share.holders(), 1);
+        assert!(matches!(l.push(msg(2, 1), 2), Enqueued::Ok { dropped: false, len: 2 }));
+        assert!(matches!(l.push(msg(3, 1), 2), Enqueued::Ok { dropped: true, len: 2 }));
+        assert_eq!(first.share.holders(), 0);
+        assert_eq!(l.min_pending(), Some(2));
+    }
+
+    #[test]
+    fn an_evicted_or_removed_link_hands_messages_back() {
+        let l = link("n", true, usize::MAX);
+        l.start_workers(1);
+        let _ = l.push(msg(1, 1), 10);
+        assert!(l.evict());
+        assert!(!l.evict(), "only the first caller evicts");
+        assert!(matches!(l.push(msg(2, 1), 10), Enqueued::Gone(_)));
+        assert_eq!(batch(l.take_batch(0, 10)), Vec::<u64>::new(), "an evicted link hands out nothing");
+        assert!(l.requeue_front_unless_evicted(vec![msg(3, 1)]).is_err());
+        l.readmit();
+        assert!(!l.is_evicted() && !l.is_failing());
+        assert!(l.requeue_front_unless_evicted(vec![msg(3, 1)]).is_ok());
+        l.mark_removed(true);
+        l.mark_removed(false); // the first word stays
+        match l.take_batch(0, 10) {
+            Take::Removed { left, graceful } => {
+                assert!(graceful);
+                assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 1]);
+            }
+            Take::Batch(_) => panic!("should be removed"),
+        }
+        assert!(matches!(l.push(msg(4, 1), 10), Enqueued::Gone(_)));
+    }
+
+    #[test]
+    fn health_flags_and_counters() {
+        let l = link("n", true, 100);
+        assert!(!l.is_failing());
+        l.mark_failing();
+        assert!(l.is_failing());
+        assert!(l.mark_healthy());
+        assert!(!l.mark_healthy());
+        l.note_unreachable();
+        l.note_unreachable();
+        assert_eq!(l.unreachable_count(), 2);
+        l.note_answer();
+        assert_eq!(l.unreachable_count(), 0);
+        l.lower_batch_cap(50);
+        l.lower_batch_cap(70); // never raised
+        assert_eq!(l.batch_cap(), 50);
+        l.start_workers(2);
+        assert!(!l.worker_exited());
+        assert!(l.worker_exited());
+        let other = link("m", false, 1);
+        assert!(l.serves(&spec("n", true), &None));
+        assert!(!l.serves(&spec("n", true), &Some("q".into())));
+        assert!(!other.serves(&spec("m", true), &None));
+        let _ = l.push(msg(1, 1), 10);
+        assert_eq!(l.close(), 1);
+        assert!(!l.serves(&spec("n", true), &None), "a removed link serves nobody");
+    }
 }

@@ -36,3 +36,18 @@ async def make_broker(registry: MemoryRegistry) -> AsyncIterator[MakeBroker]:
     yield make
     for b in reversed(brokers):
         await asyncio.wait_for(b.disconnect(timeout=0), 10)
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Any) -> Any:
+    """A real one-member etcd on 127.0.0.1 (free random ports, temp data dir), healthy; stopped
+    and removed after the test. Skips when etcd is not installed."""
+    from etcd_util import EtcdServer, etcd_binary
+
+    if etcd_binary() is None:
+        pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
+    server = EtcdServer.single(tmp_path)
+    try:
+        yield server
+    finally:
+        server.cleanup()

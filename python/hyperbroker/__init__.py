@@ -22,7 +22,16 @@ from .errors import (
 )
 from .message import Event, Message
 from .options import BrokerOptions
-from .registry import BROADCAST_VERSION, MdnsRegistry, MemoryRegistry, Node, Registry, Service, WatchEvent
+from .registry import (
+    BROADCAST_VERSION,
+    EtcdRegistry,
+    MdnsRegistry,
+    MemoryRegistry,
+    Node,
+    Registry,
+    Service,
+    WatchEvent,
+)
 from .subscriber import SubscribeOptions, Subscriber
 from .tls import TLSConfig
 
@@ -34,6 +43,7 @@ __all__ = [
     "BrokerError",
     "BrokerOptions",
     "CodecError",
+    "EtcdRegistry",
     "Event",
     "FlushTimeoutError",
     "MdnsRegistry",

@@ -26,13 +26,10 @@ log = logging.getLogger("hyperbroker")
 
 
 def _default_registry() -> Registry:
-    try:
-        from .registry.mdns import MdnsRegistry
-    except ImportError:  # pragma: no cover - zeroconf is a dependency
-        from .registry.memory import MemoryRegistry
+    """The registry named by ``$HYPERBROKER_REGISTRY``, else an MdnsRegistry."""
+    from .registry.url import from_env
 
-        return MemoryRegistry()
-    return MdnsRegistry()
+    return from_env("mdns://")
 
 
 def _int_or_none(v: str | None) -> int | None:
@@ -97,14 +94,20 @@ class Broker:
 
     @property
     def registry(self) -> Registry:
-        """The registry in use: ``options.registry``, or an :class:`MdnsRegistry` this broker
-        creates (and closes on disconnect)."""
+        """The registry in use: ``options.registry``; or the one this broker makes (and closes
+        on disconnect) of a registry URL, of ``$HYPERBROKER_REGISTRY``, or an MdnsRegistry."""
         if self._registry is None:
-            if self._options.registry is not None:
-                self._registry = self._options.registry
-            else:
+            option = self._options.registry
+            if option is None:
                 self._registry = _default_registry()
                 self._owns_registry = True
+            elif isinstance(option, str):
+                from .registry.url import from_url
+
+                self._registry = from_url(option)
+                self._owns_registry = True
+            else:
+                self._registry = option
         return self._registry
 
     @property

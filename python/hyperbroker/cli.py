@@ -1,15 +1,20 @@
 """The ``hyperbroker`` command.
 
     hyperbroker demo                      publish and subscribe in one process
-    hyperbroker sub TOPIC [--queue Q]     print every message of TOPIC (mDNS discovery)
-    hyperbroker pub TOPIC [MESSAGE ...]   publish to TOPIC's subscribers (mDNS discovery)
-    hyperbroker browse [--watch]          list the subscriptions visible on the network
+    hyperbroker sub TOPIC [--queue Q]     print every message of TOPIC
+    hyperbroker pub TOPIC [MESSAGE ...]   publish to TOPIC's subscribers
+    hyperbroker browse [--watch]          list the subscriptions visible in the registry
+
+Every command takes --registry URL: mdns:// (the default), memory://, or
+etcd://host:port[,host:port...][?prefix=...&timeout=...]; without it $HYPERBROKER_REGISTRY
+is used when set. The words mdns, memory and etcd work too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
@@ -20,6 +25,7 @@ from .errors import BrokerError
 from .message import Event, Message
 from .registry.base import BROADCAST_VERSION, Registry, Service, topic_of
 from .registry.memory import MemoryRegistry
+from .registry.url import ENV_VAR, from_url, parse_url
 
 __all__ = ["main"]
 
@@ -32,13 +38,14 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
     return uvloop.run(coro)
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    if args.registry == "memory":
-        return MemoryRegistry()
-    from .registry.mdns import MdnsRegistry
-
-    interfaces = [i for i in args.interfaces.split(",") if i] if args.interfaces else None
-    return MdnsRegistry(interfaces=interfaces)
+def _registry_url(args: argparse.Namespace) -> str:
+    """--registry, else $HYPERBROKER_REGISTRY, else mdns:// (with --interfaces for mDNS).
+    Brokers are given the URL, so they own and close the registry made of it."""
+    url: str = args.registry or os.environ.get(ENV_VAR, "").strip() or "mdns://"
+    spec = parse_url(url)
+    if spec.kind == "mdns" and args.interfaces and "interfaces" not in spec.kwargs:
+        url = f"mdns://?interfaces={args.interfaces}"
+    return url
 
 
 async def _until_signal(stop: asyncio.Event) -> None:
@@ -50,9 +57,10 @@ async def _until_signal(stop: asyncio.Event) -> None:
             pass
 
 
-async def _demo(count: int, interval: float, topic: str) -> int:
-    """go-micro's HTTP broker example: one publisher, one subscriber, in one process."""
-    registry = MemoryRegistry()
+async def _demo(count: int, interval: float, topic: str, registry_url: str = "memory://") -> int:
+    """go-micro's HTTP broker example: one publisher, one subscriber, in one process (sharing one
+    MemoryRegistry, or each with its own registry of ``registry_url``)."""
+    registry: Registry | str = MemoryRegistry() if parse_url(registry_url).kind == "memory" else registry_url
     done = asyncio.Event()
     received = 0
 
@@ -98,7 +106,7 @@ async def _sub(args: argparse.Namespace) -> int:
         if args.count and received >= args.count:
             stop.set()
 
-    async with Broker(address=args.address, registry=_registry(args), advertise=args.advertise) as broker:
+    async with Broker(address=args.address, registry=_registry_url(args), advertise=args.advertise) as broker:
         sub = await broker.subscribe(args.topic, on_message, queue=args.queue)
         print(f"[sub] subscribed to {args.topic!r} as {sub.id} at {broker.advertised_address}", flush=True)
         if args.timeout:
@@ -120,7 +128,7 @@ async def _pub(args: argparse.Namespace) -> int:
             raise SystemExit(f"--header wants key=value, got {h!r}")
         header[k] = v
     messages = args.message or [f"message {i}" for i in range(args.count)]
-    async with Broker(address=args.address, registry=_registry(args)) as broker:
+    async with Broker(address=args.address, registry=_registry_url(args)) as broker:
         try:
             n = await broker.wait_for_route(args.topic, timeout=args.wait)
             print(f"[pub] {n} subscriber node(s) of {args.topic!r} found", flush=True)
@@ -144,7 +152,7 @@ def _row(s: Service) -> list[tuple[str, str, str, str, str]]:
 
 
 async def _browse(args: argparse.Namespace) -> int:
-    registry = _registry(args)
+    registry = from_url(_registry_url(args))
     try:
         watcher = registry.watch()  # starts discovery; answers arrive over the next moment
         await asyncio.sleep(args.wait)
@@ -179,8 +187,27 @@ async def _browse(args: argparse.Namespace) -> int:
         await registry.close()
 
 
+def _registry_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument(
+        "--registry",
+        metavar="URL",
+        default=default,
+        type=_checked_url,
+        help="mdns://, memory:// or etcd://host:port[,host:port...][?prefix=...&timeout=...] "
+        f"(default: {default or '$' + ENV_VAR + ' or mdns://'})",
+    )
+
+
+def _checked_url(value: str) -> str:
+    try:
+        parse_url(value)
+    except BrokerError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def _net_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", choices=["mdns", "memory"], default="mdns")
+    _registry_arg(p)
     p.add_argument("--interfaces", default=None, help="comma-separated addresses zeroconf binds (default: all)")
 
 
@@ -191,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--count", type=int, default=10)
     demo.add_argument("--interval", type=float, default=0.1, help="seconds between messages")
     demo.add_argument("--topic", default="go.micro.topic.foo")
+    _registry_arg(demo, "memory://")
 
     sub = cmds.add_parser("sub", help="subscribe and print messages")
     sub.add_argument("topic")
@@ -221,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "demo":
-            return _run(_demo(args.count, args.interval, args.topic))
+            return _run(_demo(args.count, args.interval, args.topic, args.registry))
         if args.cmd == "sub":
             return _run(_sub(args))
         if args.cmd == "pub":

@@ -52,7 +52,9 @@ class BrokerOptions:
     """Everything a :class:`~hyperbroker.Broker` can be configured with.
 
     address: where the subscriber endpoint listens (``host:port``; port 0 picks one).
-    registry: where subscriptions are announced (default: :class:`MdnsRegistry`).
+    registry: where subscriptions are announced: a registry object, or a URL such as
+        ``"etcd://h1:2379,h2:2379"``, ``"mdns://"``, ``"memory://"`` (the broker owns and closes
+        what it makes of a URL). Default: ``$HYPERBROKER_REGISTRY``, else :class:`MdnsRegistry`.
     advertise: ``host`` or ``host:port`` announced instead of the bound address (containers).
     backlog / backlog_bytes: per-topic count cap and total byte cap of the undeliverable backlog.
     max_body: largest request body the endpoint accepts (413 above).
@@ -81,7 +83,7 @@ class BrokerOptions:
     """
 
     address: str = ":0"
-    registry: Registry | None = None
+    registry: Registry | str | None = None
     advertise: str | None = None
     backlog: int = 1024
     backlog_bytes: int = 64 << 20
@@ -120,6 +122,10 @@ class BrokerOptions:
 
     def __post_init__(self) -> None:
         parse_address(self.address)
+        if isinstance(self.registry, str):
+            from .registry.url import parse_url
+
+            parse_url(self.registry)  # a bad registry URL fails here, not at connect
         for name in (
             "backlog",
             "backlog_bytes",

@@ -113,7 +113,7 @@ impl Engine {
                 max_connections_per_peer: positive("max_connections_per_peer", max_connections_per_peer)?,
             },
         });
-        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(BrokerError::new_err)?);
+        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(|e| BrokerError::new_err(e.to_string()))?);
         Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
@@ -288,7 +288,7 @@ impl Engine {
             let _g = rt.enter();
             p.set_routes(&topic, groups)
         })
-        .map_err(BrokerError::new_err)
+        .map_err(|e| BrokerError::new_err(e.to_string()))
     }
 
     /// Configure TLS before `listen`. With `cert_pem`/`key_pem` the endpoint serves that identity;
@@ -396,7 +396,7 @@ impl Engine {
     /// The bearer token this broker sends to the nodes it publishes to (None: none).
     #[pyo3(signature = (token = None))]
     fn set_auth_token(&self, token: Option<&str>) -> PyResult<()> {
-        self.publisher.set_auth_token(token).map_err(PyValueError::new_err)
+        self.publisher.set_auth_token(token).map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
     /// The bearer tokens this broker's endpoint accepts (empty: no authentication).

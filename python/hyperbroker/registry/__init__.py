@@ -1,4 +1,9 @@
-"""Registries: where subscribers announce themselves and publishers find them."""
+"""Registries: where subscribers announce themselves and publishers find them.
+
+MemoryRegistry (one process), MdnsRegistry (one network), EtcdRegistry (an etcd cluster, go-micro's
+layout; needs ``hyperbroker[etcd]``), and ``from_url`` for the URL forms ``memory://``,
+``mdns://``, ``etcd://host:port,...``.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,14 @@ from .base import (
     service_name,
     topic_of,
 )
+from .etcd import EtcdRegistry
 from .mdns import MdnsRegistry
 from .memory import MemoryRegistry
+from .url import from_url
 
 __all__ = [
     "BROADCAST_VERSION",
+    "EtcdRegistry",
     "MdnsRegistry",
     "MemoryRegistry",
     "Node",
@@ -24,6 +32,7 @@ __all__ = [
     "Service",
     "WatchEvent",
     "Watcher",
+    "from_url",
     "service_name",
     "topic_of",
 ]

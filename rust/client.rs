@@ -1,0 +1,281 @@
+//! Talking HTTP to subscriber nodes (`Transport`): the connection pools, the one `request` that
+//! picks the pool for a node, the delivery POST (`send`) and the liveness probe (`probe`), and
+//! what a node's answer means (`classify`).
+//!
+//! Two pools: HTTPS-or-HTTP/1.1 (ALPN offers h2 under TLS), and h2c (HTTP/2 with prior
+//! knowledge) for plain-text hyperbroker peers that advertise it. The TLS configuration and the
+//! bearer token can be swapped at any time; requests already under way keep the old ones.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::RwLock;
+
+use crate::batch;
+use crate::error::Error;
+use crate::msg::Msg;
+use crate::node::{NodeLink, NodeSpec};
+
+/// The most of a response body read (a batch reply names each failed envelope).
+const MAX_RESPONSE: usize = 4 << 20;
+/// A probe that gets no answer in this time counts as no answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, batch::Chunks>;
+type H2cClient = Client<HttpConnector, batch::Chunks>;
+
+struct Pools {
+    https_or_http: HttpsClient,
+    h2c: H2cClient,
+}
+
+impl Pools {
+    fn new(tls: &rustls::ClientConfig) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.enforce_http(false);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(conn.clone());
+        let https_or_http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .timer(TokioTimer::new())
+            .build(https);
+        let h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_adaptive_window(true)
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(conn);
+        Pools { https_or_http, h2c }
+    }
+
+    /// The one place that chooses the pool for a node.
+    fn request(&self, spec: &NodeSpec, req: Request<batch::Chunks>) -> ResponseFuture {
+        if spec.h2 && !spec.secure {
+            self.h2c.request(req)
+        } else {
+            self.https_or_http.request(req)
+        }
+    }
+}
+
+/// How a delivery request went.
+#[derive(Debug)]
+pub enum SendResult {
+    /// the node answered; `failed` lists (index, status, reason) of what it did not take
+    Done { failed: Vec<(usize, u16, String)> },
+    /// no answer: connection refused, reset, timed out
+    Unreachable(String),
+}
+
+/// What to do with an envelope, given the status a node answered for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// the node took it
+    Delivered,
+    /// send it again later (5xx, 401/403 whose credentials may be fixed, 429, ...)
+    Retry,
+    /// the node does not know the subscription (404): its route goes
+    Gone,
+    /// the node refused it as bad (400, 413 alone, 414, 422): given up for good
+    Reject,
+    /// 413 to a batch of several: the batch, not the message, was too large; send smaller ones
+    Split,
+}
+
+/// The verdict for `status` answered to a request carrying `batch_len` envelopes.
+pub fn classify(status: u16, batch_len: usize) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        413 if batch_len > 1 => Verdict::Split,
+        404 => Verdict::Gone,
+        400 | 413 | 414 | 422 => Verdict::Reject,
+        _ => Verdict::Retry,
+    }
+}
+
+/// A client error with its chain of causes, for `last_error`.
+pub fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// The HTTP side of the publisher.
+pub struct Transport {
+    pools: RwLock<Arc<Pools>>,
+    auth: RwLock<Option<HeaderValue>>,
+    request_timeout: Duration,
+}
+
+impl Transport {
+    /// Call inside the tokio runtime.
+    pub fn new(tls: &rustls::ClientConfig, request_timeout: Duration) -> Self {
+        Transport { pools: RwLock::new(Arc::new(Pools::new(tls))), auth: RwLock::new(None), request_timeout }
+    }
+
+    /// Use this TLS client configuration for https peers from now on (inside the runtime).
+    pub fn set_tls(&self, tls: &rustls::ClientConfig) {
+        *self.pools.write() = Arc::new(Pools::new(tls));
+    }
+
+    /// The bearer token sent with every delivery (None: none).
+    pub fn set_auth_token(&self, token: Option<&str>) -> Result<(), Error> {
+        let v = match token {
+            None => None,
+            Some(t) => {
+                Some(HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| Error::config("auth token must be printable ASCII"))?)
+            }
+        };
+        *self.auth.write() = v;
+        Ok(())
+    }
+
+    fn request(&self, spec: &NodeSpec, req: Request<batch::Chunks>) -> ResponseFuture {
+        let pools = self.pools.read().clone();
+        pools.request(spec, req)
+    }
+
+    /// POST `batch` (not empty) to the node: one envelope, or a batch body to a node that takes
+    /// batches.
+    pub async fn send(&self, link: &NodeLink, batch: &[Msg]) -> SendResult {
+        let (body, ct) = if link.spec.batch && (link.spec.h2 || link.spec.secure) {
+            // anything that may be HTTP/2 (h2c, or ALPN under TLS) gets one contiguous DATA
+            // payload: many small DATA frames from concurrent streams made hyper's h2 fail
+            (batch::Chunks::flat(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
+        } else if link.spec.batch {
+            (batch::Chunks::batch(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
+        } else {
+            (batch::Chunks::one(batch[0].envelope.clone()), "application/json")
+        };
+        let mut req = match Request::post(link.uri.clone()).header(CONTENT_TYPE, ct).body(body) {
+            Ok(r) => r,
+            Err(e) => return SendResult::Unreachable(format!("could not build request: {e}")),
+        };
+        if let Some(a) = self.auth.read().clone() {
+            req.headers_mut().insert(AUTHORIZATION, a);
+        }
+        let resp = match tokio::time::timeout(self.request_timeout, self.request(&link.spec, req)).await {
+            Err(_) => return SendResult::Unreachable("request timed out".into()),
+            Ok(Err(e)) => return SendResult::Unreachable(describe_client_error(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let is_batch_reply =
+            resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+        let body = match tokio::time::timeout(self.request_timeout, Limited::new(resp.into_body(), MAX_RESPONSE).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => return SendResult::Unreachable(format!("could not read the response: {e}")),
+            Err(_) => return SendResult::Unreachable("response timed out".into()),
+        };
+        if status == StatusCode::OK && link.spec.batch && is_batch_reply {
+            return batch_result(&body, batch.len());
+        }
+        if classify(status.as_u16(), batch.len()) == Verdict::Delivered {
+            return SendResult::Done { failed: Vec::new() };
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        SendResult::Done { failed: (0..batch.len()).map(|i| (i, status.as_u16(), text.clone())).collect() }
+    }
+
+    /// Does the node answer an HTTP request at all (any status)? `Err(Some(reason))`: no, and
+    /// why; `Err(None)`: no answer within the probe timeout.
+    pub async fn probe(&self, link: &NodeLink) -> Result<(), Option<String>> {
+        let req = Request::head(link.uri.clone()).body(batch::Chunks::batch(std::iter::empty())).map_err(|_| None)?;
+        match tokio::time::timeout(PROBE_TIMEOUT, self.request(&link.spec, req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Some(describe_client_error(&e))),
+            Err(_) => Err(None),
+        }
+    }
+}
+
+/// A node's 200 batch reply to a request of `sent` envelopes.
+fn batch_result(body: &[u8], sent: usize) -> SendResult {
+    match batch::decode_response(body) {
+        Ok(r) if r.received.is_some_and(|n| n != sent) => SendResult::Unreachable(format!(
+            "the node read {} of the {} envelopes sent (truncated request)",
+            r.received.unwrap_or_default(),
+            sent
+        )),
+        Ok(r) => {
+            SendResult::Done { failed: r.failed.into_iter().filter(|f| f.index < sent).map(|f| (f.index, f.status, f.error)).collect() }
+        }
+        Err(e) => SendResult::Unreachable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{encode_response, Failure};
+
+    #[test]
+    fn classify_every_status_class() {
+        for (status, single, several) in [
+            (200, Verdict::Delivered, Verdict::Delivered),
+            (204, Verdict::Delivered, Verdict::Delivered),
+            (400, Verdict::Reject, Verdict::Reject),
+            (401, Verdict::Retry, Verdict::Retry),
+            (403, Verdict::Retry, Verdict::Retry),
+            (404, Verdict::Gone, Verdict::Gone),
+            (413, Verdict::Reject, Verdict::Split),
+            (414, Verdict::Reject, Verdict::Reject),
+            (422, Verdict::Reject, Verdict::Reject),
+            (429, Verdict::Retry, Verdict::Retry),
+            (500, Verdict::Retry, Verdict::Retry),
+            (503, Verdict::Retry, Verdict::Retry),
+            (301, Verdict::Retry, Verdict::Retry),
+        ] {
+            assert_eq!(classify(status, 1), single, "status {status}, one envelope");
+            assert_eq!(classify(status, 5), several, "status {status}, a batch");
+        }
+    }
+
+    #[test]
+    fn batch_reply_names_failures_within_the_batch() {
+        let body = encode_response(
+            3,
+            vec![Failure { index: 1, status: 500, error: "boom".into() }, Failure { index: 9, status: 500, error: "not ours".into() }],
+        );
+        match batch_result(&body, 3) {
+            SendResult::Done { failed } => assert_eq!(failed, vec![(1, 500, "boom".to_string())]),
+            SendResult::Unreachable(e) => panic!("{e}"),
+        }
+        assert!(matches!(batch_result(&encode_response(2, Vec::new()), 3), SendResult::Unreachable(e) if e.contains("read 2 of the 3")));
+        assert!(matches!(batch_result(b"not json", 3), SendResult::Unreachable(_)));
+        // an older node that does not say how many it read
+        assert!(matches!(batch_result(b"{\"failed\":[]}", 3), SendResult::Done { failed } if failed.is_empty()));
+    }
+
+    #[test]
+    fn auth_token_must_be_a_header_value() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        let tls = crate::tls::client_config(None, None).unwrap();
+        let t = Transport::new(&tls, Duration::from_secs(1));
+        assert!(t.set_auth_token(Some("abc")).is_ok());
+        assert_eq!(t.auth.read().as_ref().map(|v| v.to_str().unwrap().to_string()), Some("Bearer abc".to_string()));
+        assert!(matches!(t.set_auth_token(Some("bad\ntoken")), Err(Error::Config(_))));
+        assert!(t.set_auth_token(None).is_ok());
+        assert!(t.auth.read().is_none());
+    }
+}

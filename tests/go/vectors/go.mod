@@ -1,0 +1,3 @@
+module local/vectors
+
+go 1.19
