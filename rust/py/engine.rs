@@ -276,7 +276,7 @@ impl Engine {
             .map(|(v, nodes)| {
                 let specs = nodes
                     .into_iter()
-                    .map(|(id, address, batch, secure, h2, max_body)| NodeSpec { id, address, batch, secure, h2, max_body })
+                    .map(|(id, address, batch, secure, h2, max_body)| NodeSpec { id, address, batch, secure, h2, max_body, max_deliveries: None })
                     .collect();
                 (v, specs)
             })
