@@ -119,8 +119,8 @@ pub fn encode_response(received: usize, failed: Vec<Failure>) -> Bytes {
     Bytes::from(serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()))
 }
 
-pub fn decode_response(body: &[u8]) -> Result<BatchResponse, String> {
-    serde_json::from_slice(body).map_err(|e| format!("bad batch response: {e}"))
+pub fn decode_response(body: &[u8]) -> Result<BatchResponse, crate::error::Error> {
+    serde_json::from_slice(body).map_err(|e| crate::error::Error::peer(format!("bad batch response: {e}")))
 }
 
 #[cfg(test)]
@@ -173,6 +173,6 @@ mod tests {
         assert_eq!(d.received, Some(5));
         assert_eq!(d.failed, vec![Failure { index: 2, status: 500, error: "boom".into() }]);
         assert!(decode_response(b"{}").unwrap().failed.is_empty());
-        assert!(decode_response(b"nope").is_err());
+        assert!(matches!(decode_response(b"nope"), Err(crate::error::Error::Peer(m)) if m.starts_with("bad batch response: ")));
     }
 }

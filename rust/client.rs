@@ -219,7 +219,7 @@ fn batch_result(body: &[u8], sent: usize) -> SendResult {
         Ok(r) => {
             SendResult::Done { failed: r.failed.into_iter().filter(|f| f.index < sent).map(|f| (f.index, f.status, f.error)).collect() }
         }
-        Err(e) => SendResult::Unreachable(e),
+        Err(e) => SendResult::Unreachable(e.to_string()),
     }
 }
 

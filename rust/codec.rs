@@ -4,6 +4,8 @@
 //! header and a `[]byte` body). Decoding follows encoding/json: field names match in any letter
 //! case, unknown fields are ignored, a `null` or missing body is empty. Pure Rust, no Python.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use base64::alphabet;
@@ -33,25 +35,65 @@ pub struct Envelope {
     pub body: Vec<u8>,
 }
 
-/// Why an envelope could not be decoded. The message is meant for a user.
+/// Why an envelope could not be decoded. The message (`Display`) is meant for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodecError {
+    /// The document is not JSON, or not a JSON object (serde_json's description).
     InvalidJson(String),
-    BadHeader(String),
-    BadBody(String),
+    /// The `Header` field is not what go-micro writes.
+    BadHeader(HeaderFault),
+    /// The `Body` field is not what go-micro writes.
+    BadBody(BodyFault),
+    /// Neither `:topic` nor `Micro-Topic` names a topic.
     NoTopic,
+}
+
+/// What is wrong with an envelope's `Header`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderFault {
+    /// `Header` is an array, a string, a number...
+    NotAnObject,
+    /// The value of this header key is not a string (nor null).
+    ValueNotString { key: String },
+}
+
+/// What is wrong with an envelope's `Body`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFault {
+    /// `Body` is a number, an array, an object...
+    NotAString,
+    /// `Body` is a string but not standard base64 (the decoder's reason).
+    NotBase64(String),
 }
 
 impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CodecError::InvalidJson(e) => write!(f, "invalid JSON envelope: {e}"),
-            CodecError::BadHeader(e) => write!(f, "invalid envelope Header: {e}"),
-            CodecError::BadBody(e) => write!(f, "invalid envelope Body: {e}"),
+            CodecError::BadHeader(h) => write!(f, "invalid envelope Header: {h}"),
+            CodecError::BadBody(b) => write!(f, "invalid envelope Body: {b}"),
             CodecError::NoTopic => write!(
                 f,
                 "envelope has no topic: neither a ':topic' nor a 'Micro-Topic' header is set"
             ),
+        }
+    }
+}
+
+impl fmt::Display for HeaderFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderFault::NotAnObject => f.write_str("Header is not an object of strings"),
+            HeaderFault::ValueNotString { key } => write!(f, "value of header {key:?} is not a string"),
+        }
+    }
+}
+
+impl fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyFault::NotAString => f.write_str("Body is not a base64 string"),
+            BodyFault::NotBase64(e) => write!(f, "Body is not valid standard base64: {e}"),
         }
     }
 }
@@ -66,7 +108,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// Size hint for an encoded envelope, so callers can reserve once.
 pub fn encoded_len_hint<'a>(topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body_len: usize) -> usize {
     let h: usize = header.map(|(k, v)| k.len() + v.len() + 6).sum();
-    32 + topic.len() + h + (body_len + 2) / 3 * 4
+    32 + topic.len() + h + body_len.div_ceil(3) * 4
 }
 
 /// Encode one envelope into `out` (appending). A `:topic` key in `header` is ignored: the topic
@@ -89,7 +131,7 @@ pub fn encode_into<'a>(
         write_json_str(out, v);
     }
     out.extend_from_slice(b"},\"Body\":\"");
-    let b64_len = (body.len() + 2) / 3 * 4;
+    let b64_len = body.len().div_ceil(3) * 4;
     out.reserve(b64_len + 2);
     // SIMD where the CPU has it, straight into the spare capacity (no zero-filling first)
     let written = {
@@ -114,19 +156,41 @@ pub fn encode<'a>(
 
 // --- decoding -------------------------------------------------------------------------------
 
-struct HeaderSeed;
+/// The side slot where the visitors leave the typed reason of a failure. serde_json's error
+/// carries only text, so a visitor that finds a bad Header or Body records a `CodecError` here
+/// and returns a placeholder error; `parse` pairs the two again.
+#[derive(Default)]
+struct Fault(Cell<Option<CodecError>>);
 
-/// `None` for a JSON null (Go sets the map to nil), the entries of an object otherwise.
-impl<'de> DeserializeSeed<'de> for HeaderSeed {
-    type Value = Option<Vec<(String, String)>>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(HeaderVisitor)
+impl Fault {
+    /// Record `e` unless an inner visitor already recorded a more precise reason, and return
+    /// the placeholder error that unwinds the deserializer.
+    fn record<E: de::Error>(&self, e: CodecError) -> E {
+        let kept = self.0.take().unwrap_or(e);
+        let placeholder = E::custom(&kept);
+        self.0.set(Some(kept));
+        placeholder
     }
 }
 
-struct HeaderVisitor;
+struct HeaderSeed<'f> {
+    fault: &'f Fault,
+}
 
-impl<'de> Visitor<'de> for HeaderVisitor {
+impl<'de> DeserializeSeed<'de> for HeaderSeed<'_> {
+    type Value = Option<Vec<(String, String)>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let fault = self.fault;
+        d.deserialize_any(HeaderVisitor { fault })
+            .map_err(|_| fault.record(CodecError::BadHeader(HeaderFault::NotAnObject)))
+    }
+}
+
+struct HeaderVisitor<'f> {
+    fault: &'f Fault,
+}
+
+impl<'de> Visitor<'de> for HeaderVisitor<'_> {
     type Value = Option<Vec<(String, String)>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Header to be an object of strings")
@@ -140,10 +204,10 @@ impl<'de> Visitor<'de> for HeaderVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: Vec<(String, String)> = Vec::with_capacity(map.size_hint().unwrap_or(4));
         while let Some(k) = map.next_key::<String>()? {
-            let v = map
-                .next_value::<Option<String>>()
-                .map_err(|_| de::Error::custom(format!("HDRERR value of header {k:?} is not a string")))?
-                .unwrap_or_default();
+            let v = match map.next_value::<Option<String>>() {
+                Ok(v) => v.unwrap_or_default(),
+                Err(_) => return Err(self.fault.record(CodecError::BadHeader(HeaderFault::ValueNotString { key: k }))),
+            };
             // Go's map decoding: a repeated key overwrites the earlier value.
             if let Some(slot) = out.iter_mut().find(|(ek, _)| *ek == k) {
                 slot.1 = v;
@@ -155,12 +219,14 @@ impl<'de> Visitor<'de> for HeaderVisitor {
     }
 }
 
-struct BodySeed;
+struct BodySeed<'f> {
+    fault: &'f Fault,
+}
 
-impl<'de> DeserializeSeed<'de> for BodySeed {
-    type Value = Option<std::borrow::Cow<'de, str>>;
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Option<Cow<'de, str>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(BodyVisitor).map_err(|_| de::Error::custom("BODYERR Body is not a base64 string"))
+        d.deserialize_any(BodyVisitor).map_err(|_| self.fault.record(CodecError::BadBody(BodyFault::NotAString)))
     }
 }
 
@@ -169,18 +235,18 @@ impl<'de> DeserializeSeed<'de> for BodySeed {
 struct BodyVisitor;
 
 impl<'de> Visitor<'de> for BodyVisitor {
-    type Value = Option<std::borrow::Cow<'de, str>>;
+    type Value = Option<Cow<'de, str>>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Body to be a base64 string or null")
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Some(std::borrow::Cow::Borrowed(v)))
+        Ok(Some(Cow::Borrowed(v)))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Some(std::borrow::Cow::Owned(v.to_string())))
+        Ok(Some(Cow::Owned(v.to_string())))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Some(std::borrow::Cow::Owned(v)))
+        Ok(Some(Cow::Owned(v)))
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(None)
@@ -192,12 +258,14 @@ impl<'de> Visitor<'de> for BodyVisitor {
 
 struct RawEnvelope<'de> {
     header: Vec<(String, String)>,
-    body: Option<std::borrow::Cow<'de, str>>,
+    body: Option<Cow<'de, str>>,
 }
 
-struct EnvelopeVisitor;
+struct EnvelopeVisitor<'f> {
+    fault: &'f Fault,
+}
 
-impl<'de> Visitor<'de> for EnvelopeVisitor {
+impl<'de> Visitor<'de> for EnvelopeVisitor<'_> {
     type Value = RawEnvelope<'de>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object with Header and Body")
@@ -205,19 +273,10 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut header = Vec::new();
         let mut body = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if key.eq_ignore_ascii_case("header") {
                 // Go decodes a repeated field into the same map: the entries merge; null resets it.
-                let more: Option<Vec<(String, String)>> = map
-                    .next_value_seed(HeaderSeed)
-                    .map_err(|e| {
-                        let m = e.to_string();
-                        if m.starts_with("HDRERR ") {
-                            e
-                        } else {
-                            de::Error::custom("HDRERR Header is not an object of strings")
-                        }
-                    })?;
+                let more: Option<Vec<(String, String)>> = map.next_value_seed(HeaderSeed { fault: self.fault })?;
                 let Some(more) = more else {
                     header.clear();
                     continue;
@@ -229,7 +288,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     }
                 }
             } else if key.eq_ignore_ascii_case("body") {
-                body = map.next_value_seed(BodySeed)?;
+                body = map.next_value_seed(BodySeed { fault: self.fault })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -238,21 +297,16 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     }
 }
 
-fn classify(e: serde_json::Error) -> CodecError {
-    let msg = e.to_string();
-    if let Some(rest) = msg.strip_prefix("HDRERR ") {
-        CodecError::BadHeader(strip_location(rest))
-    } else if let Some(rest) = msg.strip_prefix("BODYERR ") {
-        CodecError::BadBody(strip_location(rest))
-    } else {
-        CodecError::InvalidJson(msg)
-    }
+/// A failed parse: serde_json's error, and the typed reason a visitor recorded (none for a
+/// document that is not a JSON object, or has trailing data).
+struct ParseFailure {
+    json: serde_json::Error,
+    fault: Option<CodecError>,
 }
 
-fn strip_location(s: &str) -> String {
-    match s.find(" at line ") {
-        Some(i) => s[..i].to_string(),
-        None => s.to_string(),
+impl ParseFailure {
+    fn into_codec_error(self) -> CodecError {
+        self.fault.unwrap_or_else(|| CodecError::InvalidJson(self.json.to_string()))
     }
 }
 
@@ -268,18 +322,16 @@ fn decode_base64(s: &str) -> Result<Vec<u8>, CodecError> {
     } else {
         GO_STD.decode(s.as_bytes())
     };
-    res.map_err(|e| CodecError::BadBody(format!("Body is not valid standard base64: {e}")))
+    res.map_err(|e| CodecError::BadBody(BodyFault::NotBase64(e.to_string())))
 }
 
-fn parse(data: &[u8]) -> Result<RawEnvelope<'_>, serde_json::Error> {
+fn parse(data: &[u8]) -> Result<RawEnvelope<'_>, ParseFailure> {
+    let fault = Fault::default();
     let mut de = serde_json::Deserializer::from_slice(data);
-    let raw = de.deserialize_map(EnvelopeVisitor)?;
-    de.end()?;
-    Ok(raw)
+    let raw = de.deserialize_map(EnvelopeVisitor { fault: &fault }).and_then(|raw| de.end().map(|()| raw));
+    raw.map_err(|json| ParseFailure { json, fault: fault.0.take() })
 }
 
-/// On failure, report what Go would: a syntax error of the document first, and invalid UTF-8
-/// replaced by U+FFFD (Go's behaviour) rather than refused.
 /// What decoding produced, with the body already decoded (owned, independent of the input).
 struct Decoded {
     header: Vec<(String, String)>,
@@ -294,23 +346,30 @@ fn finish(raw: RawEnvelope<'_>) -> Decoded {
     Decoded { header: raw.header, body }
 }
 
-fn parse_slow(data: &[u8], first: serde_json::Error) -> Result<Decoded, CodecError> {
+/// On failure, report what Go would: a syntax error of the document first, and invalid UTF-8
+/// replaced by U+FFFD (Go's behaviour) rather than refused.
+fn parse_slow(data: &[u8], first: ParseFailure) -> Result<Decoded, CodecError> {
     if std::str::from_utf8(data).is_err() {
         let lossy = go_lossy(data);
         return match parse(lossy.as_bytes()) {
             Ok(raw) => Ok(finish(raw)),
-            Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| classify_plain(first))),
+            Err(e) => Err(parse_slow(lossy.as_bytes(), e)
+                .err()
+                .unwrap_or_else(|| CodecError::InvalidJson(first.json.to_string()))),
         };
     }
+    let mut first = first;
     if let Some(fixed) = replace_lone_surrogates(data) {
-        if let Ok(raw) = parse(&fixed) {
-            return Ok(finish(raw));
+        match parse(&fixed) {
+            Ok(raw) => return Ok(finish(raw)),
+            // the first parse stopped at the surrogate: the rewritten document's reason is the real one
+            Err(e) => first = e,
         }
     }
     if let Err(syntax) = serde_json::from_slice::<IgnoredAny>(data) {
         return Err(CodecError::InvalidJson(syntax.to_string()));
     }
-    Err(classify(first))
+    Err(first.into_codec_error())
 }
 
 /// Go's reading of invalid UTF-8: each byte that is not part of a valid sequence becomes one
@@ -366,10 +425,6 @@ fn replace_lone_surrogates(data: &[u8]) -> Option<Vec<u8>> {
         i += 1;
     }
     changed.then_some(out)
-}
-
-fn classify_plain(e: serde_json::Error) -> CodecError {
-    CodecError::InvalidJson(e.to_string())
 }
 
 /// Decode one envelope. The returned header no longer contains `:topic`.
@@ -461,6 +516,42 @@ mod tests {
         assert!(matches!(decode(br#"{"Header":{":topic":"t"},"Body":5}"#), Err(CodecError::BadBody(_))));
         assert_eq!(decode(br#"{"Header":{},"Body":""}"#), Err(CodecError::NoTopic));
         assert_eq!(decode(br#"{"Header":{":topic":""}}"#), Err(CodecError::NoTopic));
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        use BodyFault::*;
+        use CodecError::*;
+        use HeaderFault::*;
+        let key = |k: &str| Err(BadHeader(ValueNotString { key: k.to_string() }));
+        assert_eq!(decode(br#"{"Header":{":topic":"t","n":3}}"#), key("n"));
+        assert_eq!(decode(br#"{"Header":{":topic":1}}"#), key(":topic"));
+        assert_eq!(decode(br#"{"Header":{":topic":"t","o":{"a":"b"}}}"#), key("o"));
+        assert_eq!(decode(br#"{"Header":[1]}"#), Err(BadHeader(NotAnObject)));
+        assert_eq!(decode(br#"{"header":true,"Body":""}"#), Err(BadHeader(NotAnObject)));
+        assert_eq!(decode(br#"{"Header":{":topic":"t"},"Body":5}"#), Err(BadBody(NotAString)));
+        assert_eq!(decode(br#"{"Header":{":topic":"t"},"body":{"a":1}}"#), Err(BadBody(NotAString)));
+        assert!(matches!(decode(br#"{"Header":{":topic":"t"},"Body":"!!"}"#), Err(BadBody(NotBase64(_)))));
+        // the second Header field is the bad one: its key is named
+        assert_eq!(decode(br#"{"Header":{":topic":"t"},"HEADER":{"x":false}}"#), key("x"));
+        // a syntax error wins over the fault the visitor met first (Go validates the document first)
+        assert!(matches!(decode(br#"{"Header":{":topic":1"#), Err(InvalidJson(_))));
+        assert!(matches!(decode(br#"{"Header":{":topic":"t"},"Body":5} x"#), Err(InvalidJson(_))));
+        // the typed reason survives the slow paths: invalid UTF-8 and lone surrogates elsewhere
+        assert_eq!(decode(b"{\"Header\":{\":topic\":\"t\xff\",\"n\":3}}"), key("n"));
+        assert_eq!(decode(br#"{"Header":{":topic":"t","a":"\ud800","n":3}}"#), key("n"));
+        assert_eq!(decode(br#"{"Header":{":topic":"t","a":"\ud800"},"Body":[1]}"#), Err(BadBody(NotAString)));
+    }
+
+    #[test]
+    fn typed_errors_keep_their_messages() {
+        let m = |d: &[u8]| decode(d).unwrap_err().to_string();
+        assert_eq!(m(br#"{"Header":{":topic":"t","n":3}}"#), r#"invalid envelope Header: value of header "n" is not a string"#);
+        assert_eq!(m(br#"{"Header":"s"}"#), "invalid envelope Header: Header is not an object of strings");
+        assert_eq!(m(br#"{"Header":{":topic":"t"},"Body":5}"#), "invalid envelope Body: Body is not a base64 string");
+        assert!(m(br#"{"Header":{":topic":"t"},"Body":"Q"}"#).starts_with("invalid envelope Body: Body is not valid standard base64: "));
+        assert!(m(b"{").starts_with("invalid JSON envelope: "));
+        assert!(m(b"{}").starts_with("envelope has no topic: "));
     }
 
     #[test]

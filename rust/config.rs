@@ -39,4 +39,6 @@ pub struct ServerConfig {
     pub max_message_header_bytes: usize,
     /// most simultaneous connections from one peer IP address
     pub max_connections_per_peer: usize,
+    /// most simultaneous connections from all peers together; more are closed at once
+    pub max_connections: usize,
 }

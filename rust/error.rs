@@ -21,6 +21,9 @@ pub enum Error {
     Io(String),
     /// A subscriber node's registry record cannot be used (Python: `BrokerError`).
     Node(String),
+    /// A peer answered outside the protocol, e.g. an unreadable batch response (recorded as a
+    /// delivery failure; Python: `BrokerError`).
+    Peer(String),
 }
 
 impl Error {
@@ -39,13 +42,17 @@ impl Error {
     pub fn node(msg: impl Into<String>) -> Self {
         Error::Node(msg.into())
     }
+
+    pub fn peer(msg: impl Into<String>) -> Self {
+        Error::Peer(msg.into())
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Codec(e) => e.fmt(f),
-            Error::Config(m) | Error::Node(m) | Error::Io(m) => f.write_str(m),
+            Error::Config(m) | Error::Node(m) | Error::Io(m) | Error::Peer(m) => f.write_str(m),
             Error::Tls(m) => write!(f, "TLS configuration: {m}"),
         }
     }

@@ -71,6 +71,20 @@ impl Msg {
     }
 }
 
+/// A message given up after `max_deliveries` failed handler attempts on one subscription.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: Arc<str>,
+    /// the encoded envelope as it was sent
+    pub envelope: Bytes,
+    /// the node (subscription) id and address whose handler kept failing
+    pub node: String,
+    pub address: String,
+    /// the last error the handler reported
+    pub error: String,
+    pub attempts: u32,
+}
+
 impl Weighted for Msg {
     fn weight(&self) -> usize {
         self.envelope.len()

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::backlog::Backlog;
 use crate::client::Transport;
 use crate::error::Error;
-use crate::msg::Msg;
+use crate::msg::{DeadLetter, Msg};
 use crate::node::{Enqueued, NodeLink, NodeSpec};
 use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
@@ -52,20 +52,6 @@ pub struct Publisher {
     dead_letters: RwLock<Option<DeadLetterSink>>,
 }
 
-/// A message given up after `max_deliveries` failed handler attempts on one subscription.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub topic: Arc<str>,
-    /// the encoded envelope as it was sent
-    pub envelope: Bytes,
-    /// the node (subscription) id and address whose handler kept failing
-    pub node: String,
-    pub address: String,
-    /// the last error the handler reported
-    pub error: String,
-    pub attempts: u32,
-}
-
 pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
 
 /// (topic, node id)
@@ -79,7 +65,7 @@ impl Publisher {
     pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, Error> {
         let _guard = rt.enter();
         // go-micro's default: https peers are accepted without verification
-        let tls = crate::tls::client_config(None, None).map_err(Error::tls)?;
+        let tls = crate::tls::client_config(None, None)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Publisher {
             routes: Routes::default(),

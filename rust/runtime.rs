@@ -1,30 +1,17 @@
 //! The one tokio runtime of the process, started lazily. A runtime does not survive `fork()`:
-//! the PID it was started in is remembered and a forked child gets a clear error.
+//! the PID it was started in is remembered and a forked child gets a clear `Error::Io`.
 
 use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Runtime};
 
+use crate::error::{Error, Result};
+
 static RUNTIME: OnceLock<(u32, Runtime)> = OnceLock::new();
 
-#[derive(Debug)]
-pub enum RuntimeError {
-    Forked,
-    Start(String),
-}
-
-impl std::fmt::Display for RuntimeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RuntimeError::Forked => write!(
-                f,
-                "hyperbroker's runtime was started in another process and does not survive fork(); \
-                 start worker processes with the 'spawn' method"
-            ),
-            RuntimeError::Start(e) => write!(f, "could not start the tokio runtime: {e}"),
-        }
-    }
-}
+/// hyperbroker's runtime was started in another process (a `fork()` child cannot use it).
+const FORKED: &str = "hyperbroker's runtime was started in another process and does not survive fork(); \
+                      start worker processes with the 'spawn' method";
 
 fn worker_threads() -> usize {
     std::env::var("HYPERBROKER_WORKER_THREADS")
@@ -35,21 +22,21 @@ fn worker_threads() -> usize {
 }
 
 /// The process-wide runtime.
-pub fn get() -> Result<&'static Runtime, RuntimeError> {
+pub fn get() -> Result<&'static Runtime> {
     let pid = std::process::id();
     if let Some((p, rt)) = RUNTIME.get() {
-        return if *p == pid { Ok(rt) } else { Err(RuntimeError::Forked) };
+        return if *p == pid { Ok(rt) } else { Err(Error::io(FORKED)) };
     }
     let rt = Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .thread_name("hyperbroker-io")
         .enable_all()
         .build()
-        .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        .map_err(|e| Error::io(format!("could not start the tokio runtime: {e}")))?;
     let _ = RUNTIME.set((pid, rt));
     match RUNTIME.get() {
         Some((p, rt)) if *p == pid => Ok(rt),
-        Some(_) => Err(RuntimeError::Forked),
-        None => Err(RuntimeError::Start("runtime vanished".into())),
+        Some(_) => Err(Error::io(FORKED)),
+        None => Err(Error::io("could not start the tokio runtime: it vanished")),
     }
 }

@@ -52,6 +52,8 @@ pub struct Stats {
     pub evicted: AtomicU64,
     /// incoming TLS handshakes that failed (plain HTTP to an HTTPS endpoint, bad client cert)
     pub tls_handshake_failures: AtomicU64,
+    /// connections the endpoint closed at once because a connection cap was reached
+    pub connections_refused: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -110,6 +112,7 @@ impl Stats {
             ("evicted", self.evicted.load(Relaxed)),
             ("tls_handshake_failures", self.tls_handshake_failures.load(Relaxed)),
             ("dead_lettered", self.dead_lettered.load(Relaxed)),
+            ("connections_refused", self.connections_refused.load(Relaxed)),
         ]
     }
 }

@@ -376,6 +376,18 @@ mod tests {
         v.iter().map(|m| m.seq).collect()
     }
 
+    fn failed_seqs(s: &Settled) -> Vec<u64> {
+        s.handler_failed.iter().map(|(m, _)| m.seq).collect()
+    }
+
+    #[test]
+    fn retry_delay_doubles_per_attempt_up_to_the_max() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(100));
+        let d: Vec<u128> = (0..7).map(|a| retry_delay(min, max, a).as_millis()).collect();
+        assert_eq!(d, [10, 10, 20, 40, 80, 100, 100]);
+        assert_eq!(retry_delay(min, max, u32::MAX), max);
+    }
+
     fn batch(n: u64) -> Vec<Msg> {
         (1..=n).map(|s| msg(s, 10)).collect()
     }
@@ -389,17 +401,18 @@ mod tests {
         let s = settle("n:1", batch(3), failed(&[]), 1000);
         assert_eq!(seqs(&s.delivered), [1, 2, 3]);
         assert!(s.answered && s.retry.is_empty() && s.rejected.is_empty() && s.retry_now.is_empty());
-        assert_eq!((s.gone, s.remote_handler_errors, s.batch_cap, s.last_error), (0, 0, None, None));
+        assert!(s.handler_failed.is_empty());
+        assert_eq!((s.gone, s.batch_cap, s.last_error), (0, None, None));
     }
 
     #[test]
     fn a_mixed_batch_lands_in_each_bucket() {
         let s = settle("n:1", batch(6), failed(&[(1, 500), (2, 400), (3, 503), (5, 422)]), 1000);
         assert_eq!(seqs(&s.delivered), [1, 5]);
-        assert_eq!(seqs(&s.retry), [2, 4]);
+        assert_eq!(seqs(&s.retry), [4], "the 503 is retried with the node");
+        assert_eq!(failed_seqs(&s), [2], "only the 500 is a handler failure, retried on its own");
         assert_eq!(seqs(&s.rejected), [3, 6]);
         assert!(s.retry_now.is_empty());
-        assert_eq!(s.remote_handler_errors, 1, "only the 500 is a handler error; the 503 is not");
         assert_eq!(s.gone, 0);
         assert_eq!(s.last_error.as_deref(), Some("n:1 refused a message: 422 status 422 "));
         assert!(s.answered);
@@ -408,8 +421,9 @@ mod tests {
     #[test]
     fn retryable_statuses_count_as_retries() {
         let s = settle("n:1", batch(5), failed(&[(0, 500), (1, 500), (2, 401), (3, 429), (4, 503)]), 1000);
-        assert_eq!(seqs(&s.retry), [1, 2, 3, 4, 5]);
-        assert_eq!(s.remote_handler_errors, 2);
+        assert_eq!(seqs(&s.retry), [3, 4, 5]);
+        assert_eq!(failed_seqs(&s), [1, 2]);
+        assert_eq!(s.handler_failed[0].1, "status 500", "the handler's error text travels with it");
         assert_eq!(s.last_error.as_deref(), Some("n:1 answered 503: status 503"));
     }
 
@@ -438,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_404_marks_the_route_gone_and_keeps_the_messages() {
-        let s = settle("n:1", batch(3), failed(&[(0, 404), (1, 500)]), 1000);
+        let s = settle("n:1", batch(3), failed(&[(0, 404), (1, 503)]), 1000);
         assert_eq!(s.gone, 1);
         assert_eq!(seqs(&s.retry), [1, 2], "gone and retried messages stay together, in order");
         assert_eq!(seqs(&s.delivered), [3]);

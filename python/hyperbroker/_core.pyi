@@ -4,7 +4,10 @@ from typing import Any, final
 
 __all__ = ["Backlog", "BrokerError", "CodecError", "Engine", "Event", "Message", "__version__", "decode", "encode"]
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from hyperbroker._routes import RouteGroup
+from hyperbroker.options import BrokerOptions
 
 __version__: str
 
@@ -14,8 +17,10 @@ class BrokerError(Exception):
 class CodecError(BrokerError):
     """An envelope could not be encoded or decoded."""
 
-def encode(topic: str, header: dict[str, str] | None, body: bytes) -> bytes: ...
-def decode(data: bytes) -> tuple[str, dict[str, str], bytes]: ...
+def encode(topic: str, header: dict[str, str] | None, body: bytes) -> bytes:
+    """Encode a go-micro envelope; CodecError for an empty topic or a non-str header entry."""
+def decode(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Decode a go-micro envelope; CodecError saying what is wrong with bad input."""
 
 @final
 class Backlog:
@@ -75,40 +80,39 @@ class Event:
 class Engine:
     """One broker's native half: endpoint, publisher, bridge and counters."""
 
-    def __new__(
-        cls,
-        *,
-        backlog: int = 1024,
-        backlog_bytes: int = 67108864,
-        max_body: int = 4194304,
-        node_queue: int = 65536,
-        max_batch: int = 1024,
-        max_batch_bytes: int = 1048576,
-        retry_min: float = 0.01,
-        retry_max: float = 2.0,
-        request_timeout: float = 30.0,
-        header_read_timeout: float = 10.0,
-        body_read_timeout: float = 30.0,
-        max_topic: int = 1024,
-        max_message_headers: int = 256,
-        max_message_header_bytes: int = 65536,
-        max_connections_per_peer: int = 1024,
-        evict_after: int = 3,
-        node_inflight: int = 1,
-    ) -> Engine: ...
-    def listen(self, host: str, port: int) -> tuple[str, int]: ...
-    def close(self) -> None: ...
-    def stop_listening(self) -> None: ...
+    def __new__(cls, options: BrokerOptions) -> Engine:
+        """Engine(options): the native half of a broker configured by a validated
+        :class:`~hyperbroker.BrokerOptions` (read once; its defaults and checks are the only
+        ones). Raises TypeError for anything else, or an option whose type does not convert."""
+    def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind the subscriber endpoint; returns the bound (host, port). BrokerError when it cannot."""
+    def close(self) -> None:
+        """Stop the endpoint and every delivery task; the port refuses connections on return."""
+    def stop_listening(self) -> None:
+        """Stop only the endpoint (the publisher keeps running)."""
     @property
-    def wake_fd(self) -> int: ...
-    def take(self) -> tuple[list[str], list[Event], list[tuple[int, bool]]]: ...
-    def done(self, failures: list[tuple[int, str]], deferred: list[int]) -> None: ...
-    def complete(self, results: list[tuple[int, str | None]]) -> None: ...
-    def add_subscriber(self, id: str, topic: str, queue: str | None = None) -> None: ...
-    def remove_subscriber(self, id: str) -> bool: ...
-    def set_routes(
-        self, topic: str, groups: list[tuple[str, list[tuple[str, str, bool, bool, bool, int | None]]]]
-    ) -> None: ...
+    def wake_fd(self) -> int:
+        """The file descriptor that is readable when ``take()`` has something."""
+    def take(
+        self,
+    ) -> tuple[list[str], list[Event], list[tuple[int, bool]], list[tuple[str, Message, str, str, str, int]]]:
+        """Every queued item: (subscriber ids, events, finished waits as (token, ok), dead letters
+        as (topic, message, node id, node address, last error, attempts))."""
+    def set_draining(self, on: bool) -> None:
+        """Answer new deliveries 503 (they stay with their publisher) while running ones finish."""
+    def pending_deliveries(self) -> int:
+        """Deliveries handed to Python whose outcome is not reported yet."""
+    def done(self, failures: list[tuple[int, str]], deferred: list[int]) -> None:
+        """Settle the events of the last ``take()``: failed (token, error), deferred, the rest handled."""
+    def complete(self, results: list[tuple[int, str | None]]) -> None:
+        """Report deferred handler outcomes: (token, None) handled, (token, "error") raised."""
+    def add_subscriber(self, id: str, topic: str) -> None:
+        """Serve subscriber ``id`` (of ``topic``) at this endpoint."""
+    def remove_subscriber(self, id: str) -> bool:
+        """Stop serving subscriber ``id``; False when it was unknown."""
+    def set_routes(self, topic: str, groups: Sequence[RouteGroup]) -> None:
+        """Replace the route of ``topic``. Raises TypeError naming a field that does not convert,
+        BrokerError for a node whose address is unusable."""
     def configure_tls(
         self,
         *,
@@ -118,15 +122,28 @@ class Engine:
         verify: bool = False,
         client_auth: bool = False,
         self_signed_hosts: list[str] | None = None,
-    ) -> None: ...
-    def verify_peers(self, ca_pem: bytes) -> None: ...
-    def route_count(self, topic: str) -> int: ...
-    def publish(self, topic: str, header: dict[str, str] | None, body: bytes) -> bool: ...
-    def publish_many(self, topic: str, items: list[tuple[dict[str, str] | None, bytes]]) -> bool: ...
-    def wait_room(self, token: int, timeout: float) -> None: ...
-    def flush(self, token: int, timeout: float) -> None: ...
-    def set_auth_token(self, token: str | None = None) -> None: ...
-    def set_accepted_tokens(self, tokens: list[str]) -> None: ...
-    def backlog_len(self, topic: str) -> int: ...
-    def backlog_dropped(self, topic: str) -> int: ...
-    def stats(self) -> dict[str, int | str | None]: ...
+    ) -> None:
+        """Configure TLS before ``listen``; BrokerError ("TLS configuration: ...") when a PEM or
+        setting is unusable."""
+    def verify_peers(self, ca_pem: bytes) -> None:
+        """Verify https peers against ``ca_pem``; BrokerError when it holds no usable certificate."""
+    def route_count(self, topic: str) -> int:
+        """Number of nodes currently routed for ``topic``."""
+    def publish(self, topic: str, header: dict[str, str] | None, body: bytes) -> bool:
+        """Encode and queue one message; True when a subscriber is congested (await ``wait_room``)."""
+    def publish_many(self, topic: str, items: list[tuple[dict[str, str] | None, bytes]]) -> bool:
+        """Queue many messages of one topic; the same congestion flag as ``publish``."""
+    def wait_room(self, token: int, timeout: float) -> None:
+        """Start waiting (``timeout`` seconds at most) until no healthy subscriber is congested."""
+    def flush(self, token: int, timeout: float) -> None:
+        """Start waiting (``timeout`` seconds at most) for everything published so far."""
+    def set_auth_token(self, token: str | None = None) -> None:
+        """The bearer token sent to nodes (None: none); ValueError when it is not printable ASCII."""
+    def set_accepted_tokens(self, tokens: list[str]) -> None:
+        """The bearer tokens the endpoint accepts (empty: no authentication); ValueError for an empty one."""
+    def backlog_len(self, topic: str) -> int:
+        """Messages of ``topic`` waiting in the backlog."""
+    def backlog_dropped(self, topic: str) -> int:
+        """Messages of ``topic`` the backlog dropped."""
+    def stats(self) -> dict[str, int | str | dict[str, int] | None]:
+        """Counters and gauges, plus ``last_error`` (str or None)."""

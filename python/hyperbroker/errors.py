@@ -21,7 +21,19 @@ class NotConnectedError(BrokerError):
 
 
 class FlushTimeoutError(BrokerError, TimeoutError):
-    """``flush()`` ran out of time before every published message was delivered or parked."""
+    """``flush()`` ran out of time before every published message was delivered or parked.
+
+    ``pending``: node deliveries still queued or on the wire when it gave up; ``last_error``:
+    the last delivery failure the broker saw (None: none), often why they are still pending.
+    """
+
+    pending: int
+    last_error: str | None
+
+    def __init__(self, message: str, *, pending: int = 0, last_error: str | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
+        self.last_error = last_error
 
 
 class RegistryError(BrokerError):

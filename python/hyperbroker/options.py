@@ -1,19 +1,29 @@
-"""Broker options, validated once (go-micro's ``broker.Options``)."""
+"""Broker options (go-micro's ``broker.Options``): the one place their defaults and range checks
+live. The Rust engine reads a validated :class:`BrokerOptions` as it is (``Engine(options)``,
+``rust/py/conversion.rs``) and checks nothing again."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerError
 from .tls import TLSConfig
 
 if TYPE_CHECKING:
+    from .message import Message
     from .registry.base import Registry
 
-__all__ = ["BrokerOptions", "parse_address", "validate_tokens"]
+__all__ = ["BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
+
+#: inclusive upper bounds of the integer options (what their Rust fields can hold, or sensible)
+_INT_MAX = {"evict_after": (1 << 32) - 1, "node_inflight": 256}
+_INT_DEFAULT_MAX = (1 << 63) - 1
+#: longest accepted duration, in seconds (about 31 years: any deadline stays representable)
+_MAX_SECONDS = 1e9
 
 
 def validate_tokens(tokens: Sequence[str] | None) -> None:
@@ -25,6 +35,14 @@ def validate_tokens(tokens: Sequence[str] | None) -> None:
     for t in tokens:
         if not isinstance(t, str) or not t or not t.isascii() or not t.isprintable() or " " in t:
             raise BrokerError("an auth token must be a non-empty string of printable ASCII without spaces")
+
+
+def check_max_deliveries(v: object) -> None:
+    """``max_deliveries`` is None (forever) or an integer 1 .. 2**32-1."""
+    if v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 1 << 32:
+        raise BrokerError(f"max_deliveries must be None or an integer from 1 to 2**32-1, got {v!r}")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -45,6 +63,10 @@ def parse_address(address: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise BrokerError(f"address {address!r}: port must be 0..65535")
     return host, port
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +91,16 @@ class BrokerOptions:
     body_read_timeout: seconds a client has to send the request body (408 after).
     max_topic / max_message_headers / max_message_header_bytes: limits of one message.
     max_connections_per_peer: simultaneous connections accepted from one IP address.
+    max_connections: simultaneous connections accepted from all peers together; over it a new
+        connection is closed at once (counted in ``stats()["connections_refused"]``). 4096 by
+        default: the kernel's default listen-queue cap, far above what a subscriber's
+        publishers need (one connection per publisher and ``node_inflight``), and a bound on
+        what a flood of idle connections can take (measured: 7 KB each silent, 20 KB with a
+        request head pending, so ~80 MB at worst); the open-file limit (``ulimit -n``) must
+        allow it.
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
-    node_inflight: requests in flight per subscriber node (1 keeps each subscriber's order;
+    node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
         more overlap requests on HTTP/2 streams or extra connections, in any order).
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
@@ -80,6 +109,13 @@ class BrokerOptions:
         hyperbroker publishers then use HTTP/2 towards it.
     auth_token: a bearer token (or a list: the first is sent, all are accepted, for rotation)
         that publishers send and this broker's endpoint requires (401 otherwise).
+    max_deliveries: failed handler attempts (500 answers) after which a message this broker
+        published is given up for one subscription (None: retried forever). A subscription's
+        own ``subscribe(..., max_deliveries=)`` wins.
+    on_undeliverable: ``f(topic, message, reason)`` (sync or async), called on the event loop
+        for each message given up after ``max_deliveries``; an exception in it is logged.
+    dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
+        with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
     """
 
     address: str = ":0"
@@ -104,13 +140,16 @@ class BrokerOptions:
     max_message_headers: int = 256
     max_message_header_bytes: int = 65536
     max_connections_per_peer: int = 1024
+    max_connections: int = 4096
     evict_after: int = 3
     node_inflight: int = 1
     secure: bool = False
     tls: TLSConfig | None = None
     h2: bool = False
     auth_token: str | Sequence[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    max_deliveries: int | None = 10
+    on_undeliverable: Callable[[str, Message, str], object] | None = None
+    dead_letter_topic: str | None = None
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -122,6 +161,11 @@ class BrokerOptions:
 
     def __post_init__(self) -> None:
         parse_address(self.address)
+        check_max_deliveries(self.max_deliveries)
+        if self.on_undeliverable is not None and not callable(self.on_undeliverable):
+            raise BrokerError(f"on_undeliverable must be callable, got {type(self.on_undeliverable).__name__}")
+        if self.dead_letter_topic is not None and (not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic):
+            raise BrokerError("dead_letter_topic must be a non-empty string or None")
         if isinstance(self.registry, str):
             from .registry.url import parse_url
 
@@ -137,12 +181,15 @@ class BrokerOptions:
             "max_message_headers",
             "max_message_header_bytes",
             "max_connections_per_peer",
+            "max_connections",
             "evict_after",
             "node_inflight",
         ):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise BrokerError(f"{name} must be a positive integer, got {v!r}")
+            top = _INT_MAX.get(name, _INT_DEFAULT_MAX)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+                limit = "" if top == _INT_DEFAULT_MAX else f" (at most {top})"
+                raise BrokerError(f"{name} must be a positive integer{limit}, got {v!r}")
         for name in (
             "retry_min",
             "retry_max",
@@ -153,10 +200,11 @@ class BrokerOptions:
             "register_ttl",
         ):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise BrokerError(f"{name} must be a positive number of seconds, got {v!r}")
-        if self.disconnect_timeout < 0:
-            raise BrokerError("disconnect_timeout must be >= 0")
+            if not _is_number(v) or not 0 < v <= _MAX_SECONDS:
+                raise BrokerError(f"{name} must be a positive number of seconds (at most {_MAX_SECONDS:g}), got {v!r}")
+        v = self.disconnect_timeout
+        if not _is_number(v) or not 0 <= v <= _MAX_SECONDS:
+            raise BrokerError(f"disconnect_timeout must be a number of seconds >= 0, got {v!r}")
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
         validate_tokens(self.auth_tokens if self.auth_token is not None else None)

@@ -8,38 +8,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use super::codec::encode_py_into;
-use super::message::{Event, Message};
+use super::conversion::{self, seconds};
 use super::errors::BrokerError;
+use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
-use crate::node::NodeSpec;
-use crate::publisher::{PubConfig, Publisher};
+use crate::codec;
+use crate::error::Error;
+use crate::publisher::Publisher;
 use crate::runtime;
-use crate::server::{self, ServerConfig, ServerHandle, ServerState, Subscription};
+use crate::server::{self, ServerHandle, ServerState, Subscription};
 use crate::stats::Stats;
 use crate::tls;
-
-fn rt() -> PyResult<&'static tokio::runtime::Runtime> {
-    runtime::get().map_err(|e| BrokerError::new_err(e.to_string()))
-}
-
-fn secs(name: &str, v: f64) -> PyResult<Duration> {
-    if !v.is_finite() || v <= 0.0 {
-        return Err(PyValueError::new_err(format!("{name} must be a positive number of seconds, got {v}")));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn positive(name: &str, v: i64) -> PyResult<usize> {
-    if v < 1 {
-        return Err(PyValueError::new_err(format!("{name} must be >= 1, got {v}")));
-    }
-    Ok(v as usize)
-}
 
 #[pyclass(module = "hyperbroker._core", frozen)]
 pub struct Engine {
@@ -54,46 +37,13 @@ pub struct Engine {
 
 #[pymethods]
 impl Engine {
+    /// Engine(options): the native half of a broker configured by a `hyperbroker.BrokerOptions`
+    /// (its defaults and range checks are the only ones; each option is read once, here).
     #[new]
-    #[pyo3(signature = (*, backlog = 1024, backlog_bytes = 67108864, max_body = 4194304, node_queue = 65536,
-        max_batch = 1024, max_batch_bytes = 1048576, retry_min = 0.01, retry_max = 2.0,
-        request_timeout = 30.0, header_read_timeout = 10.0, body_read_timeout = 30.0, max_topic = 1024,
-        max_message_headers = 256, max_message_header_bytes = 65536, max_connections_per_peer = 1024,
-        evict_after = 3, node_inflight = 1))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        backlog: i64,
-        backlog_bytes: i64,
-        max_body: i64,
-        node_queue: i64,
-        max_batch: i64,
-        max_batch_bytes: i64,
-        retry_min: f64,
-        retry_max: f64,
-        request_timeout: f64,
-        header_read_timeout: f64,
-        body_read_timeout: f64,
-        max_topic: i64,
-        max_message_headers: i64,
-        max_message_header_bytes: i64,
-        max_connections_per_peer: i64,
-        evict_after: i64,
-        node_inflight: i64,
-    ) -> PyResult<Self> {
-        let cfg = PubConfig {
-            backlog: positive("backlog", backlog)?,
-            backlog_bytes: positive("backlog_bytes", backlog_bytes)?,
-            node_queue: positive("node_queue", node_queue)?,
-            max_batch: positive("max_batch", max_batch)?,
-            max_batch_bytes: positive("max_batch_bytes", max_batch_bytes)?,
-            retry_min: secs("retry_min", retry_min)?,
-            retry_max: secs("retry_max", retry_max)?,
-            request_timeout: secs("request_timeout", request_timeout)?,
-            evict_after: positive("evict_after", evict_after)?.min(u32::MAX as usize) as u32,
-            node_inflight: positive("node_inflight", node_inflight)?.min(256),
-        };
+    fn new(options: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let (pub_config, server_config) = conversion::engine_config(options)?;
         let stats = Arc::new(Stats::default());
-        let bridge = Arc::new(Bridge::new().map_err(|e| BrokerError::new_err(format!("could not create the wake-up socket: {e}")))?);
+        let bridge = Arc::new(Bridge::new().map_err(|e| Error::io(format!("could not create the wake-up socket: {e}")))?);
         let server = Arc::new(ServerState {
             subs: Default::default(),
             tokens: Default::default(),
@@ -103,18 +53,14 @@ impl Engine {
             conn_closed: Default::default(),
             bridge: bridge.clone(),
             stats: stats.clone(),
-            config: ServerConfig {
-                max_body: positive("max_body", max_body)?,
-                header_read_timeout: secs("header_read_timeout", header_read_timeout)?,
-                body_read_timeout: secs("body_read_timeout", body_read_timeout)?,
-                max_topic: positive("max_topic", max_topic)?,
-                max_message_headers: positive("max_message_headers", max_message_headers)?,
-                max_message_header_bytes: positive("max_message_header_bytes", max_message_header_bytes)?,
-                max_connections_per_peer: positive("max_connections_per_peer", max_connections_per_peer)?,
-            },
+            config: server_config,
+            draining: Default::default(),
         });
-        let publisher = Arc::new(Publisher::new(cfg, stats.clone(), rt()?.handle().clone()).map_err(|e| BrokerError::new_err(e.to_string()))?);
-        Ok(Engine { publisher, server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
+        let rt = runtime::get()?;
+        let publisher = Publisher::new(pub_config, stats.clone(), rt.handle().clone())?;
+        let sink = bridge.clone();
+        publisher.set_dead_letter_sink(Box::new(move |d| sink.dead_letter(d)));
+        Ok(Engine { publisher: Arc::new(publisher), server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
     /// Bind the subscriber endpoint; returns the bound (host, port). Idempotent while listening.
@@ -124,15 +70,13 @@ impl Engine {
         }
         let addr: SocketAddr = (host, port)
             .to_socket_addrs()
-            .map_err(|e| BrokerError::new_err(format!("cannot resolve listen address {host}:{port}: {e}")))?
+            .map_err(|e| Error::io(format!("cannot resolve listen address {host}:{port}: {e}")))?
             .next()
-            .ok_or_else(|| BrokerError::new_err(format!("no address for {host}:{port}")))?;
-        let rt = rt()?;
+            .ok_or_else(|| Error::io(format!("no address for {host}:{port}")))?;
+        let rt = runtime::get()?;
         let state = self.server.clone();
         self.bridge.reopen();
-        let h = py
-            .detach(|| rt.block_on(server::serve(state, addr)))
-            .map_err(|e| BrokerError::new_err(format!("cannot listen on {addr}: {e}")))?;
+        let h = py.detach(|| rt.block_on(server::serve(state, addr)))?;
         let out = (h.local_addr.ip().to_string(), h.local_addr.port());
         *self.handle.lock() = Some(h);
         Ok(out)
@@ -149,10 +93,21 @@ impl Engine {
     fn stop_listening(&self, py: Python<'_>) {
         self.bridge.close();
         let handle = self.handle.lock().take();
-        if let (Some(h), Ok(rt)) = (handle, rt()) {
+        if let (Some(h), Ok(rt)) = (handle, runtime::get()) {
             let state = self.server.clone();
             py.detach(|| h.stop_blocking(rt, &state));
         }
+    }
+
+    /// Stop taking new deliveries (they are answered 503 and stay with their publisher) while
+    /// those already handed to Python finish: the first step of `Broker.drain()`.
+    fn set_draining(&self, on: bool) {
+        self.server.draining.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Deliveries handed to Python whose outcome is not known yet.
+    fn pending_deliveries(&self) -> usize {
+        self.bridge.pending_len()
     }
 
     /// The file descriptor the asyncio loop watches; readable when `take()` has something.
@@ -161,15 +116,20 @@ impl Engine {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (subscriber ids, events, flushes); ids and events are parallel
-    /// lists, each event an `Event` carrying its delivery token; a flush is (token, ok).
+    /// Take every queued item: (subscriber ids, events, flushes, dead letters); ids and events
+    /// are parallel lists, each event an `Event` carrying its delivery token; a flush is
+    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts).
     #[allow(clippy::type_complexity)]
-    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
+        let dead = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
         let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
@@ -203,9 +163,23 @@ impl Engine {
                     taken.push(token);
                 }
                 Item::Flushed { token, ok } => flushes.append((token, ok))?,
+                Item::DeadLetter(d) => {
+                    // it was encoded by this broker: it decodes (a failure would be a bug; the
+                    // letter is then reported with the raw envelope as its body)
+                    let (header, body) = match codec::decode(&d.envelope) {
+                        Ok(env) => (env.header, env.body),
+                        Err(_) => (Vec::new(), d.envelope.to_vec()),
+                    };
+                    let h = PyDict::new(py);
+                    for (k, v) in &header {
+                        h.set_item(k, v)?;
+                    }
+                    let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                    dead.append((&*d.topic, msg, d.node, d.address, d.error, d.attempts))?;
+                }
             }
         }
-        Ok((sub_ids, events, flushes))
+        Ok((sub_ids, events, flushes, dead))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
@@ -253,42 +227,28 @@ impl Engine {
         Ok(())
     }
 
-    #[pyo3(signature = (id, topic, queue = None))]
-    fn add_subscriber(&self, id: String, topic: String, queue: Option<String>) {
-        self.server.subs.write().insert(id, Subscription { topic, queue });
+    /// Serve subscriber `id` (of `topic`) at this endpoint.
+    fn add_subscriber(&self, id: String, topic: String) {
+        self.server.subs.write().insert(id, Subscription { topic });
     }
 
     fn remove_subscriber(&self, id: &str) -> bool {
         self.server.subs.write().remove(id).is_some()
     }
 
-    /// Replace the route of a topic:
-    /// [(version, [(node id, "host:port", batch, secure, h2, max_body or None), ...]), ...].
-    #[allow(clippy::type_complexity)]
-    fn set_routes(
-        &self,
-        py: Python<'_>,
-        topic: &str,
-        groups: Vec<(String, Vec<(String, String, bool, bool, bool, Option<usize>)>)>,
-    ) -> PyResult<()> {
-        let groups = groups
-            .into_iter()
-            .map(|(v, nodes)| {
-                let specs = nodes
-                    .into_iter()
-                    .map(|(id, address, batch, secure, h2, max_body)| NodeSpec { id, address, batch, secure, h2, max_body, max_deliveries: None })
-                    .collect();
-                (v, specs)
-            })
-            .collect();
+    /// Replace the route of a topic: `groups` are `hyperbroker._routes.RouteGroup`s (a registry
+    /// version and its `RouteNode`s).
+    fn set_routes(&self, py: Python<'_>, topic: &str, groups: &Bound<'_, PyAny>) -> PyResult<()> {
+        let groups = conversion::route_groups(groups)?;
         let p = self.publisher.clone();
-        let rt = rt()?;
+        let rt = runtime::get()?;
         let topic = topic.to_string();
         py.detach(move || {
             let _g = rt.enter();
             p.set_routes(&topic, groups)
         })
-        .map_err(|e| BrokerError::new_err(e.to_string()))
+        ?;
+        Ok(())
     }
 
     /// Configure TLS before `listen`. With `cert_pem`/`key_pem` the endpoint serves that identity;
@@ -305,20 +265,19 @@ impl Engine {
         client_auth: bool,
         self_signed_hosts: Option<Vec<String>>,
     ) -> PyResult<()> {
-        let err = |e: String| BrokerError::new_err(format!("TLS configuration: {e}"));
         let identity = match (cert_pem, key_pem, self_signed_hosts) {
-            (Some(c), Some(k), _) => tls::identity_from_pem(c, k).map_err(err)?,
-            (None, None, Some(hosts)) => tls::self_signed(&hosts).map_err(err)?,
-            _ => return Err(err("give both a certificate and a key, or ask for a self-signed one".into())),
+            (Some(c), Some(k), _) => tls::identity_from_pem(c, k)?,
+            (None, None, Some(hosts)) => tls::self_signed(&hosts)?,
+            _ => return Err(Error::tls("give both a certificate and a key, or ask for a self-signed one").into()),
         };
-        let roots = |what: &str| -> PyResult<_> {
-            let ca = ca_pem.ok_or_else(|| err(format!("{what} needs a CA certificate (ca_file)")))?;
-            tls::roots_from_pem(ca).map_err(err)
+        let roots = |what: &str| -> Result<_, Error> {
+            let ca = ca_pem.ok_or_else(|| Error::tls(format!("{what} needs a CA certificate (ca_file)")))?;
+            tls::roots_from_pem(ca)
         };
         let client_ca = if client_auth { Some(roots("client_auth=True")?) } else { None };
-        let server = tls::server_config(&identity, client_ca).map_err(err)?;
+        let server = tls::server_config(&identity, client_ca)?;
         let verify_roots = if verify { Some(roots("verify=True")?) } else { None };
-        let client = tls::client_config(verify_roots, Some(&identity)).map_err(err)?;
+        let client = tls::client_config(verify_roots, Some(&identity))?;
         *self.server.tls.write() = Some(server);
         self.publisher.set_tls_client(client);
         Ok(())
@@ -326,8 +285,7 @@ impl Engine {
 
     /// Verify https peers against `ca_pem` (publishing only; the endpoint stays as it is).
     fn verify_peers(&self, ca_pem: &[u8]) -> PyResult<()> {
-        let err = |e: String| BrokerError::new_err(format!("TLS configuration: {e}"));
-        let client = tls::client_config(Some(tls::roots_from_pem(ca_pem).map_err(err)?), None).map_err(err)?;
+        let client = tls::client_config(Some(tls::roots_from_pem(ca_pem)?), None)?;
         self.publisher.set_tls_client(client);
         Ok(())
     }
@@ -369,11 +327,10 @@ impl Engine {
     }
 
     /// Start waiting until no healthy subscriber is congested; `take()` later yields (token, ok).
-    fn wait_room(&self, token: u64, timeout: f64) -> PyResult<()> {
-        let timeout = secs("timeout", timeout)?;
+    fn wait_room(&self, token: u64, #[pyo3(from_py_with = seconds)] timeout: Duration) -> PyResult<()> {
         let p = self.publisher.clone();
         let b = self.bridge.clone();
-        rt()?.spawn(async move {
+        runtime::get()?.spawn(async move {
             let ok = p.wait_room(timeout).await;
             b.flushed(token, ok);
         });
@@ -381,12 +338,11 @@ impl Engine {
     }
 
     /// Start waiting for everything published so far; `take()` later yields (token, ok).
-    fn flush(&self, token: u64, timeout: f64) -> PyResult<()> {
-        let timeout = secs("timeout", timeout)?;
+    fn flush(&self, token: u64, #[pyo3(from_py_with = seconds)] timeout: Duration) -> PyResult<()> {
         let target = self.publisher.last_seq();
         let p = self.publisher.clone();
         let b = self.bridge.clone();
-        rt()?.spawn(async move {
+        runtime::get()?.spawn(async move {
             let ok = p.flush(target, timeout).await;
             b.flushed(token, ok);
         });
@@ -396,13 +352,14 @@ impl Engine {
     /// The bearer token this broker sends to the nodes it publishes to (None: none).
     #[pyo3(signature = (token = None))]
     fn set_auth_token(&self, token: Option<&str>) -> PyResult<()> {
-        self.publisher.set_auth_token(token).map_err(|e| PyValueError::new_err(e.to_string()))
+        self.publisher.set_auth_token(token)?;
+        Ok(())
     }
 
     /// The bearer tokens this broker's endpoint accepts (empty: no authentication).
     fn set_accepted_tokens(&self, tokens: Vec<String>) -> PyResult<()> {
         if tokens.iter().any(|t| t.is_empty()) {
-            return Err(PyValueError::new_err("an auth token must not be empty"));
+            return Err(Error::config("an auth token must not be empty").into());
         }
         *self.server.tokens.write() = tokens.into_iter().map(String::into_bytes).collect();
         Ok(())
@@ -425,6 +382,11 @@ impl Engine {
         d.set_item("backlog", self.publisher.backlog.total_len())?;
         d.set_item("backlog_bytes", self.publisher.backlog.total_bytes())?;
         d.set_item("last_error", self.stats.last_error.lock().clone())?;
+        let reasons = PyDict::new(py);
+        for (k, v) in self.stats.drops_by_reason() {
+            reasons.set_item(k, v)?;
+        }
+        d.set_item("dropped_by_reason", reasons)?;
         Ok(d)
     }
 }

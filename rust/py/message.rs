@@ -46,7 +46,7 @@ fn to_header<'py>(py: Python<'py>, header: Option<&Bound<'py, PyAny>>) -> PyResu
     match header {
         None => Ok(PyDict::new(py)),
         Some(h) if h.is_none() => Ok(PyDict::new(py)),
-        Some(h) => h.cast::<PyDict>().map(|d| d.clone()).map_err(|_| {
+        Some(h) => h.cast::<PyDict>().cloned().map_err(|_| {
             PyTypeError::new_err(format!(
                 "Message header must be a dict[str, str], got {}",
                 h.get_type().name().map(|n| n.to_string()).unwrap_or_default()

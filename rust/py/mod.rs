@@ -2,6 +2,7 @@
 
 mod backlog;
 mod codec;
+mod conversion;
 mod engine;
 mod message;
 pub mod errors;
