@@ -179,6 +179,18 @@ impl<T: Weighted> Backlog<T> {
         out
     }
 
+    /// Remove every entry of every topic (the broker is closing); returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut g = self.inner.lock();
+        let n = g.total_len;
+        for ring in g.topics.values_mut() {
+            ring.items.clear();
+        }
+        g.total_len = 0;
+        g.total_bytes = 0;
+        n
+    }
+
     pub fn len(&self, topic: &str) -> usize {
         self.inner.lock().topics.get(topic).map_or(0, |r| r.items.len())
     }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::codec::Envelope;
+use crate::msg::DeadLetter;
 
 /// What a handler did with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,8 @@ pub enum Outcome {
 pub enum Item {
     Event { token: u64, sub_id: String, env: Envelope },
     Flushed { token: u64, ok: bool },
+    /// a message this broker published was given up after `max_deliveries` handler failures
+    DeadLetter(DeadLetter),
 }
 
 struct Queue {
@@ -101,6 +104,11 @@ impl Bridge {
             wake_r: r,
             wake_w: w,
         })
+    }
+
+    /// Events submitted whose outcome is not reported yet.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().len()
     }
 
     pub fn fd(&self) -> i32 {
@@ -185,6 +193,11 @@ impl Bridge {
 
     /// Take everything queued (called on the loop thread). Clears the wake-up first so that an
     /// item pushed after the take schedules a new wake-up: none is ever lost.
+    /// Hand a dead letter to the loop (dropped, with the rest of the queue, once closed).
+    pub fn dead_letter(&self, d: DeadLetter) {
+        self.push(Item::DeadLetter(d));
+    }
+
     pub fn take(&self) -> Vec<Item> {
         let mut buf = [0u8; 256];
         while let Ok(n) = (&self.wake_r).read(&mut buf) {
@@ -251,6 +264,7 @@ mod tests {
             .map(|i| match i {
                 Item::Event { env, .. } => String::from_utf8_lossy(&env.body).into_owned(),
                 Item::Flushed { token, ok } => format!("flushed {token} {ok}"),
+                Item::DeadLetter(d) => format!("dead {}", d.topic),
             })
             .collect()
     }
@@ -258,6 +272,7 @@ mod tests {
     fn token(i: &Item) -> u64 {
         match i {
             Item::Event { token, .. } | Item::Flushed { token, .. } => *token,
+            Item::DeadLetter(_) => 0,
         }
     }
 

@@ -20,6 +20,9 @@ pub struct PubConfig {
     /// requests in flight per node (1 keeps each subscriber's order; more use HTTP/2 streams or
     /// more HTTP/1.1 connections, and messages may then arrive out of order)
     pub node_inflight: usize,
+    /// failed handler attempts after which a message is handed to the undeliverable sink (None:
+    /// retried forever); a node's own registry metadata overrides it
+    pub max_deliveries: Option<u32>,
 }
 
 /// The subscriber endpoint: limits and timeouts.

@@ -53,11 +53,13 @@ pub struct Msg {
     pub topic: Arc<str>,
     pub envelope: Bytes,
     pub share: Arc<Share>,
+    /// failed handler attempts of this copy so far (500 answers), for `max_deliveries`
+    pub attempts: u32,
 }
 
 impl Msg {
     pub fn new(seq: u64, topic: Arc<str>, envelope: Bytes) -> Self {
-        Msg { seq, topic, envelope, share: Arc::default() }
+        Msg { seq, topic, envelope, share: Arc::default(), attempts: 0 }
     }
 
     /// Start a fresh dispatch: unless this message's share record is unused, its copies get a
@@ -67,6 +69,20 @@ impl Msg {
             self.share = Arc::default();
         }
     }
+}
+
+/// A message given up after `max_deliveries` failed handler attempts on one subscription.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub topic: Arc<str>,
+    /// the encoded envelope as it was sent
+    pub envelope: Bytes,
+    /// the node (subscription) id and address whose handler kept failing
+    pub node: String,
+    pub address: String,
+    /// the last error the handler reported
+    pub error: String,
+    pub attempts: u32,
 }
 
 impl Weighted for Msg {

@@ -7,6 +7,7 @@
 //! (`requeue_front*`). The workers that send those batches live in `worker.rs`.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -28,11 +29,16 @@ pub struct NodeSpec {
     pub h2: bool,
     /// the largest request body the node accepts, when it says so (registry metadata)
     pub max_body: Option<usize>,
+    /// failed handler attempts after which a message is undeliverable for this subscription
+    /// (registry metadata `max_deliveries`; None: the publisher's own setting)
+    pub max_deliveries: Option<u32>,
 }
 
 #[derive(Default)]
 struct LinkState {
     queue: VecDeque<Msg>,
+    /// messages whose handler failed, each waiting for its own retry time (not blocking `queue`)
+    deferred: Vec<(Instant, Msg)>,
     /// lowest sequence number of the request each worker has on the wire, if any
     inflight: Vec<Option<u64>>,
     /// set when the node left the route; `graceful` when the registry said so
@@ -222,11 +228,28 @@ impl NodeLink {
         let mut st = self.state.lock();
         if st.removed {
             let graceful = st.graceful;
-            return Take::Removed { left: st.queue.drain(..).collect(), graceful };
+            return Take::Removed { left: st.take_everything(), graceful };
         }
         let mut out = Vec::new();
         if self.is_evicted() {
             return Take::Batch(out); // the worker that evicted it probes; the others wait
+        }
+        if !st.deferred.is_empty() {
+            // retries that are due go first, oldest first, ahead of the queue
+            let now = Instant::now();
+            let mut due: Vec<Msg> = Vec::new();
+            st.deferred.retain(|(at, m)| {
+                if *at <= now {
+                    due.push(m.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            due.sort_by_key(|m| m.seq);
+            for m in due.into_iter().rev() {
+                st.queue.push_front(m);
+            }
         }
         if self.spec.batch {
             let mut bytes = 0usize;
@@ -261,9 +284,30 @@ impl NodeLink {
         }
     }
 
-    /// Take everything queued (for eviction, or the last worker's exit).
+    /// Take everything queued or deferred (for eviction, or the last worker's exit), in order.
     pub fn take_all(&self) -> Vec<Msg> {
-        self.state.lock().queue.drain(..).collect()
+        self.state.lock().take_everything()
+    }
+
+    /// Hold `msg`, whose handler failed, until `at`, while the queue behind it moves on. Refused
+    /// (handed back) when the node is evicted or removed, or when `cap` messages wait already:
+    /// then the caller retries it the old way (at the head of the queue, after a back-off), so
+    /// a subscriber that fails everything cannot make this grow without bound.
+    pub fn defer(&self, msg: Msg, at: Instant, cap: usize) -> Result<(), Msg> {
+        {
+            let mut st = self.state.lock();
+            if st.removed || self.is_evicted() || st.deferred.len() >= cap {
+                return Err(msg);
+            }
+            st.deferred.push((at, msg));
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// When the earliest deferred retry is due, if any.
+    pub fn next_retry_at(&self) -> Option<Instant> {
+        self.state.lock().deferred.iter().map(|(at, _)| *at).min()
     }
 
     /// Put messages back at the head of the queue unless the node was evicted meanwhile (then
@@ -292,10 +336,15 @@ impl NodeLink {
         self.state.lock().queue.len()
     }
 
+    /// Messages waiting for their own retry after a handler failure.
+    pub fn deferred_len(&self) -> usize {
+        self.state.lock().deferred.len()
+    }
+
     /// Lowest sequence number this link still owes (queued or on the wire).
     pub fn min_pending(&self) -> Option<u64> {
         let st = self.state.lock();
-        let q = st.queue.iter().map(|m| m.seq).min();
+        let q = st.queue.iter().chain(st.deferred.iter().map(|(_, m)| m)).map(|m| m.seq).min();
         match (q, st.inflight.iter().flatten().min().copied()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -331,12 +380,25 @@ impl NodeLink {
         let n = {
             let mut st = self.state.lock();
             st.removed = true;
-            let n = st.queue.len();
+            let n = st.queue.len() + st.deferred.len();
             st.queue.clear();
+            st.deferred.clear();
             n
         };
         self.notify.notify_one();
         n
+    }
+}
+
+impl LinkState {
+    /// The queue and the deferred retries, oldest first.
+    fn take_everything(&mut self) -> Vec<Msg> {
+        let mut all: Vec<Msg> = self.queue.drain(..).collect();
+        if !self.deferred.is_empty() {
+            all.extend(self.deferred.drain(..).map(|(_, m)| m));
+            all.sort_by_key(|m| m.seq);
+        }
+        all
     }
 }
 
@@ -358,7 +420,7 @@ pub(crate) mod tests {
     use bytes::Bytes;
 
     pub(crate) fn spec(id: &str, batch: bool) -> NodeSpec {
-        NodeSpec { id: id.into(), address: "127.0.0.1:1".into(), batch, secure: false, h2: false, max_body: None }
+        NodeSpec { id: id.into(), address: "127.0.0.1:1".into(), batch, secure: false, h2: false, max_body: None, max_deliveries: None }
     }
 
     pub(crate) fn link(id: &str, batch: bool, cap: usize) -> NodeLink {

@@ -16,17 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::backlog::Backlog;
 use crate::client::Transport;
 use crate::error::Error;
-use crate::msg::Msg;
+use crate::msg::{DeadLetter, Msg};
 use crate::node::{Enqueued, NodeLink, NodeSpec};
 use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
-use crate::stats::Stats;
+use crate::stats::{Drop, Stats};
 use crate::worker;
 
 pub use crate::config::PubConfig;
@@ -48,7 +48,11 @@ pub struct Publisher {
     progress: Progress,
     shutdown: watch::Sender<bool>,
     rt: tokio::runtime::Handle,
+    /// where messages go after `max_deliveries` failed handler attempts
+    dead_letters: RwLock<Option<DeadLetterSink>>,
 }
+
+pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
 
 /// (topic, node id)
 type LinkKey = (Arc<str>, String);
@@ -74,6 +78,7 @@ impl Publisher {
             progress: Progress::default(),
             shutdown,
             rt,
+            dead_letters: RwLock::new(None),
         })
     }
 
@@ -176,7 +181,7 @@ impl Publisher {
                     // only a node that does not keep up and is not failing over gets here when
                     // the producer ignores back-pressure; memory stays bounded, the drop counted
                     Stats::sub(&self.stats.in_flight, 1);
-                    Stats::add(&self.stats.dropped, 1);
+                    self.stats.count_drop(Drop::NodeQueueOverflow, 1);
                 }
                 Some(len)
             }
@@ -192,14 +197,14 @@ impl Publisher {
         Stats::add(&self.stats.backlogged, 1);
         let topic = msg.topic.clone();
         let out = self.backlog.push(&topic, msg);
-        Stats::add(&self.stats.dropped, out.dropped);
+        self.stats.count_drop(Drop::BacklogOverflow, out.dropped);
     }
 
     fn park_front(&self, topic: &str, mut msgs: Vec<Msg>) {
         msgs.sort_by_key(|m| m.seq);
         Stats::add(&self.stats.backlogged, msgs.len() as u64);
         let out = self.backlog.push_front_all(topic, msgs);
-        Stats::add(&self.stats.dropped, out.dropped);
+        self.stats.count_drop(Drop::BacklogOverflow, out.dropped);
     }
 
     /// Send what waits in the backlog for `topic` to its route, oldest first.
@@ -268,18 +273,19 @@ impl Publisher {
         Ok(())
     }
 
-    /// Messages of a node that left. A queue group hands them to another member (or, with none
-    /// left, to the backlog). A broadcast node's copy is parked in the backlog only when no other
-    /// node holds or delivered it; a broadcast subscriber that unsubscribed while the topic still
-    /// has others simply does not get them (counted as dropped).
-    pub(crate) fn leftovers(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>, graceful: bool) {
+    /// Messages of a node that left (unsubscribed, disconnected, answered 404, or evicted), one
+    /// rule for all: a queue group hands them to another member (or, with none left, to the
+    /// backlog); a broadcast copy is dropped only when another subscription of the topic has it
+    /// or will get it (another node holds a copy, or one delivered it); otherwise it waits in the
+    /// backlog, ahead of newer messages, for the next subscriber.
+    pub(crate) fn leftovers(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>) {
         if msgs.is_empty() {
             return;
         }
         Stats::sub(&self.stats.in_flight, msgs.len() as u64);
-        let route = self.routes.get(&link.topic).filter(|r| !r.is_empty());
-        if let (Some(_), Some(r)) = (&link.queue_group, &route) {
-            if let Some(g) = r.group(&link.queue_group).filter(|g| g.has_other_than(link)) {
+        if link.queue_group.is_some() {
+            let route = self.routes.get(&link.topic);
+            if let Some(g) = route.as_ref().and_then(|r| r.group(&link.queue_group)).filter(|g| g.has_other_than(link)) {
                 for m in msgs {
                     m.share.release(false);
                     if let Some(l) = g.pick(Some(link)) {
@@ -294,15 +300,13 @@ impl Publisher {
         for m in msgs {
             let others = m.share.release(false);
             let covered = others > 0 || m.share.reached_someone();
-            if link.queue_group.is_some() {
-                park.push(m); // the whole group is gone: wait for a member
-            } else if covered || (graceful && route.is_some()) {
+            if link.queue_group.is_none() && covered {
                 dropped += 1;
             } else {
-                park.push(m);
+                park.push(m); // nobody else has it: wait for the next subscriber
             }
         }
-        Stats::add(&self.stats.dropped, dropped);
+        self.stats.count_drop(Drop::LeftWhileOthersHaveIt, dropped);
         if park.is_empty() {
             return;
         }
@@ -326,6 +330,31 @@ impl Publisher {
             let _ = self.account(pushed);
         }
         Vec::new()
+    }
+
+    /// Where undeliverable messages go from now on (without a sink they are only counted).
+    pub fn set_dead_letter_sink(&self, sink: DeadLetterSink) {
+        *self.dead_letters.write() = Some(sink);
+    }
+
+    /// `m` failed `max_deliveries` handler attempts on `link`: it leaves the delivery machinery
+    /// (counted as dead-lettered, not dropped) and goes to the dead-letter sink.
+    pub(crate) fn undeliverable(&self, link: &NodeLink, m: Msg, error: String) {
+        m.share.release(false);
+        Stats::sub(&self.stats.in_flight, 1);
+        Stats::add(&self.stats.dead_lettered, 1);
+        self.stats.set_error(format!("{} failed {} times on {}: {error}", m.topic, m.attempts, link.spec.address));
+        if let Some(sink) = self.dead_letters.read().as_ref() {
+            sink(DeadLetter {
+                topic: m.topic.clone(),
+                envelope: m.envelope.clone(),
+                node: link.spec.id.clone(),
+                address: link.spec.address.clone(),
+                error,
+                attempts: m.attempts,
+            });
+        }
+        self.progress.notify();
     }
 
     /// The last worker of `link` stopped: the publisher forgets the link.
@@ -363,15 +392,18 @@ impl Publisher {
         self.progress.wait_until(FLUSH_TICK, timeout, || self.min_pending().is_none_or(|m| m > target)).await
     }
 
-    /// Stop every worker; what is still queued is counted as dropped.
+    /// Stop every worker; what is still queued for a node or waiting in the backlog is counted
+    /// as dropped (reason: disconnect). The links are emptied before the workers are told to
+    /// stop, so no worker can take a message that is then counted nowhere.
     pub fn close(&self) {
-        let _ = self.shutdown.send(true);
         let links: Vec<Arc<NodeLink>> = self.links.lock().drain().map(|(_, l)| l).collect();
         for l in links {
             let n = l.close() as u64;
             Stats::sub(&self.stats.in_flight, n);
-            Stats::add(&self.stats.dropped, n);
+            self.stats.count_drop(Drop::Disconnect, n);
         }
+        let _ = self.shutdown.send(true);
+        self.stats.count_drop(Drop::Disconnect, self.backlog.clear() as u64);
         self.routes.clear();
     }
 

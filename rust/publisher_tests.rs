@@ -29,7 +29,7 @@ struct TestNode {
 
 impl TestNode {
     fn spec(&self, id: &str) -> NodeSpec {
-        NodeSpec { id: id.into(), address: self.addr.to_string(), batch: false, secure: false, h2: false, max_body: None }
+        NodeSpec { id: id.into(), address: self.addr.to_string(), batch: false, secure: false, h2: false, max_body: None, max_deliveries: None }
     }
 
     fn got(&self) -> Vec<String> {
@@ -73,7 +73,7 @@ fn refusing_port() -> (TcpSocket, NodeSpec) {
     let s = TcpSocket::new_v4().unwrap();
     s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = s.local_addr().unwrap().to_string();
-    (s, NodeSpec { id: "a".into(), address, batch: false, secure: false, h2: false, max_body: None })
+    (s, NodeSpec { id: "a".into(), address, batch: false, secure: false, h2: false, max_body: None, max_deliveries: None })
 }
 
 async fn node(script: &[u16]) -> TestNode {
@@ -92,6 +92,7 @@ fn config() -> PubConfig {
         request_timeout: Duration::from_secs(30),
         evict_after: 2,
         node_inflight: 1,
+        max_deliveries: Some(3),
     }
 }
 
@@ -263,5 +264,104 @@ fn close_stops_routing_and_empties_every_queue() {
         // the queue first: a known gap, left as it was)
         publish(&p, &["4"]);
         assert_eq!(p.backlog.len("t"), 1, "no route after close: parked");
+    });
+}
+
+#[test]
+fn a_failing_message_does_not_hold_back_the_ones_behind_it() {
+    run(async {
+        let a = node(&[500]).await;
+        let mut cfg = config();
+        cfg.retry_min = Duration::from_millis(300);
+        let p = Arc::new(Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap());
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
+        publish(&p, &["1", "2", "3"]);
+        assert!(flushed(&p).await);
+        // "1" failed once and waited for its own retry while "2" and "3" went on
+        assert_eq!(a.got(), ["2", "3", "1"]);
+        let s = p.stats();
+        assert_eq!((s.remote_handler_errors.load(Relaxed), s.retried.load(Relaxed), s.backlogged.load(Relaxed)), (1, 1, 0));
+        assert_eq!(s.in_flight.load(Relaxed), 0);
+        p.close();
+    });
+}
+
+#[test]
+fn after_max_deliveries_a_message_is_dead_lettered_once() {
+    run(async {
+        let a = node(&[500, 500, 500]).await;
+        let p = publisher(); // max_deliveries: 3
+        let dead: Arc<Mutex<Vec<DeadLetter>>> = Arc::default();
+        let d = dead.clone();
+        p.set_dead_letter_sink(Box::new(move |l| d.lock().push(l)));
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
+        publish(&p, &["poison"]);
+        assert!(flushed(&p).await, "flush completes once the message is given up");
+        let dead = dead.lock().clone();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((&*dead[0].topic, &dead[0].envelope[..], dead[0].attempts), ("t", &b"poison"[..], 3));
+        assert_eq!(dead[0].node, "a");
+        assert!(dead[0].error.contains("scripted"));
+        let s = p.stats();
+        assert_eq!((s.dead_lettered.load(Relaxed), s.in_flight.load(Relaxed), s.dropped.load(Relaxed)), (1, 0, 0));
+        publish(&p, &["fine"]);
+        assert!(flushed(&p).await);
+        assert_eq!(a.got(), ["fine"]);
+        p.close();
+    });
+}
+
+#[test]
+fn a_nodes_own_max_deliveries_wins() {
+    run(async {
+        let a = node(&[500, 500, 500]).await;
+        let p = publisher(); // max_deliveries: 3
+        let mut spec = a.spec("a");
+        spec.max_deliveries = Some(1);
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
+        publish(&p, &["poison"]);
+        assert!(flushed(&p).await);
+        assert_eq!(p.stats().dead_lettered.load(Relaxed), 1);
+        assert_eq!(p.stats().remote_handler_errors.load(Relaxed), 1);
+        p.close();
+    });
+}
+
+#[test]
+fn a_leaving_node_parks_what_nobody_else_has_and_drops_what_others_have() {
+    run(async {
+        let (_socket, gone) = refusing_port();
+        let b = node(&[]).await;
+        let mut cfg = config();
+        cfg.evict_after = 1000; // keep the dead node in the route: it is "leaving", not evicted
+        let p = Arc::new(Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap());
+        // alone: its messages wait for the next subscriber
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![gone.clone()])]).unwrap();
+        publish(&p, &["1", "2"]);
+        p.set_routes("t", vec![]).unwrap();
+        eventually("parked", || p.backlog.len("t") == 2).await;
+        assert_eq!(p.stats().dropped.load(Relaxed), 0);
+        // with another subscription that has them: its copies are dropped, and counted why
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![gone, b.spec("b")])]).unwrap();
+        publish(&p, &["3"]);
+        eventually("b has everything", || b.got() == ["1", "2", "3"]).await;
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![b.spec("b")])]).unwrap();
+        eventually("the left node's copies are dropped", || p.stats().drop_left_while_others_have_it.load(Relaxed) == 3).await;
+        assert_eq!(p.stats().dropped.load(Relaxed), 3);
+        assert_eq!(p.backlog.len("t"), 0);
+        assert!(flushed(&p).await);
+        p.close();
+    });
+}
+
+#[test]
+fn close_counts_the_backlog_as_dropped_at_disconnect() {
+    run(async {
+        let p = publisher();
+        publish(&p, &["1", "2"]);
+        p.close();
+        let s = p.stats();
+        assert_eq!((s.drop_disconnect.load(Relaxed), s.dropped.load(Relaxed)), (2, 2));
+        assert_eq!(p.backlog.total_len(), 0);
     });
 }

@@ -70,6 +70,9 @@ pub struct ServerState {
     pub bridge: Arc<Bridge>,
     pub stats: Arc<Stats>,
     pub config: ServerConfig,
+    /// set by `drain()`: new deliveries are answered 503 (the publisher keeps them and hands them
+    /// to another subscriber or its backlog), while those already running finish
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
@@ -124,6 +127,9 @@ fn percent_decode(s: &str) -> String {
 
 /// Check that an envelope may go to subscriber `id`; returns the status and reason otherwise.
 fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<(), (StatusCode, String)> {
+    if state.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "subscriber is draining".into()));
+    }
     let subs = state.subs.read();
     match subs.get(id) {
         None => Err((StatusCode::NOT_FOUND, format!("no subscriber with id {id:?} here"))),

@@ -4,6 +4,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
+/// Why a message was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    BacklogOverflow,
+    NodeQueueOverflow,
+    LeftWhileOthersHaveIt,
+    Disconnect,
+}
+
 #[derive(Default)]
 pub struct Stats {
     /// messages accepted by `publish`
@@ -16,8 +25,19 @@ pub struct Stats {
     pub retried: AtomicU64,
     /// messages parked in the backlog (no route, or every node failing)
     pub backlogged: AtomicU64,
-    /// messages dropped: backlog or node queue overflow, or left behind by a node that unsubscribed
+    /// messages dropped, for any reason (the sum of the `drop_*` counters)
     pub dropped: AtomicU64,
+    /// dropped: the backlog was full (its oldest entry made room)
+    pub drop_backlog_overflow: AtomicU64,
+    /// dropped: a node queue was full (its oldest entry made room)
+    pub drop_node_queue_overflow: AtomicU64,
+    /// dropped: a broadcast subscription left while another subscription of the topic has or
+    /// will get the message
+    pub drop_left_while_others_have_it: AtomicU64,
+    /// dropped: still queued or in the backlog when the broker disconnected
+    pub drop_disconnect: AtomicU64,
+    /// messages handed to `on_undeliverable` / the dead-letter topic after `max_deliveries`
+    pub dead_lettered: AtomicU64,
     /// envelopes received by this broker's endpoint for a known subscriber
     pub received: AtomicU64,
     /// handler invocations that raised
@@ -47,6 +67,31 @@ impl Stats {
         let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
     }
 
+    /// Count `n` dropped messages, by reason.
+    pub fn count_drop(&self, reason: Drop, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let c = match reason {
+            Drop::BacklogOverflow => &self.drop_backlog_overflow,
+            Drop::NodeQueueOverflow => &self.drop_node_queue_overflow,
+            Drop::LeftWhileOthersHaveIt => &self.drop_left_while_others_have_it,
+            Drop::Disconnect => &self.drop_disconnect,
+        };
+        Self::add(c, n);
+        Self::add(&self.dropped, n);
+    }
+
+    /// Drop counts by reason, named as in `stats()["dropped_by_reason"]`.
+    pub fn drops_by_reason(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("backlog_overflow", self.drop_backlog_overflow.load(Relaxed)),
+            ("node_queue_overflow", self.drop_node_queue_overflow.load(Relaxed)),
+            ("left_while_others_have_it", self.drop_left_while_others_have_it.load(Relaxed)),
+            ("disconnect", self.drop_disconnect.load(Relaxed)),
+        ]
+    }
+
     pub fn set_error(&self, e: String) {
         *self.last_error.lock() = Some(e);
     }
@@ -66,6 +111,7 @@ impl Stats {
             ("remote_handler_errors", self.remote_handler_errors.load(Relaxed)),
             ("evicted", self.evicted.load(Relaxed)),
             ("tls_handshake_failures", self.tls_handshake_failures.load(Relaxed)),
+            ("dead_lettered", self.dead_lettered.load(Relaxed)),
             ("connections_refused", self.connections_refused.load(Relaxed)),
         ]
     }

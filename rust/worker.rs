@@ -27,12 +27,13 @@ pub struct Settled {
     pub rejected: Vec<Msg>,
     /// to send again after a back-off; also holds the 404 ones (in batch order)
     pub retry: Vec<Msg>,
+    /// the node's handler failed them (500): each is retried on its own (or on another member
+    /// of a queue group) while the node keeps receiving what follows
+    pub handler_failed: Vec<(Msg, String)>,
     /// to send again at once in smaller batches (413 to a batch)
     pub retry_now: Vec<Msg>,
     /// how many the node answered 404 for: it does not know the subscription, its route goes
     pub gone: usize,
-    /// how many the node's handler failed (500): counted as remote handler errors
-    pub remote_handler_errors: u64,
     /// false when the request got no answer at all
     pub answered: bool,
     /// the node's new batch byte cap, when a 413 to a batch lowered it
@@ -68,13 +69,10 @@ pub fn settle(address: &str, batch: Vec<Msg>, result: SendResult, batch_cap: usi
                 s.batch_cap = Some(cap);
                 s.retry_now.push(m);
             }
+            // the subscriber's handler raised: this message alone is retried
+            Verdict::Retry if status == 500 => s.handler_failed.push((m, err.trim().to_string())),
             // a failure entry naming a success status contradicts itself: sent again
-            Verdict::Retry | Verdict::Delivered => {
-                if status == 500 {
-                    s.remote_handler_errors += 1;
-                }
-                s.retry.push(m);
-            }
+            Verdict::Retry | Verdict::Delivered => s.retry.push(m),
             Verdict::Gone => {
                 s.gone += 1;
                 s.retry.push(m);
@@ -86,6 +84,21 @@ pub fn settle(address: &str, batch: Vec<Msg>, result: SendResult, batch_cap: usi
         }
     }
     s
+}
+
+/// The wait before a message's next try after `attempts` failed handler attempts: `min`,
+/// doubling per attempt, at most `max`.
+pub fn retry_delay(min: Duration, max: Duration, attempts: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempts.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+    min.saturating_mul(factor).min(max)
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether the loop goes on after a step.
@@ -131,15 +144,17 @@ impl Worker {
             }
             let batch = match self.link.take_batch(self.slot, self.publisher.config().max_batch) {
                 Take::Batch(b) => b,
-                Take::Removed { left, graceful } => {
-                    self.publisher.leftovers(&self.link, left, graceful);
+                Take::Removed { left, .. } => {
+                    self.publisher.leftovers(&self.link, left);
                     break;
                 }
             };
             if batch.is_empty() {
+                let retry_at = self.link.next_retry_at();
                 tokio::select! {
                     _ = self.link.notified() => {}
                     _ = self.shutdown.changed() => {}
+                    _ = sleep_until_opt(retry_at) => {}
                 }
                 continue;
             }
@@ -159,7 +174,7 @@ impl Worker {
         let cap = link.batch_cap().min(p.config().max_batch_bytes);
         let s = settle(&link.spec.address, batch, result, cap);
         self.record(&s);
-        let Settled { delivered, rejected, mut retry, mut retry_now, gone, .. } = s;
+        let Settled { delivered, rejected, mut retry, mut retry_now, handler_failed, gone, .. } = s;
         for m in delivered {
             m.share.release(true);
         }
@@ -167,10 +182,14 @@ impl Worker {
             m.share.release(false);
         }
         link.clear_inflight(self.slot);
+        // handler failures wait for their own retry; what could not be set aside is retried the
+        // old way below (at the head of the queue, after a back-off)
+        retry.extend(self.set_aside_failed(handler_failed));
+        retry.sort_by_key(|m| m.seq);
 
         if !retry.is_empty() && link.is_evicted() {
             // another worker of this node evicted it while this batch was on the wire
-            p.leftovers(&link, retry, false);
+            p.leftovers(&link, retry);
             p.progress().notify();
             return Flow::Next;
         }
@@ -219,6 +238,40 @@ impl Worker {
         Flow::Next
     }
 
+    /// Messages whose handler failed: each counts one more attempt; at the cap (the node's
+    /// `max_deliveries`, else the publisher's) it is undeliverable; in a queue group another
+    /// member takes it; otherwise it waits on this node for its own retry time (back-off by its
+    /// attempts) while the node keeps receiving what follows. Returns what could not be set
+    /// aside (the node's deferred list is full, or the node left meanwhile).
+    fn set_aside_failed(&self, failed: Vec<(Msg, String)>) -> Vec<Msg> {
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        let p = &self.publisher;
+        let link = &self.link;
+        let cfg = p.config();
+        let cap = link.spec.max_deliveries.or(cfg.max_deliveries);
+        let mut again = Vec::with_capacity(failed.len());
+        for (mut m, error) in failed {
+            m.attempts = m.attempts.saturating_add(1);
+            if cap.is_some_and(|c| m.attempts >= c) {
+                p.undeliverable(link, m, error);
+            } else {
+                again.push(m);
+            }
+        }
+        Stats::add(&p.stats().retried, again.len() as u64);
+        let mut left = Vec::new();
+        for m in p.failover(link, again) {
+            let at = std::time::Instant::now() + retry_delay(cfg.retry_min, cfg.retry_max, m.attempts);
+            if let Err(m) = link.defer(m, at, cfg.node_queue) {
+                left.push(m);
+            }
+        }
+        p.progress().notify();
+        left
+    }
+
     /// Counters, the link's answer count and batch cap, the last error.
     fn record(&self, s: &Settled) {
         let stats = self.publisher.stats();
@@ -234,7 +287,7 @@ impl Worker {
         if let Some(e) = &s.last_error {
             stats.set_error(e.clone());
         }
-        Stats::add(&stats.remote_handler_errors, s.remote_handler_errors);
+        Stats::add(&stats.remote_handler_errors, s.handler_failed.len() as u64);
         Stats::add(&stats.failed, s.rejected.len() as u64);
         Stats::add(&stats.delivered, s.delivered.len() as u64);
         Stats::sub(&stats.in_flight, (s.delivered.len() + s.rejected.len()) as u64);
@@ -250,7 +303,7 @@ impl Worker {
         link.mark_failing();
         p.routes().remove_link(&link);
         Stats::add(&p.stats().evicted, 1);
-        p.leftovers(&link, left, false);
+        p.leftovers(&link, left);
         p.progress().notify();
         if !self.probe_until_back().await {
             return Flow::Stop;
@@ -296,7 +349,7 @@ impl Worker {
     /// evicted node's messages go instead.
     fn requeue_or_hand_over(&self, msgs: Vec<Msg>) {
         if let Err(msgs) = self.link.requeue_front_unless_evicted(msgs) {
-            self.publisher.leftovers(&self.link, msgs, false);
+            self.publisher.leftovers(&self.link, msgs);
         }
     }
 
@@ -306,7 +359,7 @@ impl Worker {
             // the last worker of this node: whatever a sibling put back meanwhile is handed on
             let left = self.link.take_all();
             if !left.is_empty() && !*self.shutdown.borrow() {
-                p.leftovers(&self.link, left, self.link.left_gracefully());
+                p.leftovers(&self.link, left);
             }
             p.forget_link(&self.link);
         }
@@ -323,6 +376,18 @@ mod tests {
         v.iter().map(|m| m.seq).collect()
     }
 
+    fn failed_seqs(s: &Settled) -> Vec<u64> {
+        s.handler_failed.iter().map(|(m, _)| m.seq).collect()
+    }
+
+    #[test]
+    fn retry_delay_doubles_per_attempt_up_to_the_max() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(100));
+        let d: Vec<u128> = (0..7).map(|a| retry_delay(min, max, a).as_millis()).collect();
+        assert_eq!(d, [10, 10, 20, 40, 80, 100, 100]);
+        assert_eq!(retry_delay(min, max, u32::MAX), max);
+    }
+
     fn batch(n: u64) -> Vec<Msg> {
         (1..=n).map(|s| msg(s, 10)).collect()
     }
@@ -336,17 +401,18 @@ mod tests {
         let s = settle("n:1", batch(3), failed(&[]), 1000);
         assert_eq!(seqs(&s.delivered), [1, 2, 3]);
         assert!(s.answered && s.retry.is_empty() && s.rejected.is_empty() && s.retry_now.is_empty());
-        assert_eq!((s.gone, s.remote_handler_errors, s.batch_cap, s.last_error), (0, 0, None, None));
+        assert!(s.handler_failed.is_empty());
+        assert_eq!((s.gone, s.batch_cap, s.last_error), (0, None, None));
     }
 
     #[test]
     fn a_mixed_batch_lands_in_each_bucket() {
         let s = settle("n:1", batch(6), failed(&[(1, 500), (2, 400), (3, 503), (5, 422)]), 1000);
         assert_eq!(seqs(&s.delivered), [1, 5]);
-        assert_eq!(seqs(&s.retry), [2, 4]);
+        assert_eq!(seqs(&s.retry), [4], "the 503 is retried with the node");
+        assert_eq!(failed_seqs(&s), [2], "only the 500 is a handler failure, retried on its own");
         assert_eq!(seqs(&s.rejected), [3, 6]);
         assert!(s.retry_now.is_empty());
-        assert_eq!(s.remote_handler_errors, 1, "only the 500 is a handler error; the 503 is not");
         assert_eq!(s.gone, 0);
         assert_eq!(s.last_error.as_deref(), Some("n:1 refused a message: 422 status 422 "));
         assert!(s.answered);
@@ -355,8 +421,9 @@ mod tests {
     #[test]
     fn retryable_statuses_count_as_retries() {
         let s = settle("n:1", batch(5), failed(&[(0, 500), (1, 500), (2, 401), (3, 429), (4, 503)]), 1000);
-        assert_eq!(seqs(&s.retry), [1, 2, 3, 4, 5]);
-        assert_eq!(s.remote_handler_errors, 2);
+        assert_eq!(seqs(&s.retry), [3, 4, 5]);
+        assert_eq!(failed_seqs(&s), [1, 2]);
+        assert_eq!(s.handler_failed[0].1, "status 500", "the handler's error text travels with it");
         assert_eq!(s.last_error.as_deref(), Some("n:1 answered 503: status 503"));
     }
 
@@ -385,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_404_marks_the_route_gone_and_keeps_the_messages() {
-        let s = settle("n:1", batch(3), failed(&[(0, 404), (1, 500)]), 1000);
+        let s = settle("n:1", batch(3), failed(&[(0, 404), (1, 503)]), 1000);
         assert_eq!(s.gone, 1);
         assert_eq!(seqs(&s.retry), [1, 2], "gone and retried messages stay together, in order");
         assert_eq!(seqs(&s.delivered), [3]);

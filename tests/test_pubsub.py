@@ -391,7 +391,7 @@ async def test_flush_times_out_on_blocking_handler(make_broker: MakeBroker) -> N
 
 async def test_flush_times_out_on_node_answering_500(make_broker: MakeBroker) -> None:
     sb = await make_broker()
-    pub = await make_broker(retry_min=0.01, retry_max=0.05)
+    pub = await make_broker(retry_min=0.01, retry_max=0.05, max_deliveries=None)  # retried forever
 
     def always_fails(ev: Event) -> None:
         raise ValueError("no")

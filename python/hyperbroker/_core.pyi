@@ -93,8 +93,15 @@ class Engine:
     @property
     def wake_fd(self) -> int:
         """The file descriptor that is readable when ``take()`` has something."""
-    def take(self) -> tuple[list[str], list[Event], list[tuple[int, bool]]]:
-        """Every queued item: (subscriber ids, events, finished waits as (token, ok))."""
+    def take(
+        self,
+    ) -> tuple[list[str], list[Event], list[tuple[int, bool]], list[tuple[str, Message, str, str, str, int]]]:
+        """Every queued item: (subscriber ids, events, finished waits as (token, ok), dead letters
+        as (topic, message, node id, node address, last error, attempts))."""
+    def set_draining(self, on: bool) -> None:
+        """Answer new deliveries 503 (they stay with their publisher) while running ones finish."""
+    def pending_deliveries(self) -> int:
+        """Deliveries handed to Python whose outcome is not reported yet."""
     def done(self, failures: list[tuple[int, str]], deferred: list[int]) -> None:
         """Settle the events of the last ``take()``: failed (token, error), deferred, the rest handled."""
     def complete(self, results: list[tuple[int, str | None]]) -> None:
@@ -138,5 +145,5 @@ class Engine:
         """Messages of ``topic`` waiting in the backlog."""
     def backlog_dropped(self, topic: str) -> int:
         """Messages of ``topic`` the backlog dropped."""
-    def stats(self) -> dict[str, int | str | None]:
+    def stats(self) -> dict[str, int | str | dict[str, int] | None]:
         """Counters and gauges, plus ``last_error`` (str or None)."""

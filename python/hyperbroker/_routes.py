@@ -22,6 +22,12 @@ def _size_or_none(v: str | None) -> int | None:
     return n if n < 1 << 63 else None
 
 
+def _deliveries_or_none(v: str | None) -> int | None:
+    """An advertised redelivery cap (1 .. 2**32-1), or None for anything else."""
+    n = _size_or_none(v)
+    return n if n is not None and 1 <= n < 1 << 32 else None
+
+
 @dataclass(frozen=True, slots=True)
 class RouteNode:
     """One subscriber node: its id, ``host:port``, and what its registry metadata advertises."""
@@ -32,6 +38,8 @@ class RouteNode:
     secure: bool = False
     h2: bool = False
     max_body: int | None = None
+    #: the subscription's own redelivery cap (registry metadata ``max_deliveries``)
+    max_deliveries: int | None = None
 
     @classmethod
     def from_registry(cls, node: Node) -> RouteNode:
@@ -43,6 +51,7 @@ class RouteNode:
             secure=m.get("secure") == "true",
             h2=m.get("h2") == "1",
             max_body=_size_or_none(m.get("max_body")),
+            max_deliveries=_deliveries_or_none(m.get("max_deliveries")),
         )
 
 

@@ -14,8 +14,8 @@ from typing import Any
 from . import _core
 from ._routes import route_groups
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Event, Handler, to_wire
-from .options import BrokerOptions, parse_address, validate_tokens
+from .message import Event, Handler, Message, to_wire
+from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscribeOptions, Subscriber
 from .tls import local_hosts, read_pem
@@ -62,6 +62,8 @@ class Broker:
         self._topics: dict[str, dict[str, Service]] = {}
         self._connect_lock: asyncio.Lock | None = None
         self._owns_registry = False
+        self._final_stats: dict[str, Any] = {}
+        self._callback_tasks: set[asyncio.Task[Any]] = set()
 
     # --- go-micro's Broker interface -----------------------------------------------------------
 
@@ -199,7 +201,38 @@ class Broker:
 
     async def disconnect(self, timeout: float | None = None) -> None:
         """Deliver what is queued (up to ``timeout``, default ``disconnect_timeout``), deregister
-        every subscription (goodbye), stop the endpoint. Idempotent."""
+        every subscription (goodbye), stop the endpoint. Idempotent.
+
+        Deliveries running in this broker's handlers are cut short (their publishers retry
+        them elsewhere); use :meth:`drain` to let them finish first. What is still queued or in
+        the backlog afterwards is dropped and counted (``dropped_by_reason["disconnect"]``)."""
+        await self._disconnect(timeout, deregister=True)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Leave gracefully: deregister every subscription and answer new deliveries 503 (their
+        publishers keep them for another subscriber or their backlog), let the handlers already
+        running finish and answer, flush what this broker published, then disconnect. All of it
+        within ``timeout`` seconds; what is left then is handled as by :meth:`disconnect`."""
+        engine = self._engine
+        if engine is None:
+            return
+        if not timeout >= 0:
+            raise BrokerError(f"timeout must be >= 0, got {timeout!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        engine.set_draining(True)
+        for sub in list(self._subs.values()):
+            try:
+                await self._deregister(sub)
+            except Exception as e:  # the registry may be gone; still drain
+                log.warning("drain: could not deregister %s: %s", sub.id, e)
+        while engine.pending_deliveries() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if engine.pending_deliveries():
+            log.warning("drain: %d handler call(s) still running at the deadline", engine.pending_deliveries())
+        await self._disconnect(max(deadline - loop.time(), 0.0), deregister=False)
+
+    async def _disconnect(self, timeout: float | None, deregister: bool) -> None:
         if self._engine is None:
             return
         wait = self._options.disconnect_timeout if timeout is None else timeout
@@ -211,7 +244,7 @@ class Broker:
         parked = self._engine.stats().get("backlog", 0) if self._engine is not None else 0
         if parked:
             log.warning("disconnect: %s message(s) waiting in the backlog for a subscriber are dropped", parked)
-        for sub in list(self._subs.values()):
+        for sub in list(self._subs.values()) if deregister else []:
             try:
                 await self._deregister(sub)
             except Exception as e:  # the registry may be gone; still tear down
@@ -239,6 +272,7 @@ class Broker:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(engine.wake_fd)
             engine.close()
+            self._final_stats = dict(engine.stats())
         for fut in self._flushes.values():
             if not fut.done():
                 fut.set_result(False)
@@ -365,19 +399,27 @@ class Broker:
         """Counters: published, delivered, failed, retried, backlogged, dropped, received,
         handler_errors, in_flight (+ rejected, remote_handler_errors, backlog, last_error)."""
         if self._engine is None:
-            return {}
+            return dict(self._final_stats)  # after disconnect: the last counters
         return dict(self._engine.stats())
 
     # --- subscribe ------------------------------------------------------------------------------
 
     async def subscribe(
-        self, topic: str, handler: Handler, queue: str | None = None, auto_ack: bool = True
+        self,
+        topic: str,
+        handler: Handler,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | None = None,
     ) -> Subscriber:
         """Call ``handler(event)`` (a ``def`` or ``async def``) for each message of ``topic``.
 
         With ``queue``, subscribers sharing the queue name get each message once between them.
+        ``max_deliveries`` caps the handler attempts per message for this subscription
+        (publishers read it from the registry); None leaves it to each publisher's option.
         """
         engine = self._need()
+        check_max_deliveries(max_deliveries)
         self._check_topic(topic)
         if not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
@@ -388,7 +430,7 @@ class Broker:
             sub_id,
             topic,
             handler,
-            SubscribeOptions(queue=queue, auto_ack=auto_ack),
+            SubscribeOptions(queue=queue, auto_ack=auto_ack, max_deliveries=max_deliveries),
             complete=self._complete,
             unsubscribe=self._unsubscribe,
         )
@@ -411,6 +453,8 @@ class Broker:
         if self._options.h2:
             meta["h2"] = "1"
         meta["max_body"] = str(self._options.max_body)
+        if sub.options.max_deliveries is not None:
+            meta["max_deliveries"] = str(sub.options.max_deliveries)
         node = Node(sub.id, self._advertised, meta)
         return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
 
@@ -436,7 +480,9 @@ class Broker:
         engine = self._engine
         if engine is None:
             return
-        sub_ids, events, flushes = engine.take()
+        sub_ids, events, flushes, dead = engine.take()
+        if dead:
+            self._on_dead_letters(dead)
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
@@ -448,6 +494,56 @@ class Broker:
             fut = self._flushes.get(token)
             if fut is not None and not fut.done():
                 fut.set_result(ok)
+
+    def _on_dead_letters(self, dead: list[tuple[str, Message, str, str, str, int]]) -> None:
+        """Messages this broker published that a subscription failed ``max_deliveries`` times:
+        to ``on_undeliverable`` and the dead-letter topic (never back to the same topic)."""
+        o = self._options
+        for topic, msg, node, address, error, attempts in dead:
+            if o.on_undeliverable is not None:
+                self._call_back("on_undeliverable", o.on_undeliverable, topic, msg, error)
+            dlq = o.dead_letter_topic
+            if dlq is not None and dlq != topic and self._engine is not None:
+                header = dict(msg.header)
+                header.update(
+                    {
+                        "X-Hyperbroker-Original-Topic": topic,
+                        "X-Hyperbroker-Node": f"{node}@{address}",
+                        "X-Hyperbroker-Error": error,
+                        "X-Hyperbroker-Deliveries": str(attempts),
+                    }
+                )
+                try:
+                    self._engine.publish(dlq, header, msg.body)
+                except BrokerError as e:
+                    log.warning("could not dead-letter a message of %r to %r: %s", topic, dlq, e)
+        if o.on_undeliverable is None and o.dead_letter_topic is None:
+            log.warning(
+                "%d message(s) given up after max_deliveries=%s failed attempts (set on_undeliverable or"
+                " dead_letter_topic to keep them); last error: %s",
+                len(dead),
+                o.max_deliveries,
+                dead[-1][4],
+            )
+
+    def _call_back(self, name: str, fn: Callable[..., object], *args: object) -> None:
+        """Run a user callback on the loop; an exception in it is logged, never raised."""
+        try:
+            r = fn(*args)
+        except Exception:
+            log.exception("%s raised", name)
+            return
+        if inspect.isawaitable(r):
+
+            async def run(aw: Any = r) -> None:
+                try:
+                    await aw
+                except Exception:
+                    log.exception("%s raised", name)
+
+            t = asyncio.get_running_loop().create_task(run())
+            self._callback_tasks.add(t)
+            t.add_done_callback(self._callback_tasks.discard)
 
     def _complete(self, results: list[tuple[int, str | None]]) -> None:
         """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""

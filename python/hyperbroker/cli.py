@@ -116,7 +116,10 @@ async def _sub(args: argparse.Namespace) -> int:
                 pass
         else:
             await stop.wait()
-        await sub.unsubscribe()
+        # SIGTERM / SIGINT / done: leave gracefully, letting the running handler finish and
+        # publishers hand what was queued for us to another subscriber or their backlog
+        print(f"[sub] draining {sub.id}", flush=True)
+        await broker.drain(timeout=args.drain_timeout)
     return 0
 
 
@@ -227,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("--advertise", default=None, help="host or host:port to announce instead of the bound one")
     sub.add_argument("--count", type=int, default=0, help="exit after this many messages")
     sub.add_argument("--timeout", type=float, default=0, help="exit after this many seconds")
+    sub.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to drain on exit (SIGTERM, SIGINT)")
     _net_args(sub)
 
     pub = cmds.add_parser("pub", help="publish messages")

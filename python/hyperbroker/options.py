@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +14,10 @@ from .errors import BrokerError
 from .tls import TLSConfig
 
 if TYPE_CHECKING:
+    from .message import Message
     from .registry.base import Registry
 
-__all__ = ["BrokerOptions", "parse_address", "validate_tokens"]
+__all__ = ["BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
 
 #: inclusive upper bounds of the integer options (what their Rust fields can hold, or sensible)
 _INT_MAX = {"evict_after": (1 << 32) - 1, "node_inflight": 256}
@@ -34,6 +35,14 @@ def validate_tokens(tokens: Sequence[str] | None) -> None:
     for t in tokens:
         if not isinstance(t, str) or not t or not t.isascii() or not t.isprintable() or " " in t:
             raise BrokerError("an auth token must be a non-empty string of printable ASCII without spaces")
+
+
+def check_max_deliveries(v: object) -> None:
+    """``max_deliveries`` is None (forever) or an integer 1 .. 2**32-1."""
+    if v is None:
+        return
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 1 << 32:
+        raise BrokerError(f"max_deliveries must be None or an integer from 1 to 2**32-1, got {v!r}")
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -100,6 +109,13 @@ class BrokerOptions:
         hyperbroker publishers then use HTTP/2 towards it.
     auth_token: a bearer token (or a list: the first is sent, all are accepted, for rotation)
         that publishers send and this broker's endpoint requires (401 otherwise).
+    max_deliveries: failed handler attempts (500 answers) after which a message this broker
+        published is given up for one subscription (None: retried forever). A subscription's
+        own ``subscribe(..., max_deliveries=)`` wins.
+    on_undeliverable: ``f(topic, message, reason)`` (sync or async), called on the event loop
+        for each message given up after ``max_deliveries``; an exception in it is logged.
+    dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
+        with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
     """
 
     address: str = ":0"
@@ -131,6 +147,9 @@ class BrokerOptions:
     tls: TLSConfig | None = None
     h2: bool = False
     auth_token: str | Sequence[str] | None = None
+    max_deliveries: int | None = 10
+    on_undeliverable: Callable[[str, Message, str], object] | None = None
+    dead_letter_topic: str | None = None
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -142,6 +161,11 @@ class BrokerOptions:
 
     def __post_init__(self) -> None:
         parse_address(self.address)
+        check_max_deliveries(self.max_deliveries)
+        if self.on_undeliverable is not None and not callable(self.on_undeliverable):
+            raise BrokerError(f"on_undeliverable must be callable, got {type(self.on_undeliverable).__name__}")
+        if self.dead_letter_topic is not None and (not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic):
+            raise BrokerError("dead_letter_topic must be a non-empty string or None")
         if isinstance(self.registry, str):
             from .registry.url import parse_url
 

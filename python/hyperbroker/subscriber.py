@@ -35,6 +35,9 @@ class SubscribeOptions:
 
     queue: str | None = None
     auto_ack: bool = True
+    #: failed handler attempts after which publishers give a message up for this subscription
+    #: (announced in the registry; None: each publisher's own ``max_deliveries``)
+    max_deliveries: int | None = None
 
 
 def describe(exc: BaseException) -> str:

@@ -54,6 +54,8 @@ struct BrokerOptions {
     #[pyo3(attribute)]
     node_inflight: usize,
     #[pyo3(attribute)]
+    max_deliveries: Option<u32>,
+    #[pyo3(attribute)]
     max_body: usize,
     #[pyo3(attribute, from_py_with = seconds)]
     header_read_timeout: Duration,
@@ -110,6 +112,7 @@ pub fn engine_config(options: &Bound<'_, PyAny>) -> PyResult<(PubConfig, ServerC
         request_timeout: o.request_timeout,
         evict_after: o.evict_after,
         node_inflight: o.node_inflight,
+        max_deliveries: o.max_deliveries,
     };
     let server = ServerConfig {
         max_body: o.max_body,
@@ -139,6 +142,8 @@ struct RouteNode {
     h2: bool,
     #[pyo3(attribute)]
     max_body: Option<usize>,
+    #[pyo3(attribute)]
+    max_deliveries: Option<u32>,
 }
 
 /// `hyperbroker._routes.RouteGroup`: the nodes of one registry version (a queue group, or the
@@ -157,7 +162,7 @@ impl RouteGroup {
         let specs = self
             .nodes
             .into_iter()
-            .map(|n| NodeSpec { id: n.id, address: n.address, batch: n.batch, secure: n.secure, h2: n.h2, max_body: n.max_body })
+            .map(|n| NodeSpec { id: n.id, address: n.address, batch: n.batch, secure: n.secure, h2: n.h2, max_body: n.max_body, max_deliveries: n.max_deliveries })
             .collect();
         (self.version, specs)
     }

@@ -16,6 +16,7 @@ use super::conversion::{self, seconds};
 use super::errors::BrokerError;
 use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
+use crate::codec;
 use crate::error::Error;
 use crate::publisher::Publisher;
 use crate::runtime;
@@ -53,9 +54,12 @@ impl Engine {
             bridge: bridge.clone(),
             stats: stats.clone(),
             config: server_config,
+            draining: Default::default(),
         });
         let rt = runtime::get()?;
         let publisher = Publisher::new(pub_config, stats.clone(), rt.handle().clone())?;
+        let sink = bridge.clone();
+        publisher.set_dead_letter_sink(Box::new(move |d| sink.dead_letter(d)));
         Ok(Engine { publisher: Arc::new(publisher), server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
@@ -95,21 +99,37 @@ impl Engine {
         }
     }
 
+    /// Stop taking new deliveries (they are answered 503 and stay with their publisher) while
+    /// those already handed to Python finish: the first step of `Broker.drain()`.
+    fn set_draining(&self, on: bool) {
+        self.server.draining.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Deliveries handed to Python whose outcome is not known yet.
+    fn pending_deliveries(&self) -> usize {
+        self.bridge.pending_len()
+    }
+
     /// The file descriptor the asyncio loop watches; readable when `take()` has something.
     #[getter]
     fn wake_fd(&self) -> i32 {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (subscriber ids, events, flushes); ids and events are parallel
-    /// lists, each event an `Event` carrying its delivery token; a flush is (token, ok).
+    /// Take every queued item: (subscriber ids, events, flushes, dead letters); ids and events
+    /// are parallel lists, each event an `Event` carrying its delivery token; a flush is
+    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts).
     #[allow(clippy::type_complexity)]
-    fn take<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
+        let dead = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
         let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
@@ -143,9 +163,23 @@ impl Engine {
                     taken.push(token);
                 }
                 Item::Flushed { token, ok } => flushes.append((token, ok))?,
+                Item::DeadLetter(d) => {
+                    // it was encoded by this broker: it decodes (a failure would be a bug; the
+                    // letter is then reported with the raw envelope as its body)
+                    let (header, body) = match codec::decode(&d.envelope) {
+                        Ok(env) => (env.header, env.body),
+                        Err(_) => (Vec::new(), d.envelope.to_vec()),
+                    };
+                    let h = PyDict::new(py);
+                    for (k, v) in &header {
+                        h.set_item(k, v)?;
+                    }
+                    let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                    dead.append((&*d.topic, msg, d.node, d.address, d.error, d.attempts))?;
+                }
             }
         }
-        Ok((sub_ids, events, flushes))
+        Ok((sub_ids, events, flushes, dead))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
@@ -348,6 +382,11 @@ impl Engine {
         d.set_item("backlog", self.publisher.backlog.total_len())?;
         d.set_item("backlog_bytes", self.publisher.backlog.total_bytes())?;
         d.set_item("last_error", self.stats.last_error.lock().clone())?;
+        let reasons = PyDict::new(py);
+        for (k, v) in self.stats.drops_by_reason() {
+            reasons.set_item(k, v)?;
+        }
+        d.set_item("dropped_by_reason", reasons)?;
         Ok(d)
     }
 }
