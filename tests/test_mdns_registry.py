@@ -4,8 +4,8 @@ Every zeroconf here binds 127.0.0.1 only. CI runs the suite inside a private net
 
     unshare -rn sh -c 'ip link set lo up && python -m pytest tests/test_mdns_registry.py -q'
 
-Each registry has its own AsyncZeroconf, as separate processes would; registrations probe for
-about 1.2 s before anyone sees them, hence the generous (but bounded) waits.
+Each registry has its own AsyncZeroconf, as separate processes would; a registration is
+announced within ~10 ms (no probing), the waits below are generous but bounded.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from hyperbroker.registry.base import (
 from hyperbroker.registry.mdns import MdnsRegistry
 
 LOOPBACK = ["127.0.0.1"]
-SEEN_WITHIN = 5.0  # a registration (probe + announce) reaches a peer within this
+SEEN_WITHIN = 5.0  # a registration (announce + resolve) reaches a peer within this
 GONE_WITHIN = 2.0  # a goodbye reaches a peer within this
 
 Make = Callable[[], MdnsRegistry]

@@ -13,10 +13,18 @@ answer from it and ``watch`` turns its changes into :class:`~.base.WatchEvent` s
 
 Facts of mDNS worth knowing:
 
-- A new registration probes the network first: ``register`` takes about 1-1.5 s per call
-  (the nodes of one call are probed concurrently). A re-register of an unchanged node (the
-  broker's heartbeat) is free; a changed node is re-announced without probing.
-- ``deregister`` and ``close`` send goodbyes (TTL 0): peers drop the node at once.
+- Registration does not probe: node ids are unique random ids, so a name collision cannot
+  happen by chance (a copy of an id already seen on the network is refused from the cache).
+  ``register`` returns at once; the node is announced in the background
+  (:mod:`.mdns_announce`): everything registered within ~10 ms shares packets, each node three
+  times one second apart. 1000 subscriptions register in well under a second and peers see
+  them within a second. A re-register of an unchanged node (the broker's heartbeat) sends
+  nothing; a changed node is re-announced.
+- ``deregister`` and ``close`` send goodbyes (TTL 0), batched the same way: peers drop the node
+  at once.
+- At rest nothing is sent but zeroconf's own browsing: a few queries when a registry starts,
+  then one PTR refresh query per browser about every 56 minutes (75 % of the 75-minute PTR
+  TTL), answered by every responder.
 - A node that dies without a goodbye stays "discovered" for a long time (receivers keep a PTR
   record at least 1125 s); a refused or failing POST is the liveness signal.
 - Questions are asked as multicast (QM) questions, never unicast-response (QU) ones: when
@@ -29,15 +37,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zeroconf import (
+from zeroconf import (  # type: ignore[attr-defined]  # service_type_name: kept "for compat" upstream
     BadTypeInNameException,
     DNSQuestionType,
     InterfaceChoice,
@@ -46,15 +53,18 @@ from zeroconf import (
     ServiceNameAlreadyRegistered,
     ServiceStateChange,
     Zeroconf,
+    current_time_millis,
+    service_type_name,
 )
 from zeroconf import Error as ZeroconfError
-from zeroconf import service_type_name  # type: ignore[attr-defined]  # kept "for compat" upstream
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import RegistryError
 from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, topic_of
+from .mdns_announce import Announcer
+from .mdns_resolve import Resolver
 
-__all__ = ["MdnsRegistry", "DEFAULT_SERVICE_TYPE"]
+__all__ = ["DEFAULT_SERVICE_TYPE", "MdnsRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +84,11 @@ _MAX_TXT_TOTAL = 8000
 _MAX_INSTANCE = 63
 #: How long the first get_service()/list_services() waits for the browser's first answers (s).
 _FIRST_BROWSE_WAIT = 0.5
-#: How long one resolution of an instance may take (ms).
-_RESOLVE_TIMEOUT_MS = 3000
 #: How long close() waits for its goodbye packets to go out (s).
 _GOODBYE_WAIT = 2.0
 
 _Key = tuple[str, str]  # (service name, version)
+_TYPE_SRV = 33  # RFC 2782
 
 
 def _coerce_ip_version(value: Any) -> IPVersion | None:
@@ -192,7 +201,6 @@ class _Own:
     view: Node  # as the network sees it (address resolved)
     info: AsyncServiceInfo
     signature: tuple[Any, ...]
-    announce: asyncio.Future[Any] | None = None
 
 
 class _NodeLock:
@@ -251,11 +259,14 @@ class MdnsRegistry:
         # lower-cased node id -> ...
         self._own: dict[str, _Own] = {}
         self._remote: dict[str, tuple[_Key, Node]] = {}
-        self._resolving: dict[str, asyncio.Task[None]] = {}
+        self._resolver: Resolver | None = None  # created with the browser
         self._withdrawn: set[str] = set()  # our own ids whose goodbye echo has not come back
         self._locks: dict[str, _NodeLock] = {}
-        self._goodbyes: set[asyncio.Future[Any]] = set()
-        self._view: dict[_Key, dict[str, Node]] = {}
+        self._announcer: Announcer | None = None
+        # the merged view, kept incrementally: name -> version -> lower-cased id -> node, and
+        # where each lower-cased id is in it
+        self._view: dict[str, dict[str, dict[str, Node]]] = {}
+        self._placed: dict[str, _Key] = {}
         self._watchers: set[QueueWatcher] = set()
 
     # -- zeroconf lifecycle ------------------------------------------------------------------
@@ -314,7 +325,13 @@ class MdnsRegistry:
                 )
             self._started = True
             self._check()
+            self._announcer = Announcer(aiozc.zeroconf)
         return aiozc
+
+    @property
+    def announcer(self) -> Announcer | None:
+        """The background announcer (its counters tell how many packets were sent)."""
+        return self._announcer
 
     def _local_addresses(self, zc: Zeroconf) -> list[str]:
         """Every address of the interfaces zeroconf uses (routable ones when there are any)."""
@@ -373,36 +390,63 @@ class MdnsRegistry:
 
     # -- the merged view and its events ------------------------------------------------------
 
-    def _compute_view(self) -> dict[_Key, dict[str, Node]]:
-        view: dict[_Key, dict[str, Node]] = {}
-        for lid, (key, node) in self._remote.items():
-            if lid not in self._own:
-                view.setdefault(key, {})[node.id] = node
-        for own in self._own.values():
-            view.setdefault(own.key, {})[own.view.id] = own.view
-        return view
+    def _entry(self, lid: str) -> tuple[_Key, Node] | None:
+        """What the view holds for one node: our own registration wins over the network's."""
+        own = self._own.get(lid)
+        if own is not None:
+            return own.key, own.view
+        return self._remote.get(lid)
+
+    def _nodes(self, key: _Key) -> dict[str, Node] | None:
+        versions = self._view.get(key[0])
+        return None if versions is None else versions.get(key[1])
 
     @staticmethod
     def _service(key: _Key, nodes: Mapping[str, Node]) -> Service:
         return Service(key[0], key[1], tuple(sorted(nodes.values(), key=lambda n: n.id)))
 
-    def _refresh(self) -> None:
-        """Recompute the view and tell the watchers what changed."""
-        old, new = self._view, self._compute_view()
-        self._view = new
+    def _refresh(self, lids: Iterable[str]) -> None:
+        """Bring the given nodes' places in the view up to date and tell the watchers what
+        changed (one event per service touched)."""
+        before: dict[_Key, dict[str, Node] | None] = {}
+        for lid in lids:
+            old_key = self._placed.get(lid)
+            entry = self._entry(lid)
+            new_key = entry[0] if entry is not None else None
+            for k in (old_key, new_key):
+                if k is not None and k not in before:
+                    nodes = self._nodes(k)
+                    before[k] = dict(nodes) if nodes is not None else None
+            if old_key is not None:
+                nodes = self._nodes(old_key)
+                if nodes is not None:
+                    nodes.pop(lid, None)
+                    if not nodes:
+                        versions = self._view[old_key[0]]
+                        del versions[old_key[1]]
+                        if not versions:
+                            del self._view[old_key[0]]
+                del self._placed[lid]
+            if entry is not None:
+                key, node = entry
+                self._view.setdefault(key[0], {}).setdefault(key[1], {})[lid] = node
+                self._placed[lid] = key
         events: list[WatchEvent] = []
-        for key, nodes in new.items():
-            before = old.get(key)
-            if before is None:
-                events.append(WatchEvent("create", self._service(key, nodes)))
-            elif before != nodes:
-                events.append(WatchEvent("update", self._service(key, nodes)))
-        for key, nodes in old.items():
-            if key not in new:
-                events.append(WatchEvent("delete", self._service(key, nodes)))
+        for key, old in before.items():
+            new = self._nodes(key)
+            if old is None and new is not None:
+                events.append(WatchEvent("create", self._service(key, new)))
+            elif old is not None and new is None:
+                events.append(WatchEvent("delete", self._service(key, old)))
+            elif old is not None and new is not None and old != new:
+                events.append(WatchEvent("update", self._service(key, new)))
         for ev in events:
             for w in list(self._watchers):
                 w.put(ev)
+
+    def _services(self, name: str | None = None) -> list[Service]:
+        names: Iterable[str] = self._view if name is None else [name] if name in self._view else []
+        return [self._service((n, v), nodes) for n in names for v, nodes in self._view[n].items()]
 
     # -- browsing ----------------------------------------------------------------------------
 
@@ -412,6 +456,7 @@ class MdnsRegistry:
         aiozc = self._zc()
         loop = asyncio.get_running_loop()
         self._browse_ready_at = loop.time() + _FIRST_BROWSE_WAIT
+        self._resolver = Resolver(aiozc.zeroconf, self._type, self._on_resolved)
         self._browser = AsyncServiceBrowser(
             aiozc.zeroconf,
             [self._type],
@@ -433,7 +478,7 @@ class MdnsRegistry:
         name: str,
         state_change: ServiceStateChange,
     ) -> None:
-        """Browser handler: a plain function; resolution runs in a task."""
+        """Browser handler: a plain function; the resolver does the rest."""
         try:
             if self._closed:
                 return
@@ -441,44 +486,31 @@ class MdnsRegistry:
             if instance is None:
                 return
             lid = instance.lower()
-            pending = self._resolving.pop(lid, None)
-            if pending is not None:
-                pending.cancel()
+            resolver = self._resolver
+            if resolver is None:
+                return
             if state_change is ServiceStateChange.Removed:
+                resolver.forget(lid)
                 self._withdrawn.discard(lid)
                 if self._remote.pop(lid, None) is not None:
-                    self._refresh()
+                    self._refresh((lid,))
                 return
-            if lid in self._withdrawn:
-                return  # the echo of our own registration, goodbye still on its way
-            task = asyncio.get_running_loop().create_task(
-                self._resolve(zeroconf, service_type, name, lid)
-            )
-            self._resolving[lid] = task
-            task.add_done_callback(functools.partial(self._resolve_done, lid))
+            if lid in self._withdrawn or lid in self._own:
+                return  # the echo of our own announcements (or of a goodbye on its way)
+            resolver.want(lid, name)
         except Exception:  # never break zeroconf's record processing
             log.exception("mDNS browser handler failed for %s", name)
 
-    def _resolve_done(self, lid: str, task: asyncio.Task[None]) -> None:
-        if self._resolving.get(lid) is task:
-            del self._resolving[lid]
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("resolving mDNS node %r failed: %r", lid, task.exception())
-
-    async def _resolve(self, zc: Zeroconf, service_type: str, name: str, lid: str) -> None:
-        info = AsyncServiceInfo(service_type, name)
-        if not await info.async_request(zc, _RESOLVE_TIMEOUT_MS, question_type=DNSQuestionType.QM):
-            log.debug("mDNS instance %s did not resolve in time", name)
-            return
-        if self._closed or lid in self._withdrawn:
+    def _on_resolved(self, lid: str, info: AsyncServiceInfo | None) -> None:
+        if info is None or self._closed or lid in self._withdrawn or lid in self._own:
             return
         parsed = self._parse(info)
         if parsed is None:
-            log.debug("ignoring mDNS instance %s: not a hyperbroker node", name)
+            log.debug("ignoring mDNS instance %s: not a hyperbroker node", info.name)
             return
         if self._remote.get(lid) != parsed:
             self._remote[lid] = parsed
-            self._refresh()
+            self._refresh((lid,))
 
     def _parse(self, info: AsyncServiceInfo) -> tuple[_Key, Node] | None:
         props = info.decoded_properties
@@ -502,8 +534,10 @@ class MdnsRegistry:
     async def register(self, service: Service, ttl: float | None = None) -> None:
         """Announce the service's nodes (one DNS-SD instance each).
 
-        ``ttl`` is accepted for the protocol; mDNS record TTLs are zeroconf's defaults and a
-        re-register of an unchanged node does nothing, so the broker's heartbeat costs nothing.
+        Returns as soon as zeroconf answers for the nodes; the announcements go out in the
+        background. ``ttl`` is accepted for the protocol; mDNS record TTLs are zeroconf's
+        defaults and a re-register of an unchanged node sends nothing, so the broker's
+        heartbeat costs nothing.
         """
         self._check()
         if not service.name:
@@ -522,7 +556,7 @@ class MdnsRegistry:
         results = await asyncio.gather(
             *(self._register_node(aiozc, key, *p) for p in planned), return_exceptions=True
         )
-        self._refresh()
+        self._refresh(node.id.lower() for node, *_ in planned)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -543,7 +577,7 @@ class MdnsRegistry:
 
     @contextlib.asynccontextmanager
     async def _node_lock(self, lid: str) -> AsyncIterator[None]:
-        """Serialize register/deregister of one node (a heartbeat may overlap the probing)."""
+        """Serialize register/deregister of one node (a host name may take a lookup)."""
         entry = self._locks.get(lid)
         if entry is None:
             entry = self._locks[lid] = _NodeLock()
@@ -556,13 +590,28 @@ class MdnsRegistry:
             if entry.users == 0:
                 del self._locks[lid]
 
+    @staticmethod
+    def _claimed_elsewhere(zc: Zeroconf, info: AsyncServiceInfo) -> bool:
+        """Whether another responder already announced this instance name with another target
+        (what probing would find; a name we announced ourselves matches, so it is ours)."""
+        now = current_time_millis()
+        for record in zc.cache.entries_with_name(info.name):
+            if record.type != _TYPE_SRV or record.ttl == 0 or record.is_expired(now):
+                continue
+            theirs = (getattr(record, "port", None), str(getattr(record, "server", "")).lower())
+            if theirs != (info.port, str(info.server).lower()):
+                return True
+        return False
+
     async def _register_node(
         self, aiozc: AsyncZeroconf, key: _Key, node: Node, props: dict[str, str], host: str, port: int
     ) -> None:
         lid = node.id.lower()
         async with self._node_lock(lid):
             self._check()
-            addresses = await self._node_addresses(aiozc.zeroconf, node, host)
+            zc = aiozc.zeroconf
+            addresses = await self._node_addresses(zc, node, host)
+            self._check()
             signature = (key, node.id, port, tuple(addresses), tuple(props.items()))
             old = self._own.get(lid)
             if old is not None and old.signature == signature:
@@ -577,14 +626,13 @@ class MdnsRegistry:
             info.set_server_if_missing()  # host name = instance name: one A/AAAA set per node
             ips = [ip for a in addresses if (ip := _ip(a)) is not None]
             view = Node(node.id, _best_address(ips, port), dict(node.metadata))
-            own = _Own(key, node, view, info, signature)
             try:
                 if old is not None:
-                    if old.announce is not None:
-                        old.announce.cancel()
-                    own.announce = asyncio.ensure_future(await aiozc.async_update_service(info))
+                    zc.registry.async_update(info)
                 else:
-                    own.announce = asyncio.ensure_future(await aiozc.async_register_service(info))
+                    if lid not in self._withdrawn and self._claimed_elsewhere(zc, info):
+                        raise NonUniqueNameException
+                    zc.registry.async_add(info)
             except NonUniqueNameException as e:
                 raise RegistryError(
                     f"node id {node.id!r} is already announced on the network by another "
@@ -594,53 +642,46 @@ class MdnsRegistry:
                 raise RegistryError(
                     f"node id {node.id!r} is already registered on this zeroconf instance"
                 ) from e
-            except (ZeroconfError, OSError, ValueError) as e:
+            except (ZeroconfError, ValueError, AssertionError) as e:
                 raise RegistryError(f"cannot announce node {node.id!r} over mDNS: {e!r}") from e
             self._withdrawn.discard(lid)
-            self._own[lid] = own
-            if self._closed:  # close() ran while we were probing: take it back at once
-                self._withdraw(lid, own)
-                if not aiozc.zeroconf.done:
-                    await self._goodbye(aiozc, own)
-                raise RegistryError("registry is closed")
+            self._own[lid] = _Own(key, node, view, info, signature)
+            self._remote.pop(lid, None)
+            assert self._announcer is not None
+            self._announcer.announce(lid, info)
 
     async def deregister(self, service: Service) -> None:
-        """Withdraw the service's nodes: zeroconf sends goodbyes (TTL 0) for each."""
+        """Withdraw the service's nodes: goodbyes (TTL 0) go out for each, in the background."""
         self._check()
         key = (service.name, service.version)
         ids = [n.id.lower() for n in service.nodes]
         if not any(lid in self._own and self._own[lid].key == key for lid in ids):
             return
         aiozc = await self._ready()
+        gone: list[str] = []
         for lid in ids:
             async with self._node_lock(lid):
                 own = self._own.get(lid)
                 if own is None or own.key != key:
                     continue
-                self._withdraw(lid, own)
-                await self._goodbye(aiozc, own)
-        self._refresh()
+                self._withdraw(aiozc, lid, own)
+                gone.append(lid)
+        self._refresh(gone)
 
-    def _withdraw(self, lid: str, own: _Own) -> None:
+    def _withdraw(self, aiozc: AsyncZeroconf, lid: str, own: _Own) -> None:
+        """Forget one of our nodes and say goodbye for it."""
         del self._own[lid]
         self._withdrawn.add(lid)
         self._remote.pop(lid, None)
-        pending = self._resolving.pop(lid, None)
-        if pending is not None:
-            pending.cancel()
-        if own.announce is not None:
-            # a late announcement after the goodbye would resurrect the node for ~19 minutes
-            own.announce.cancel()
-
-    async def _goodbye(self, aiozc: AsyncZeroconf, own: _Own) -> None:
+        if self._resolver is not None:
+            self._resolver.forget(lid)
         try:
-            fut: Awaitable[Any] = await aiozc.async_unregister_service(own.info)
-        except (ZeroconfError, OSError, KeyError, ValueError) as e:
-            log.warning("mDNS goodbye for %r failed: %r", own.node.id, e)
-            return
-        task = asyncio.ensure_future(fut)
-        self._goodbyes.add(task)
-        task.add_done_callback(self._goodbyes.discard)
+            aiozc.zeroconf.registry.async_remove(own.info)
+        except (ZeroconfError, KeyError, ValueError) as e:
+            log.warning("mDNS: removing %r from the responder failed: %r", own.node.id, e)
+        if self._announcer is not None:
+            # replaces an announcement still due: a late one would resurrect the node for ~19 min
+            self._announcer.goodbye(lid, own.info)
 
     async def _first_answers(self) -> None:
         self._ensure_browser()
@@ -653,20 +694,20 @@ class MdnsRegistry:
         """Every version of the named service known now (the first call waits <= 0.5 s)."""
         self._check()
         await self._first_answers()
-        return [self._service(k, nodes) for k, nodes in self._view.items() if k[0] == name]
+        return self._services(name)
 
     async def list_services(self) -> list[Service]:
         self._check()
         await self._first_answers()
-        return [self._service(k, nodes) for k, nodes in self._view.items()]
+        return self._services()
 
     def watch(self) -> QueueWatcher:
         """A watcher yielding "create" for every known service, then every change."""
         self._check()
         self._ensure_browser()
         w = QueueWatcher(self._unwatch)
-        for k, nodes in self._view.items():
-            w.put(WatchEvent("create", self._service(k, nodes)))
+        for svc in self._services():
+            w.put(WatchEvent("create", svc))
         self._watchers.add(w)
         return w
 
@@ -681,9 +722,9 @@ class MdnsRegistry:
         for w in list(self._watchers):
             w.stop()
         self._watchers.clear()
-        for task in self._resolving.values():
-            task.cancel()
-        self._resolving.clear()
+        resolver, self._resolver = self._resolver, None
+        if resolver is not None:
+            await resolver.close()
         aiozc = self._aiozc
         if aiozc is None:
             return
@@ -692,12 +733,14 @@ class MdnsRegistry:
                 await self._browser.async_cancel()
             self._browser = None
         for lid, own in list(self._own.items()):
-            self._withdraw(lid, own)
+            self._withdraw(aiozc, lid, own)
+        announcer, self._announcer = self._announcer, None
+        if announcer is not None:
             if not aiozc.zeroconf.done:
-                await self._goodbye(aiozc, own)
-        if self._goodbyes:
-            await asyncio.wait(list(self._goodbyes), timeout=_GOODBYE_WAIT)
+                await announcer.drain(_GOODBYE_WAIT)
+            await announcer.close()
         self._view.clear()
+        self._placed.clear()
         if self._owns_zc:
             try:
                 await aiozc.async_close()
@@ -713,5 +756,5 @@ class MdnsRegistry:
     def __repr__(self) -> str:
         return (
             f"MdnsRegistry(type={self._type!r}, interfaces={self._interfaces!r}, "
-            f"own={len(self._own)}, known={sum(len(n) for n in self._view.values())})"
+            f"own={len(self._own)}, known={len(self._placed)})"
         )

@@ -1,0 +1,3 @@
+module local/etcdpeer
+
+go 1.19
