@@ -127,7 +127,7 @@ async def test_a_raising_callback_is_logged_and_async_callbacks_run(
 
 async def test_on_route_change_when_a_subscriber_comes_and_goes(make_broker: MakeBroker) -> None:
     changes = Calls()
-    pub = await make_broker(on_route_change=changes)
+    await make_broker(on_route_change=changes)
     sub_broker = await make_broker()
     sub = await sub_broker.subscribe("rc", lambda ev: None)
     await until(lambda: ("rc", 1) in changes.calls, 5, "the route to appear")
@@ -188,7 +188,9 @@ class FailingWatchRegistry(MemoryRegistry):
         return FailingWatcher()
 
 
-async def test_on_error_gets_a_registry_watch_failure(make_broker: MakeBroker, caplog: pytest.LogCaptureFixture) -> None:
+async def test_on_error_gets_a_registry_watch_failure(
+    make_broker: MakeBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     errors: list[BrokerError] = []
     with caplog.at_level(logging.CRITICAL, logger="hyperbroker"):
         await make_broker(registry=FailingWatchRegistry(), on_error=errors.append)

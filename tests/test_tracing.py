@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from hyperbroker import Broker, BrokerError, Event, MemoryRegistry
-from hyperbroker.registry.base import BROADCAST_VERSION, Node, Service, service_name
+from hyperbroker.registry.base import Node, Service, service_name
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -228,9 +227,11 @@ async def test_a_go_program_posting_traceparent_is_extracted(make_broker: MakeBr
 
 async def test_a_message_without_trace_context_starts_a_new_trace(make_broker: MakeBroker) -> None:
     _, url, got = await _traced_subscriber(make_broker, "peer.none")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        async with http.post(url, data=envelope("peer.none", b"x"), headers={"Content-Type": "application/json"}) as r:
-            assert r.status == 200
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.post(url, data=envelope("peer.none", b"x"), headers={"Content-Type": "application/json"}) as r,
+    ):
+        assert r.status == 200
     assert len(got) == 1
     trace_id, parent = _consumer_parent("peer.none")
     assert parent is None and trace_id != TRACE_ID
