@@ -206,7 +206,7 @@ mod tests {
         let p = n.take();
         assert_eq!(p.evicted, [("h:1".to_string(), t.clone(), "unreachable")]);
         assert_eq!(p.readded, [("h:1".to_string(), t.clone())]);
-        assert_eq!(p.routes, [t.clone()], "one entry per topic");
+        assert_eq!(p.routes, std::slice::from_ref(&t), "one entry per topic");
         assert_eq!(p.error, Some(("two".to_string(), 2)));
         for _ in 0..MAX_NODE_EVENTS + 3 {
             n.evicted("h:1", &t, "unreachable");
