@@ -32,6 +32,8 @@ pub enum Item {
     Flushed { token: u64, ok: bool },
     /// a message this broker published was given up after `max_deliveries` handler failures
     DeadLetter(DeadLetter),
+    /// the publisher's notice table went from empty to non-empty (`notices.rs`): take it
+    Notices,
 }
 
 struct Queue {
@@ -191,13 +193,18 @@ impl Bridge {
         self.push(Item::Flushed { token, ok });
     }
 
-    /// Take everything queued (called on the loop thread). Clears the wake-up first so that an
-    /// item pushed after the take schedules a new wake-up: none is ever lost.
     /// Hand a dead letter to the loop (dropped, with the rest of the queue, once closed).
     pub fn dead_letter(&self, d: DeadLetter) {
         self.push(Item::DeadLetter(d));
     }
 
+    /// Tell the loop that notices wait; false when the bridge is closed.
+    pub fn notices_ready(&self) -> bool {
+        self.push(Item::Notices)
+    }
+
+    /// Take everything queued (called on the loop thread). Clears the wake-up first so that an
+    /// item pushed after the take schedules a new wake-up: none is ever lost.
     pub fn take(&self) -> Vec<Item> {
         let mut buf = [0u8; 256];
         while let Ok(n) = (&self.wake_r).read(&mut buf) {
@@ -265,6 +272,7 @@ mod tests {
                 Item::Event { env, .. } => String::from_utf8_lossy(&env.body).into_owned(),
                 Item::Flushed { token, ok } => format!("flushed {token} {ok}"),
                 Item::DeadLetter(d) => format!("dead {}", d.topic),
+                Item::Notices => "notices".to_string(),
             })
             .collect()
     }
@@ -272,7 +280,7 @@ mod tests {
     fn token(i: &Item) -> u64 {
         match i {
             Item::Event { token, .. } | Item::Flushed { token, .. } => *token,
-            Item::DeadLetter(_) => 0,
+            Item::DeadLetter(_) | Item::Notices => 0,
         }
     }
 
@@ -284,8 +292,9 @@ mod tests {
         let _r2 = b.submit("s".into(), env("b"));
         let _r3 = b.submit_batch("s", vec![env("c"), env("d")]);
         b.flushed(7, true);
+        assert!(b.notices_ready());
         assert_eq!(wakes(&b), 1, "one wake-up for everything queued before the take");
-        assert_eq!(bodies(&b.take()), ["a", "b", "c", "d", "flushed 7 true"]);
+        assert_eq!(bodies(&b.take()), ["a", "b", "c", "d", "flushed 7 true", "notices"]);
         assert_eq!(wakes(&b), 0);
         assert!(b.take().is_empty());
         // the next item after a take schedules a new wake-up
@@ -333,6 +342,7 @@ mod tests {
         let mut refused_many = b.submit_batch("s", vec![env("x"), env("y")]);
         assert_eq!(refused_many.try_recv().unwrap(), vec![Outcome::Unavailable, Outcome::Unavailable]);
         b.flushed(1, true);
+        assert!(!b.notices_ready(), "a closed bridge refuses notices");
         assert!(b.take().is_empty());
 
         b.reopen();

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod msg;
 pub mod node;
+pub mod notices;
 pub mod progress;
 pub mod publisher;
 #[cfg(feature = "python")]

@@ -24,6 +24,7 @@ use crate::client::Transport;
 use crate::error::Error;
 use crate::msg::{DeadLetter, Msg};
 use crate::node::{Enqueued, NodeLink, NodeSpec};
+use crate::notices::Notices;
 use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
 use crate::stats::{Drop, Stats};
@@ -50,6 +51,8 @@ pub struct Publisher {
     rt: tokio::runtime::Handle,
     /// where messages go after `max_deliveries` failed handler attempts
     dead_letters: RwLock<Option<DeadLetterSink>>,
+    /// drops by topic, evictions, re-admissions, route changes, errors: for callbacks and logs
+    pub notices: Notices,
 }
 
 pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
@@ -79,6 +82,7 @@ impl Publisher {
             shutdown,
             rt,
             dead_letters: RwLock::new(None),
+            notices: Notices::default(),
         })
     }
 
@@ -167,21 +171,21 @@ impl Publisher {
     /// Queue on one node; returns true when that healthy node is past the high-water mark.
     fn enqueue(&self, link: &Arc<NodeLink>, msg: Msg) -> bool {
         Stats::add(&self.stats.in_flight, 1);
-        match self.account(link.push(msg, self.cfg.node_queue)) {
+        match self.account(&link.topic, link.push(msg, self.cfg.node_queue)) {
             Some(len) => len >= self.high_water() && !link.is_failing(),
             None => false,
         }
     }
 
     /// Count what a push onto a node queue did; returns the queue length when it was queued.
-    fn account(&self, pushed: Enqueued) -> Option<usize> {
+    fn account(&self, topic: &Arc<str>, pushed: Enqueued) -> Option<usize> {
         match pushed {
             Enqueued::Ok { dropped, len } => {
                 if dropped {
                     // only a node that does not keep up and is not failing over gets here when
                     // the producer ignores back-pressure; memory stays bounded, the drop counted
                     Stats::sub(&self.stats.in_flight, 1);
-                    self.stats.count_drop(Drop::NodeQueueOverflow, 1);
+                    self.count_drop(topic, Drop::NodeQueueOverflow, 1);
                 }
                 Some(len)
             }
@@ -197,14 +201,20 @@ impl Publisher {
         Stats::add(&self.stats.backlogged, 1);
         let topic = msg.topic.clone();
         let out = self.backlog.push(&topic, msg);
-        self.stats.count_drop(Drop::BacklogOverflow, out.dropped);
+        self.count_drop(&topic, Drop::BacklogOverflow, out.dropped);
     }
 
-    fn park_front(&self, topic: &str, mut msgs: Vec<Msg>) {
+    fn park_front(&self, topic: &Arc<str>, mut msgs: Vec<Msg>) {
         msgs.sort_by_key(|m| m.seq);
         Stats::add(&self.stats.backlogged, msgs.len() as u64);
         let out = self.backlog.push_front_all(topic, msgs);
-        self.stats.count_drop(Drop::BacklogOverflow, out.dropped);
+        self.count_drop(topic, Drop::BacklogOverflow, out.dropped);
+    }
+
+    /// Count `n` dropped messages of `topic` (the counters, and a notice for callbacks and logs).
+    fn count_drop(&self, topic: &Arc<str>, reason: Drop, n: u64) {
+        self.stats.count_drop(reason, n);
+        self.notices.dropped(topic, reason, n);
     }
 
     /// Send what waits in the backlog for `topic` to its route, oldest first.
@@ -266,6 +276,7 @@ impl Publisher {
             }
             self.routes.replace(topic, new_groups);
         }
+        self.notices.route(&topic_arc);
         for l in spawn {
             worker::spawn(self, l);
         }
@@ -306,7 +317,7 @@ impl Publisher {
                 park.push(m); // nobody else has it: wait for the next subscriber
             }
         }
-        self.stats.count_drop(Drop::LeftWhileOthersHaveIt, dropped);
+        self.count_drop(&link.topic, Drop::LeftWhileOthersHaveIt, dropped);
         if park.is_empty() {
             return;
         }
@@ -327,7 +338,7 @@ impl Publisher {
             let share = m.share.clone();
             let pushed = other.push(m, self.cfg.node_queue);
             share.release(false); // the copy moved: this node no longer holds it
-            let _ = self.account(pushed);
+            let _ = self.account(&link.topic, pushed);
         }
         Vec::new()
     }
@@ -343,7 +354,7 @@ impl Publisher {
         m.share.release(false);
         Stats::sub(&self.stats.in_flight, 1);
         Stats::add(&self.stats.dead_lettered, 1);
-        self.stats.set_error(format!("{} failed {} times on {}: {error}", m.topic, m.attempts, link.spec.address));
+        self.set_error(format!("{} failed {} times on {}: {error}", m.topic, m.attempts, link.spec.address));
         if let Some(sink) = self.dead_letters.read().as_ref() {
             sink(DeadLetter {
                 topic: m.topic.clone(),
@@ -355,6 +366,12 @@ impl Publisher {
             });
         }
         self.progress.notify();
+    }
+
+    /// A delivery error: `stats()["last_error"]`, and a notice for `on_error`.
+    pub(crate) fn set_error(&self, e: String) {
+        self.notices.error(&e);
+        self.stats.set_error(e);
     }
 
     /// The last worker of `link` stopped: the publisher forgets the link.

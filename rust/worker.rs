@@ -210,6 +210,7 @@ impl Worker {
             self.requeue_or_hand_over(retry);
             link.mark_removed(false);
             p.routes().remove_link(&link);
+            p.notices.route(&link.topic);
             p.progress().notify();
             return Flow::Next;
         }
@@ -285,7 +286,7 @@ impl Worker {
             self.link.lower_batch_cap(cap);
         }
         if let Some(e) = &s.last_error {
-            stats.set_error(e.clone());
+            self.publisher.set_error(e.clone());
         }
         Stats::add(&stats.remote_handler_errors, s.handler_failed.len() as u64);
         Stats::add(&stats.failed, s.rejected.len() as u64);
@@ -303,6 +304,7 @@ impl Worker {
         link.mark_failing();
         p.routes().remove_link(&link);
         Stats::add(&p.stats().evicted, 1);
+        p.notices.evicted(&link.spec.address, &link.topic, "unreachable");
         p.leftovers(&link, left);
         p.progress().notify();
         if !self.probe_until_back().await {
@@ -335,10 +337,11 @@ impl Worker {
                 Ok(()) => {
                     link.readmit();
                     p.routes().readd_link(&link);
+                    p.notices.readded(&link.spec.address, &link.topic);
                     p.drain_backlog(&link.topic);
                     return true;
                 }
-                Err(Some(e)) => p.stats().set_error(format!("{}: {e}", link.spec.address)),
+                Err(Some(e)) => p.set_error(format!("{}: {e}", link.spec.address)),
                 Err(None) => {}
             }
             backoff = (backoff * 2).min(p.config().retry_max);

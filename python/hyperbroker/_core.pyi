@@ -95,9 +95,17 @@ class Engine:
         """The file descriptor that is readable when ``take()`` has something."""
     def take(
         self,
-    ) -> tuple[list[str], list[Event], list[tuple[int, bool]], list[tuple[str, Message, str, str, str, int]]]:
+    ) -> tuple[
+        list[str],
+        list[Event],
+        list[tuple[int, bool]],
+        list[tuple[str, Message, str, str, str, int]],
+        list[tuple[Any, ...]],
+    ]:
         """Every queued item: (subscriber ids, events, finished waits as (token, ok), dead letters
-        as (topic, message, node id, node address, last error, attempts))."""
+        as (topic, message, node id, node address, last error, attempts), notices: ("drop",
+        topic, reason, count), ("evict", address, topic, reason), ("readd", address, topic),
+        ("route", topic, nodes), ("error", text, count), ("lost", count))."""
     def set_draining(self, on: bool) -> None:
         """Answer new deliveries 503 (they stay with their publisher) while running ones finish."""
     def pending_deliveries(self) -> int:

@@ -13,12 +13,15 @@ from typing import Any
 
 from . import _core
 from ._routes import route_groups
-from .errors import BrokerError, FlushTimeoutError, NotConnectedError
+from .callbacks import Events
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscribeOptions, Subscriber
 from .tls import local_hosts, read_pem
+from .tracing import Tracing
+from .tracing import require as require_tracing
 
 __all__ = ["Broker"]
 
@@ -63,7 +66,11 @@ class Broker:
         self._connect_lock: asyncio.Lock | None = None
         self._owns_registry = False
         self._final_stats: dict[str, Any] = {}
-        self._callback_tasks: set[asyncio.Task[Any]] = set()
+        self._events = Events(self._options)
+        #: spans and trace context (options.tracing), made at connect; None: no tracing work
+        self._tracing: Tracing | None = None
+        if self._options.tracing:
+            require_tracing()
 
     # --- go-micro's Broker interface -----------------------------------------------------------
 
@@ -72,6 +79,8 @@ class Broker:
         if self._engine is not None:
             raise BrokerError("cannot change options while connected: disconnect() first")
         self._options = self._options.replace(**options)
+        if self._options.tracing:
+            require_tracing()
 
     @property
     def options(self) -> BrokerOptions:
@@ -149,6 +158,8 @@ class Broker:
         self._engine = engine
         self._address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
         self._advertised = self._advertise(bound_host, bound_port)
+        self._events = Events(o)
+        self._tracing = Tracing(self._advertised) if o.tracing else None
         loop.add_reader(engine.wake_fd, self._on_wake)
         try:
             registry = self.registry
@@ -279,6 +290,8 @@ class Broker:
         self._flushes.clear()
         self._address = None
         self._advertised = None
+        self._tracing = None
+        self._events.close()
         if self._owns_registry and self._registry is not None:
             registry, self._registry, self._owns_registry = self._registry, None, False
             try:
@@ -319,24 +332,35 @@ class Broker:
         engine = self._engine
         if engine is None:
             raise NotConnectedError("broker is not connected: await broker.connect() first")
-        h, body = to_wire(message, header)
-        if engine.publish(topic, h, body):
+        if self._tracing is None:
+            h, body = to_wire(message, header)
+            congested = engine.publish(topic, h, body)
+        else:
+            congested = self._tracing.publish(engine, topic, message, header)
+        if congested:
             await self._wait_room()
 
     def publish_nowait(self, topic: str, message: object, header: dict[str, str] | None = None) -> bool:
         """``publish`` without the coroutine and without back-pressure. Returns True when a
         subscriber is congested: the caller should then ``await broker.wait_room()``; a
         producer that ignores it may make a slow node drop its oldest queued messages."""
+        engine = self._need()
+        if self._tracing is not None:
+            return self._tracing.publish(engine, topic, message, header)
         h, body = to_wire(message, header)
-        return self._need().publish(topic, h, body)
+        return engine.publish(topic, h, body)
 
     async def publish_many(self, topic: str, messages: Iterable[object]) -> int:
         """Queue many messages of one topic in one call; returns how many."""
         engine = self._need()
-        items = [to_wire(m) for m in messages]
-        if engine.publish_many(topic, items):
+        if self._tracing is not None:
+            congested, n = self._tracing.publish_many(engine, topic, messages)
+        else:
+            items = [to_wire(m) for m in messages]
+            congested, n = engine.publish_many(topic, items), len(items)
+        if congested:
             await self._wait_room()
-        return len(items)
+        return n
 
     async def wait_room(self) -> None:
         """Wait until no healthy subscriber node has a long queue (back-pressure)."""
@@ -426,6 +450,8 @@ class Broker:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         sub_id = f"hb-{uuid.uuid4().hex}"
+        if self._tracing is not None:
+            handler = self._tracing.wrap(topic, queue, handler)
         sub = Subscriber(
             sub_id,
             topic,
@@ -480,7 +506,9 @@ class Broker:
         engine = self._engine
         if engine is None:
             return
-        sub_ids, events, flushes, dead = engine.take()
+        sub_ids, events, flushes, dead, notices = engine.take()
+        if notices:
+            self._events.handle(notices)
         if dead:
             self._on_dead_letters(dead)
         if events:
@@ -517,6 +545,7 @@ class Broker:
                     self._engine.publish(dlq, header, msg.body)
                 except BrokerError as e:
                     log.warning("could not dead-letter a message of %r to %r: %s", topic, dlq, e)
+                    self._events.error(BrokerError(f"could not dead-letter a message of {topic!r} to {dlq!r}: {e}"))
         if o.on_undeliverable is None and o.dead_letter_topic is None:
             log.warning(
                 "%d message(s) given up after max_deliveries=%s failed attempts (set on_undeliverable or"
@@ -528,22 +557,7 @@ class Broker:
 
     def _call_back(self, name: str, fn: Callable[..., object], *args: object) -> None:
         """Run a user callback on the loop; an exception in it is logged, never raised."""
-        try:
-            r = fn(*args)
-        except Exception:
-            log.exception("%s raised", name)
-            return
-        if inspect.isawaitable(r):
-
-            async def run(aw: Any = r) -> None:
-                try:
-                    await aw
-                except Exception:
-                    log.exception("%s raised", name)
-
-            t = asyncio.get_running_loop().create_task(run())
-            self._callback_tasks.add(t)
-            t.add_done_callback(self._callback_tasks.discard)
+        self._events.call(name, fn, *args)
 
     def _complete(self, results: list[tuple[int, str | None]]) -> None:
         """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""
@@ -558,8 +572,9 @@ class Broker:
                 await self._on_registry_event(ev)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as e:
             log.exception("registry watch failed; routes are no longer updated")
+            self._events.error(RegistryError(f"registry watch failed; routes are no longer updated: {e}"))
 
     async def _on_registry_event(self, ev: WatchEvent) -> None:
         topic = topic_of(ev.service.name)
@@ -584,6 +599,7 @@ class Broker:
                     await self.registry.register(self._service(sub), ttl=o.register_ttl)
                 except Exception as e:
                     log.warning("heartbeat: re-registering %s failed: %s", sub.topic, e)
+                    self._events.error(RegistryError(f"heartbeat: re-registering {sub.topic} failed: {e}"))
 
 
 def dispatch(

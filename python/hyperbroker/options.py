@@ -14,6 +14,7 @@ from .errors import BrokerError
 from .tls import TLSConfig
 
 if TYPE_CHECKING:
+    from .errors import BrokerError as _BrokerError
     from .message import Message
     from .registry.base import Registry
 
@@ -116,6 +117,17 @@ class BrokerOptions:
         for each message given up after ``max_deliveries``; an exception in it is logged.
     dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
         with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
+    tracing: OpenTelemetry spans (``send <topic>`` around publishing, ``process <topic>`` around
+        each handler call) with W3C ``traceparent`` carried in the message header; needs the
+        ``hyperbroker[otel]`` extra. Off by default: then it costs nothing.
+    on_error: ``f(error: BrokerError)``: errors of background work (registry watch and
+        heartbeat failures, dead-letter publish failures, delivery errors at most once a second).
+    on_drop: ``f(topic, count, reason)``: messages dropped, summed per topic and reason (reasons
+        as in ``stats()["dropped_by_reason"]``), once per wake-up of the loop, never per message.
+    on_route_change: ``f(topic, nodes)``: the number of nodes routed for ``topic`` changed.
+    on_evict: ``f(node_address, reason)``: a node left its route (reason ``"unreachable"``: it
+        refused ``evict_after`` connections in a row); it is probed and put back when it answers.
+    Every callback runs on the event loop, may be ``async``, and an exception in it is logged.
     """
 
     address: str = ":0"
@@ -150,6 +162,11 @@ class BrokerOptions:
     max_deliveries: int | None = 10
     on_undeliverable: Callable[[str, Message, str], object] | None = None
     dead_letter_topic: str | None = None
+    tracing: bool = False
+    on_error: Callable[[_BrokerError], object] | None = None
+    on_drop: Callable[[str, int, str], object] | None = None
+    on_route_change: Callable[[str, int], object] | None = None
+    on_evict: Callable[[str, str], object] | None = None
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -162,8 +179,12 @@ class BrokerOptions:
     def __post_init__(self) -> None:
         parse_address(self.address)
         check_max_deliveries(self.max_deliveries)
-        if self.on_undeliverable is not None and not callable(self.on_undeliverable):
-            raise BrokerError(f"on_undeliverable must be callable, got {type(self.on_undeliverable).__name__}")
+        for name in ("on_undeliverable", "on_error", "on_drop", "on_route_change", "on_evict"):
+            fn = getattr(self, name)
+            if fn is not None and not callable(fn):
+                raise BrokerError(f"{name} must be callable, got {type(fn).__name__}")
+        if not isinstance(self.tracing, bool):
+            raise BrokerError(f"tracing must be True or False, got {self.tracing!r}")
         if self.dead_letter_topic is not None and (not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic):
             raise BrokerError("dead_letter_topic must be a non-empty string or None")
         if isinstance(self.registry, str):

@@ -17,6 +17,7 @@ use super::errors::BrokerError;
 use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
 use crate::codec;
+use crate::notices;
 use crate::error::Error;
 use crate::publisher::Publisher;
 use crate::runtime;
@@ -60,6 +61,8 @@ impl Engine {
         let publisher = Publisher::new(pub_config, stats.clone(), rt.handle().clone())?;
         let sink = bridge.clone();
         publisher.set_dead_letter_sink(Box::new(move |d| sink.dead_letter(d)));
+        let ready = bridge.clone();
+        publisher.notices.set_wake(Box::new(move || ready.notices_ready()));
         Ok(Engine { publisher: Arc::new(publisher), server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
@@ -116,20 +119,24 @@ impl Engine {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (subscriber ids, events, flushes, dead letters); ids and events
-    /// are parallel lists, each event an `Event` carrying its delivery token; a flush is
-    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts).
+    /// Take every queued item: (subscriber ids, events, flushes, dead letters, notices); ids and
+    /// events are parallel lists, each event an `Event` carrying its delivery token; a flush is
+    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts); a
+    /// notice is one of ("drop", topic, reason, count), ("evict", address, topic, reason),
+    /// ("readd", address, topic), ("route", topic, nodes now), ("error", text, count),
+    /// ("lost", count) (drops summed per topic and reason since the last take).
     #[allow(clippy::type_complexity)]
     fn take<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
         let dead = PyList::empty(py);
+        let notices = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
         let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
@@ -163,6 +170,7 @@ impl Engine {
                     taken.push(token);
                 }
                 Item::Flushed { token, ok } => flushes.append((token, ok))?,
+                Item::Notices => self.take_notices(&notices)?,
                 Item::DeadLetter(d) => {
                     // it was encoded by this broker: it decodes (a failure would be a bug; the
                     // letter is then reported with the raw envelope as its body)
@@ -179,7 +187,7 @@ impl Engine {
                 }
             }
         }
-        Ok((sub_ids, events, flushes, dead))
+        Ok((sub_ids, events, flushes, dead, notices))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
@@ -392,6 +400,30 @@ impl Engine {
 }
 
 impl Engine {
+    /// Append the publisher's pending notices to `out` (see `take`).
+    fn take_notices(&self, out: &Bound<'_, PyList>) -> PyResult<()> {
+        let p = self.publisher.notices.take();
+        for (topic, reason, n) in &p.drops {
+            out.append(("drop", &**topic, notices::reason_name(*reason), *n))?;
+        }
+        for (address, topic, reason) in &p.evicted {
+            out.append(("evict", address, &**topic, *reason))?;
+        }
+        for (address, topic) in &p.readded {
+            out.append(("readd", address, &**topic))?;
+        }
+        for topic in &p.routes {
+            out.append(("route", &**topic, self.publisher.route_count(topic)))?;
+        }
+        if let Some((text, n)) = &p.error {
+            out.append(("error", text, *n))?;
+        }
+        if p.lost > 0 {
+            out.append(("lost", p.lost))?;
+        }
+        Ok(())
+    }
+
     fn check_topic(&self, t: &str) -> PyResult<()> {
         if t.is_empty() {
             return Err(BrokerError::new_err("topic must not be empty"));

@@ -1,0 +1,3 @@
+module local/traceparent
+
+go 1.19
