@@ -116,6 +116,11 @@ class BrokerOptions:
         for each message given up after ``max_deliveries``; an exception in it is logged.
     dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
         with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
+    metrics: serve Prometheus text on ``GET /metrics`` of the endpoint (the bearer token is
+        required there too when ``auth_token`` is set) and observe the latency histograms.
+        Per-topic counters (:meth:`Broker.topic_stats`) and ``GET /healthz`` are always there.
+    metrics_max_topics: topics with counters of their own; the others are summed under the
+        topic ``"_other"`` (bounds the memory and the label cardinality).
     """
 
     address: str = ":0"
@@ -150,6 +155,8 @@ class BrokerOptions:
     max_deliveries: int | None = 10
     on_undeliverable: Callable[[str, Message, str], object] | None = None
     dead_letter_topic: str | None = None
+    metrics: bool = False
+    metrics_max_topics: int = 1000
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -184,6 +191,7 @@ class BrokerOptions:
             "max_connections",
             "evict_after",
             "node_inflight",
+            "metrics_max_topics",
         ):
             v = getattr(self, name)
             top = _INT_MAX.get(name, _INT_DEFAULT_MAX)
@@ -205,6 +213,8 @@ class BrokerOptions:
         v = self.disconnect_timeout
         if not _is_number(v) or not 0 <= v <= _MAX_SECONDS:
             raise BrokerError(f"disconnect_timeout must be a number of seconds >= 0, got {v!r}")
+        if not isinstance(self.metrics, bool):
+            raise BrokerError(f"metrics must be True or False, got {self.metrics!r}")
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
         validate_tokens(self.auth_tokens if self.auth_token is not None else None)
