@@ -61,8 +61,8 @@ impl TopicRow {
     }
 
     fn is_zero(&self) -> bool {
-        let z = TopicRow { topic: self.topic.clone(), delivery: self.delivery.clone(), handler: self.handler.clone(), ..Default::default() };
-        *self == z && self.delivery.count == 0 && self.handler.count == 0
+        let counts = [self.published, self.delivered, self.retried, self.backlog, self.backlog_bytes, self.nodes, self.received];
+        counts.iter().chain(&self.drops).all(|&n| n == 0) && self.handler_errors == 0 && self.delivery.count == 0 && self.handler.count == 0
     }
 }
 
@@ -284,6 +284,53 @@ mod tests {
         r
     }
 
+    fn exporter(max_topics: usize) -> (tokio::runtime::Runtime, Arc<Publisher>, Exporter) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let cfg = crate::config::PubConfig {
+            backlog: 2,
+            backlog_bytes: 1 << 20,
+            node_queue: 10,
+            max_batch: 10,
+            max_batch_bytes: 1 << 20,
+            retry_min: std::time::Duration::from_millis(5),
+            retry_max: std::time::Duration::from_millis(10),
+            request_timeout: std::time::Duration::from_secs(1),
+            evict_after: 2,
+            node_inflight: 1,
+            max_deliveries: None,
+        };
+        let stats = Arc::new(Stats::default());
+        let topics = Arc::new(crate::topic_stats::TopicStats::new(max_topics, true));
+        let p = Arc::new(Publisher::new(cfg, stats.clone(), rt.handle().clone()).unwrap().with_topic_stats(topics));
+        let e = Exporter::new(stats, p.clone(), true);
+        (rt, p, e)
+    }
+
+    #[test]
+    fn rows_per_topic_with_the_rest_under_other() {
+        let (_rt, p, e) = exporter(1);
+        for (t, n) in [("a", 3), ("b", 1), ("c", 2)] {
+            for _ in 0..n {
+                p.publish(Arc::from(t), bytes::Bytes::from_static(b"xyz"));
+            }
+        }
+        let rows = e.topics();
+        assert_eq!(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["a", OTHER]);
+        let (a, other) = (&rows[0], &rows[1]);
+        // backlog=2 per topic: a keeps 2 of 3 (1 dropped), b 1, c 2
+        assert_eq!((a.published, a.backlog, a.backlog_bytes, a.drops[0]), (3, 2, 6, 1));
+        assert_eq!((other.published, other.backlog, other.drops[0]), (3, 3, 0));
+        assert_eq!(a.dropped() + other.dropped(), p.stats().dropped.load(Relaxed));
+        let text = e.render();
+        assert!(text.contains("hyperbroker_published_messages_total{topic=\"_other\"} 3"), "{text}");
+        assert!(text.contains("hyperbroker_dropped_messages_total{topic=\"a\",reason=\"backlog_overflow\"} 1"), "{text}");
+        assert!(text.contains("# TYPE hyperbroker_delivery_duration_seconds histogram"), "{text}");
+        p.close();
+        let rows = e.topics();
+        assert_eq!(rows[0].drops[3], 2, "closing drops what waited, counted per topic");
+        assert_eq!(rows[1].drops[3], 3);
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let f = per_topic("x_total", "help", MetricType::COUNTER, &[row("a\"b\\c\nd")], |r| r.published);
@@ -310,7 +357,7 @@ mod tests {
 
     #[test]
     fn an_all_zero_other_row_is_zero() {
-        assert!(row("_other").is_zero() == false, "published 3 is not zero");
+        assert!(!row("_other").is_zero(), "published 3 is not zero");
         let mut z = TopicRow { topic: OTHER.into(), ..Default::default() };
         fill_empty(&mut z.delivery);
         assert!(z.is_zero());

@@ -127,6 +127,9 @@ impl TopicCounters {
     }
 }
 
+/// A tracked topic and its counters.
+pub type TopicEntry = (Arc<str>, Arc<TopicCounters>);
+
 /// Every topic's counters, at most `max_topics` of them, the rest under `OTHER`.
 pub struct TopicStats {
     map: RwLock<HashMap<Arc<str>, Arc<TopicCounters>>>,
@@ -174,7 +177,7 @@ impl TopicStats {
     }
 
     /// Every tracked topic and its counters, plus (`OTHER`, the shared counters).
-    pub fn entries(&self) -> (Vec<(Arc<str>, Arc<TopicCounters>)>, Arc<TopicCounters>) {
+    pub fn entries(&self) -> (Vec<TopicEntry>, Arc<TopicCounters>) {
         let map = self.map.read();
         (map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), self.other.clone())
     }
