@@ -117,7 +117,11 @@ class BrokerOptions:
     dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
         with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
     metrics: serve Prometheus text on ``GET /metrics`` of the endpoint (the bearer token is
-        required there too when ``auth_token`` is set) and observe the latency histograms.
+        required there too when ``auth_token`` is set) and observe the latency histograms:
+        ``hyperbroker_delivery_duration_seconds`` (publish to a node's acknowledgement, backlog
+        time included) and ``hyperbroker_handler_duration_seconds`` (an event handed to the
+        asyncio loop until its outcome came back: the handler plus the loop's wake-up latency;
+        for a batched request, until the whole batch is done).
         Per-topic counters (:meth:`Broker.topic_stats`) and ``GET /healthz`` are always there.
     metrics_max_topics: topics with counters of their own; the others are summed under the
         topic ``"_other"`` (bounds the memory and the label cardinality).
