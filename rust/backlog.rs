@@ -215,6 +215,12 @@ impl<T: Weighted> Backlog<T> {
         self.inner.lock().dropped_total
     }
 
+    /// Every topic the backlog knows: (topic, entries, bytes, dropped so far), for metrics.
+    pub fn per_topic(&self) -> Vec<(String, usize, usize, u64)> {
+        let g = self.inner.lock();
+        g.topics.iter().map(|(k, r)| (k.clone(), r.items.len(), r.items.iter().map(|(_, it)| it.weight()).sum(), r.dropped)).collect()
+    }
+
     /// Topics that currently hold entries.
     pub fn topics(&self) -> Vec<String> {
         self.inner

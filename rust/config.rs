@@ -42,3 +42,12 @@ pub struct ServerConfig {
     /// most simultaneous connections from all peers together; more are closed at once
     pub max_connections: usize,
 }
+
+/// Observability: per-topic counters are always kept; `enabled` (the `metrics` option) adds the
+/// latency histograms and `GET /metrics`.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// topics with counters of their own; the rest are reported together as `_other`
+    pub max_topics: usize,
+}

@@ -19,6 +19,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod msg;
 pub mod node;
 pub mod notices;
@@ -31,6 +32,7 @@ pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod topic_stats;
 pub mod worker;
 
 #[cfg(feature = "python")]

@@ -55,11 +55,13 @@ pub struct Msg {
     pub share: Arc<Share>,
     /// failed handler attempts of this copy so far (500 answers), for `max_deliveries`
     pub attempts: u32,
+    /// when it was published, for the delivery-latency histogram (None: not timed)
+    pub published_at: Option<std::time::Instant>,
 }
 
 impl Msg {
     pub fn new(seq: u64, topic: Arc<str>, envelope: Bytes) -> Self {
-        Msg { seq, topic, envelope, share: Arc::default(), attempts: 0 }
+        Msg { seq, topic, envelope, share: Arc::default(), attempts: 0, published_at: None }
     }
 
     /// Start a fresh dispatch: unless this message's share record is unused, its copies get a

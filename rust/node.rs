@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::msg::Msg;
+use crate::topic_stats::TopicCounters;
 
 /// Where a node is reached and what it accepts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct NodeLink {
     unreachable: AtomicU32,
     /// workers still running for this node
     live_workers: AtomicUsize,
+    /// the counters of the link's topic (shared by every link of the topic)
+    pub counters: Arc<TopicCounters>,
 }
 
 pub enum Enqueued {
@@ -103,7 +106,14 @@ impl NodeLink {
             batch_cap: AtomicUsize::new(batch_cap),
             unreachable: AtomicU32::new(0),
             live_workers: AtomicUsize::new(0),
+            counters: Arc::default(),
         })
+    }
+
+    /// The same link, counting into `counters` (its topic's).
+    pub fn with_counters(mut self, counters: Arc<TopicCounters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// This link, still in service, is the one for `spec` in `queue_group` (a route update may

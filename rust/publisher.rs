@@ -28,6 +28,7 @@ use crate::notices::Notices;
 use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
 use crate::stats::{Drop, Stats};
+use crate::topic_stats::{TopicCounters, TopicStats};
 use crate::worker;
 
 pub use crate::config::PubConfig;
@@ -53,6 +54,8 @@ pub struct Publisher {
     dead_letters: RwLock<Option<DeadLetterSink>>,
     /// drops by topic, evictions, re-admissions, route changes, errors: for callbacks and logs
     pub notices: Notices,
+    /// per-topic counters (each link carries its topic's)
+    topics: Arc<TopicStats>,
 }
 
 pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
@@ -83,7 +86,18 @@ impl Publisher {
             rt,
             dead_letters: RwLock::new(None),
             notices: Notices::default(),
+            topics: Arc::default(),
         })
+    }
+
+    /// The same publisher, counting per topic into `topics` (call before any route is set).
+    pub fn with_topic_stats(mut self, topics: Arc<TopicStats>) -> Self {
+        self.topics = topics;
+        self
+    }
+
+    pub fn topic_stats(&self) -> &Arc<TopicStats> {
+        &self.topics
     }
 
     /// Use this TLS client configuration for https peers from now on.
@@ -115,7 +129,23 @@ impl Publisher {
     pub fn publish(self: &Arc<Self>, topic: Arc<str>, envelope: Bytes) -> bool {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         Stats::add(&self.stats.published, 1);
-        self.dispatch(Msg::new(seq, topic, envelope))
+        let mut msg = Msg::new(seq, topic, envelope);
+        if self.topics.timing() {
+            msg.published_at = Some(std::time::Instant::now());
+        }
+        let route = self.routes.get(&msg.topic);
+        // the topic's counters come with the route looked up anyway (any of its links)
+        match route.as_deref().and_then(|r| r.groups().first()).and_then(|g| g.nodes().first()) {
+            Some(l) => TopicCounters::add(&l.counters.published, 1),
+            None => TopicCounters::add(&self.topics.get(&msg.topic).published, 1),
+        }
+        match route {
+            Some(r) if r.is_usable() => self.send_to_route(&r, msg),
+            _ => {
+                self.park(msg);
+                false
+            }
+        }
     }
 
     fn high_water(&self) -> usize {
@@ -135,16 +165,6 @@ impl Publisher {
     /// Wait until no healthy node is congested (or `timeout` passes; returns false then).
     pub async fn wait_room(self: Arc<Self>, timeout: Duration) -> bool {
         self.progress.wait_until(ROOM_TICK, timeout, || !self.congested()).await
-    }
-
-    fn dispatch(self: &Arc<Self>, msg: Msg) -> bool {
-        match self.routes.get(&msg.topic) {
-            Some(r) if r.is_usable() => self.send_to_route(&r, msg),
-            _ => {
-                self.park(msg);
-                false
-            }
-        }
     }
 
     fn send_to_route(self: &Arc<Self>, route: &TopicRoute, mut msg: Msg) -> bool {
@@ -171,21 +191,22 @@ impl Publisher {
     /// Queue on one node; returns true when that healthy node is past the high-water mark.
     fn enqueue(&self, link: &Arc<NodeLink>, msg: Msg) -> bool {
         Stats::add(&self.stats.in_flight, 1);
-        match self.account(&link.topic, link.push(msg, self.cfg.node_queue)) {
+        match self.account(link, link.push(msg, self.cfg.node_queue)) {
             Some(len) => len >= self.high_water() && !link.is_failing(),
             None => false,
         }
     }
 
     /// Count what a push onto a node queue did; returns the queue length when it was queued.
-    fn account(&self, topic: &Arc<str>, pushed: Enqueued) -> Option<usize> {
+    fn account(&self, link: &NodeLink, pushed: Enqueued) -> Option<usize> {
         match pushed {
             Enqueued::Ok { dropped, len } => {
                 if dropped {
                     // only a node that does not keep up and is not failing over gets here when
                     // the producer ignores back-pressure; memory stays bounded, the drop counted
                     Stats::sub(&self.stats.in_flight, 1);
-                    self.count_drop(topic, Drop::NodeQueueOverflow, 1);
+                    self.count_drop(&link.topic, Drop::NodeQueueOverflow, 1);
+                    link.counters.count_drop(Drop::NodeQueueOverflow, 1);
                 }
                 Some(len)
             }
@@ -255,7 +276,8 @@ impl Publisher {
                             let cap = spec
                                 .max_body
                                 .map_or(self.cfg.max_batch_bytes, |m| self.cfg.max_batch_bytes.min(m.saturating_sub(1024).max(1)));
-                            let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap)?);
+                            let counters = self.topics.get(topic);
+                            let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap)?.with_counters(counters));
                             if let Some(old) = links.insert(key, l.clone()) {
                                 old.mark_removed(true);
                             }
@@ -318,6 +340,7 @@ impl Publisher {
             }
         }
         self.count_drop(&link.topic, Drop::LeftWhileOthersHaveIt, dropped);
+        link.counters.count_drop(Drop::LeftWhileOthersHaveIt, dropped);
         if park.is_empty() {
             return;
         }
@@ -338,7 +361,7 @@ impl Publisher {
             let share = m.share.clone();
             let pushed = other.push(m, self.cfg.node_queue);
             share.release(false); // the copy moved: this node no longer holds it
-            let _ = self.account(&link.topic, pushed);
+            let _ = self.account(&other, pushed);
         }
         Vec::new()
     }
@@ -418,8 +441,12 @@ impl Publisher {
             let n = l.close() as u64;
             Stats::sub(&self.stats.in_flight, n);
             self.stats.count_drop(Drop::Disconnect, n);
+            l.counters.count_drop(Drop::Disconnect, n);
         }
         let _ = self.shutdown.send(true);
+        for (topic, len, _, _) in self.backlog.per_topic() {
+            self.topics.get(&topic).count_drop(Drop::Disconnect, len as u64);
+        }
         self.stats.count_drop(Drop::Disconnect, self.backlog.clear() as u64);
         self.routes.clear();
     }

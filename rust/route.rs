@@ -155,6 +155,11 @@ impl Routes {
         self.map.write().clear();
     }
 
+    /// Every routed topic and its number of nodes (for metrics).
+    pub fn node_counts(&self) -> Vec<(String, usize)> {
+        self.map.read().iter().map(|(t, r)| (t.clone(), r.node_count())).collect()
+    }
+
     /// Copy-on-write change of one topic's route: `change` edits a copy of its groups (empty
     /// when it has no route) and returns whether it changed anything; empty groups are dropped.
     fn rebuild(&self, topic: &str, change: impl FnOnce(&mut Vec<Group>) -> bool) {

@@ -4,6 +4,10 @@
 //! 405 not POST; 400 bad envelope or no topic; 404 unknown subscriber id; 413 body over the limit;
 //! 503 the broker is closing. Each error carries a short plain-text reason.
 //!
+//! Also on this port: `GET /healthz` (200 `{"status":"serving",...}` with counts only, 503 while
+//! draining or closing; no token needed) and, with the `metrics` option, `GET /metrics`
+//! (Prometheus text, rendered at scrape time by `metrics.rs`; the bearer token when one is set).
+//!
 //! Hostile connections: connections are capped per peer address and in total (over a cap a new
 //! connection is closed right after accept and counted in `connections_refused`); a connection
 //! that sends no request within `header_read_timeout` is closed; a refused request whose body
@@ -32,7 +36,9 @@ use crate::batch;
 use crate::bridge::{Bridge, Outcome};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::metrics::Exporter;
 use crate::stats::Stats;
+use crate::topic_stats::TopicCounters;
 
 pub const PATH: &str = "/_sub";
 
@@ -40,6 +46,8 @@ pub const PATH: &str = "/_sub";
 #[derive(Debug, Clone)]
 pub struct Subscription {
     pub topic: String,
+    /// the counters of the topic (received, handler errors, handler duration)
+    pub counters: Arc<TopicCounters>,
 }
 
 pub use crate::config::ServerConfig;
@@ -73,6 +81,10 @@ pub struct ServerState {
     /// set by `drain()`: new deliveries are answered 503 (the publisher keeps them and hands them
     /// to another subscriber or its backlog), while those already running finish
     pub draining: std::sync::atomic::AtomicBool,
+    /// set while the endpoint is being stopped (`/healthz` answers 503 "closing")
+    pub closing: std::sync::atomic::AtomicBool,
+    /// reads the counters for `/metrics` and `/healthz`
+    pub exporter: Arc<Exporter>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
@@ -125,8 +137,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Check that an envelope may go to subscriber `id`; returns the status and reason otherwise.
-fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<(), (StatusCode, String)> {
+/// Check that an envelope may go to subscriber `id`; returns its topic's counters, or the
+/// status and reason.
+fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<Arc<TopicCounters>, (StatusCode, String)> {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "subscriber is draining".into()));
     }
@@ -137,7 +150,7 @@ fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<(), (Status
             StatusCode::NOT_FOUND,
             format!("subscriber {id:?} is subscribed to {:?}, not {topic:?}", s.topic),
         )),
-        Some(_) => Ok(()),
+        Some(s) => Ok(s.counters.clone()),
     }
 }
 
@@ -225,7 +238,71 @@ fn linger(parts: &Parts, body: Incoming, started: bool, r: &mut Response<Full<By
     });
 }
 
+/// The bearer-token check: the 401 answer when a token is required and not (rightly) given.
+fn unauthorized(state: &ServerState, req: &Parts) -> Option<Response<Full<Bytes>>> {
+    let tokens = state.tokens.read();
+    if tokens.is_empty() {
+        return None;
+    }
+    let presented = req
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")));
+    if presented.is_some_and(|p| token_ok(&tokens, p)) {
+        return None;
+    }
+    let mut r = text(StatusCode::UNAUTHORIZED, if presented.is_none() { "missing bearer token" } else { "wrong bearer token" });
+    r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
+    Some(r)
+}
+
+/// `GET /healthz`: status and counts only (no topic names), so no token is asked for.
+fn healthz(state: &ServerState) -> Response<Full<Bytes>> {
+    use std::sync::atomic::Ordering::Acquire;
+    let status = if state.closing.load(Acquire) {
+        "closing"
+    } else if state.draining.load(Acquire) {
+        "draining"
+    } else {
+        "serving"
+    };
+    let (routes, backlog) = state.exporter.health_counts();
+    let body = serde_json::json!({
+        "status": status,
+        "subscriptions": state.subs.read().len(),
+        "routes": routes,
+        "backlog": backlog,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    if status != "serving" {
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+/// `GET /metrics` (with the `metrics` option): the Prometheus text exposition.
+fn metrics(state: &ServerState, req: &Parts) -> Response<Full<Bytes>> {
+    if !state.exporter.serve_metrics {
+        return text(StatusCode::NOT_FOUND, "metrics are off (Broker(metrics=True) serves them)");
+    }
+    if let Some(r) = unauthorized(state, req) {
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(state.exporter.render())));
+    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r
+}
+
 async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut PendingBody) -> Response<Full<Bytes>> {
+    if req.method == Method::GET || req.method == Method::HEAD {
+        match req.uri.path() {
+            "/healthz" => return healthz(state),
+            "/metrics" => return metrics(state, req),
+            _ => {}
+        }
+    }
     if req.uri.path() != PATH {
         return text(StatusCode::NOT_FOUND, format!("unknown path {:?}; the endpoint is {PATH}", req.uri.path()));
     }
@@ -234,24 +311,8 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
         r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("POST"));
         return r;
     }
-    {
-        let tokens = state.tokens.read();
-        if !tokens.is_empty() {
-            let presented = req
-                .headers
-                .get(hyper::header::AUTHORIZATION)
-                .map(|v| v.as_bytes())
-                .and_then(|v| v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer ")));
-            let ok = presented.is_some_and(|p| token_ok(&tokens, p));
-            if !ok {
-                let mut r = text(
-                    StatusCode::UNAUTHORIZED,
-                    if presented.is_none() { "missing bearer token" } else { "wrong bearer token" },
-                );
-                r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
-                return r;
-            }
-        }
+    if let Some(r) = unauthorized(state, req) {
+        return r;
     }
     let Some(id) = query_id(&req.uri) else {
         return text(StatusCode::BAD_REQUEST, "missing ?id=<subscriber id> query parameter");
@@ -300,12 +361,22 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     if let Err(m) = limits_check(state, &env) {
         return text(StatusCode::BAD_REQUEST, m);
     }
-    if let Err((s, m)) = route_check(state, &id, &env.topic) {
-        return text(s, m);
-    }
+    let counters = match route_check(state, &id, &env.topic) {
+        Ok(c) => c,
+        Err((s, m)) => return text(s, m),
+    };
     Stats::add(&state.stats.received, 1);
+    TopicCounters::add(&counters.received, 1);
+    let started = state.exporter.timing().then(std::time::Instant::now);
     let rx = state.bridge.submit(id, env);
-    let (status, msg) = outcome_status(rx.await);
+    let outcome = rx.await;
+    if let Some(t) = started {
+        counters.handler.observe(t.elapsed());
+    }
+    if matches!(outcome, Ok(Outcome::Failed(_))) {
+        TopicCounters::add(&counters.handler_errors, 1);
+    }
+    let (status, msg) = outcome_status(outcome);
     text(status, msg)
 }
 
@@ -313,6 +384,7 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let mut failed = Vec::new();
     let mut envs = Vec::new();
     let mut indexes = Vec::new();
+    let mut counters: Option<Arc<TopicCounters>> = None;
     let lines = batch::split(body);
     let received = lines.len();
     for (index, line) in lines.into_iter().enumerate() {
@@ -320,7 +392,8 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
             Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
             Ok(env) => match route_check(state, &id, &env.topic) {
                 Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),
-                Ok(()) => {
+                Ok(c) => {
+                    counters.get_or_insert(c);
                     envs.push(env);
                     indexes.push(index);
                 }
@@ -328,7 +401,21 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
         }
     }
     Stats::add(&state.stats.received, envs.len() as u64);
+    let n = envs.len();
+    if let Some(c) = &counters {
+        TopicCounters::add(&c.received, n as u64);
+    }
+    let started = state.exporter.timing().then(std::time::Instant::now);
     let outcomes = state.bridge.submit_batch(&id, envs).await;
+    if let (Some(c), Some(t)) = (&counters, started) {
+        let d = t.elapsed();
+        for _ in 0..n {
+            c.handler.observe(d);
+        }
+    }
+    if let (Some(c), Ok(o)) = (&counters, &outcomes) {
+        TopicCounters::add(&c.handler_errors, o.iter().filter(|o| matches!(o, Outcome::Failed(_))).count() as u64);
+    }
     let outcomes = match outcomes {
         Ok(o) => o,
         Err(_) => vec![Outcome::Unavailable; indexes.len()],

@@ -17,6 +17,7 @@ use crate::msg::Msg;
 use crate::node::{NodeLink, Take};
 use crate::publisher::Publisher;
 use crate::stats::Stats;
+use crate::topic_stats::TopicCounters;
 
 /// One send's messages, sorted by what happens to them next.
 #[derive(Debug, Default)]
@@ -224,6 +225,7 @@ impl Worker {
             return Flow::Next;
         }
         Stats::add(&p.stats().retried, retry.len() as u64);
+        TopicCounters::add(&link.counters.retried, retry.len() as u64);
         if retry.len() == sent {
             // nothing got through; when only some handlers failed, the node answered: not down
             link.mark_failing();
@@ -262,6 +264,7 @@ impl Worker {
             }
         }
         Stats::add(&p.stats().retried, again.len() as u64);
+        TopicCounters::add(&link.counters.retried, again.len() as u64);
         let mut left = Vec::new();
         for m in p.failover(link, again) {
             let at = std::time::Instant::now() + retry_delay(cfg.retry_min, cfg.retry_max, m.attempts);
@@ -291,6 +294,13 @@ impl Worker {
         Stats::add(&stats.remote_handler_errors, s.handler_failed.len() as u64);
         Stats::add(&stats.failed, s.rejected.len() as u64);
         Stats::add(&stats.delivered, s.delivered.len() as u64);
+        let topic = &self.link.counters;
+        TopicCounters::add(&topic.delivered, s.delivered.len() as u64);
+        if let Some(now) = s.delivered.first().and_then(|m| m.published_at).map(|_| std::time::Instant::now()) {
+            for t in s.delivered.iter().filter_map(|m| m.published_at) {
+                topic.delivery.observe(now.saturating_duration_since(t));
+            }
+        }
         Stats::sub(&stats.in_flight, (s.delivered.len() + s.rejected.len()) as u64);
     }
 

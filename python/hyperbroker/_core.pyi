@@ -153,5 +153,9 @@ class Engine:
         """Messages of ``topic`` waiting in the backlog."""
     def backlog_dropped(self, topic: str) -> int:
         """Messages of ``topic`` the backlog dropped."""
+    def topic_stats(self) -> dict[str, dict[str, int]]:
+        """Per-topic counters and gauges; topics past ``metrics_max_topics`` under ``"_other"``."""
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition (format 0.0.4) that ``GET /metrics`` serves."""
     def stats(self) -> dict[str, int | str | dict[str, int] | None]:
         """Counters and gauges, plus ``last_error`` (str or None)."""

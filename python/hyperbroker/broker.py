@@ -71,6 +71,7 @@ class Broker:
         self._tracing: Tracing | None = None
         if self._options.tracing:
             require_tracing()
+        self._final_topic_stats: dict[str, dict[str, int]] = {}
 
     # --- go-micro's Broker interface -----------------------------------------------------------
 
@@ -284,6 +285,7 @@ class Broker:
                 self._loop.remove_reader(engine.wake_fd)
             engine.close()
             self._final_stats = dict(engine.stats())
+            self._final_topic_stats = engine.topic_stats()
         for fut in self._flushes.values():
             if not fut.done():
                 fut.set_result(False)
@@ -425,6 +427,19 @@ class Broker:
         if self._engine is None:
             return dict(self._final_stats)  # after disconnect: the last counters
         return dict(self._engine.stats())
+
+    def topic_stats(self) -> dict[str, dict[str, int]]:
+        """Per-topic counters and gauges: ``{topic: {published, delivered, dropped, retried,
+        backlog, backlog_bytes, nodes, received, handler_errors}}``. Topics past
+        ``metrics_max_topics`` are summed under ``"_other"``. After disconnect: the last values."""
+        if self._engine is None:
+            return {t: dict(v) for t, v in self._final_topic_stats.items()}
+        return self._engine.topic_stats()
+
+    def metrics_text(self) -> str:
+        """The Prometheus text exposition (format 0.0.4) of this broker, rendered now: what
+        ``GET /metrics`` serves with ``metrics=True``. Empty when not connected."""
+        return "" if self._engine is None else self._engine.metrics_text()
 
     # --- subscribe ------------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@
     hyperbroker sub TOPIC [--queue Q]     print every message of TOPIC
     hyperbroker pub TOPIC [MESSAGE ...]   publish to TOPIC's subscribers
     hyperbroker browse [--watch]          list the subscriptions visible in the registry
+    hyperbroker stats ADDRESS [--watch]   per-topic rates, backlog and errors of a running broker
+                                          (its GET /metrics; needs Broker(metrics=True) there)
 
 Every command takes --registry URL: mdns:// (the default), memory://, or
 etcd://host:port[,host:port...][?prefix=...&timeout=...]; without it $HYPERBROKER_REGISTRY
@@ -190,6 +192,90 @@ async def _browse(args: argparse.Namespace) -> int:
         await registry.close()
 
 
+_STATS_COLUMNS = ("published", "delivered", "received", "retried", "handler_errors", "dropped")
+
+
+def _scrape(url: str, token: str | None, timeout: float) -> dict[str, dict[str, float]]:
+    """Per-topic values of one ``/metrics`` page: counters (for rates) and gauges."""
+    import urllib.error
+    import urllib.request
+
+    from .metrics import parse
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            text = resp.read().decode()
+    except urllib.error.HTTPError as e:
+        raise BrokerError(f"{url} answered {e.code}: {e.read().decode(errors='replace').strip()}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise BrokerError(f"cannot read {url}: {getattr(e, 'reason', e)}") from None
+    topics: dict[str, dict[str, float]] = {}
+    for fam in parse(text):
+        name = fam.name.removeprefix("hyperbroker_")
+        for sm in fam.samples:
+            topic = sm.labels.get("topic")
+            if topic is None or sm.name.endswith(("_bucket", "_sum", "_count", "_created")):
+                continue
+            row = topics.setdefault(topic, {})
+            key = {
+                "published_messages": "published",
+                "delivered_messages": "delivered",
+                "received_messages": "received",
+                "retried_messages": "retried",
+                "handler_errors": "handler_errors",
+                "dropped_messages": "dropped",
+                "backlog_messages": "backlog",
+                "route_nodes": "nodes",
+            }.get(name)
+            if key is not None:
+                row[key] = row.get(key, 0.0) + sm.value
+    return topics
+
+
+def _stats_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], dt: float) -> str:
+    head = f"{'TOPIC':30} {'PUB/s':>9} {'DELIV/s':>9} {'RECV/s':>9} {'RETRY/s':>9} {'ERR/s':>8} {'DROP/s':>8} {'BACKLOG':>8} {'NODES':>6} {'ERRORS':>8}"
+    lines = [head]
+    for topic in sorted(after):
+        a, b = after[topic], before.get(topic, {})
+        rates = [max(a.get(c, 0.0) - b.get(c, 0.0), 0.0) / dt if dt > 0 else 0.0 for c in _STATS_COLUMNS]
+        lines.append(
+            f"{topic[:30]:30} {rates[0]:9.1f} {rates[1]:9.1f} {rates[2]:9.1f} {rates[3]:9.1f} {rates[4]:8.1f} {rates[5]:8.1f}"
+            f" {int(a.get('backlog', 0)):8d} {int(a.get('nodes', 0)):6d} {int(a.get('handler_errors', 0)):8d}"
+        )
+    return "\n".join(lines)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    """Scrape ADDRESS/metrics every --interval seconds; print a table of rates per topic."""
+    import time
+
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        print("hyperbroker stats needs prometheus_client: pip install 'hyperbroker[metrics]'", file=sys.stderr)
+        return 2
+    addr = args.address
+    url = addr if "://" in addr else f"http://{addr}"
+    url = url.rstrip("/") + ("" if url.endswith("/metrics") else "/metrics")
+    count = args.count or (0 if args.watch else 1)
+    before = _scrape(url, args.token, args.interval + 5)
+    t0 = time.monotonic()
+    shown = 0
+    while not count or shown < count:
+        time.sleep(args.interval)
+        after = _scrape(url, args.token, args.interval + 5)
+        t1 = time.monotonic()
+        table = _stats_table(before, after, t1 - t0)
+        if args.watch:
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: refreshed in place
+        print(f"{url}  (rates over {t1 - t0:.1f}s)", flush=True)
+        print(table, flush=True)
+        before, t0 = after, t1
+        shown += 1
+    return 0
+
+
 def _registry_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument(
         "--registry",
@@ -250,6 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     browse.add_argument("--wait", type=float, default=1.5, help="seconds to listen before listing")
     _net_args(browse)
 
+    stats = cmds.add_parser("stats", help="per-topic rates of a running broker (reads its /metrics)")
+    stats.add_argument("address", help="host:port of the broker's endpoint, or its http(s):// URL")
+    stats.add_argument("--watch", action="store_true", help="refresh the table in place")
+    stats.add_argument("--token", default=None, help="bearer token, when the broker has auth_token set")
+    stats.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (the rate window)")
+    stats.add_argument("--count", type=int, default=0, help="tables to print, then exit (default: 1, --watch: forever)")
+
     args = parser.parse_args(argv)
     try:
         if args.cmd == "demo":
@@ -260,6 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_pub(args))
         if args.cmd == "browse":
             return _run(_browse(args))
+        if args.cmd == "stats":
+            try:
+                return _stats(args)
+            except KeyboardInterrupt:
+                return 0
     except BrokerError as e:
         print(f"hyperbroker: {e}", file=sys.stderr)
         return 2

@@ -128,6 +128,15 @@ class BrokerOptions:
     on_evict: ``f(node_address, reason)``: a node left its route (reason ``"unreachable"``: it
         refused ``evict_after`` connections in a row); it is probed and put back when it answers.
     Every callback runs on the event loop, may be ``async``, and an exception in it is logged.
+    metrics: serve Prometheus text on ``GET /metrics`` of the endpoint (the bearer token is
+        required there too when ``auth_token`` is set) and observe the latency histograms:
+        ``hyperbroker_delivery_duration_seconds`` (publish to a node's acknowledgement, backlog
+        time included) and ``hyperbroker_handler_duration_seconds`` (an event handed to the
+        asyncio loop until its outcome came back: the handler plus the loop's wake-up latency;
+        for a batched request, until the whole batch is done).
+        Per-topic counters (:meth:`Broker.topic_stats`) and ``GET /healthz`` are always there.
+    metrics_max_topics: topics with counters of their own; the others are summed under the
+        topic ``"_other"`` (bounds the memory and the label cardinality).
     """
 
     address: str = ":0"
@@ -167,6 +176,8 @@ class BrokerOptions:
     on_drop: Callable[[str, int, str], object] | None = None
     on_route_change: Callable[[str, int], object] | None = None
     on_evict: Callable[[str, str], object] | None = None
+    metrics: bool = False
+    metrics_max_topics: int = 1000
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -205,6 +216,7 @@ class BrokerOptions:
             "max_connections",
             "evict_after",
             "node_inflight",
+            "metrics_max_topics",
         ):
             v = getattr(self, name)
             top = _INT_MAX.get(name, _INT_DEFAULT_MAX)
@@ -226,6 +238,8 @@ class BrokerOptions:
         v = self.disconnect_timeout
         if not _is_number(v) or not 0 <= v <= _MAX_SECONDS:
             raise BrokerError(f"disconnect_timeout must be a number of seconds >= 0, got {v!r}")
+        if not isinstance(self.metrics, bool):
+            raise BrokerError(f"metrics must be True or False, got {self.metrics!r}")
         if self.retry_max < self.retry_min:
             raise BrokerError("retry_max must be >= retry_min")
         validate_tokens(self.auth_tokens if self.auth_token is not None else None)

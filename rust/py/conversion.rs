@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 
-use crate::config::{PubConfig, ServerConfig};
+use crate::config::{MetricsConfig, PubConfig, ServerConfig};
 use crate::node::NodeSpec;
 
 /// Longest duration accepted from Python: about 31 years, so that `now + duration` (a
@@ -125,6 +125,14 @@ pub fn engine_config(options: &Bound<'_, PyAny>) -> PyResult<(PubConfig, ServerC
         max_connections: o.max_connections,
     };
     Ok((publisher, server))
+}
+
+/// The metrics options of a `hyperbroker.BrokerOptions` (checked by `engine_config` first).
+pub fn metrics_config(options: &Bound<'_, PyAny>) -> PyResult<MetricsConfig> {
+    let py = options.py();
+    let enabled: bool = options.getattr("metrics")?.extract().map_err(|e| with_reason(py, e))?;
+    let max_topics: usize = options.getattr("metrics_max_topics")?.extract().map_err(|e| with_reason(py, e))?;
+    Ok(MetricsConfig { enabled, max_topics })
 }
 
 /// `hyperbroker._routes.RouteNode`: one subscriber node of a route.

@@ -22,7 +22,9 @@ use crate::error::Error;
 use crate::publisher::Publisher;
 use crate::runtime;
 use crate::server::{self, ServerHandle, ServerState, Subscription};
+use crate::metrics::Exporter;
 use crate::stats::Stats;
+use crate::topic_stats::TopicStats;
 use crate::tls;
 
 #[pyclass(module = "hyperbroker._core", frozen)]
@@ -31,6 +33,7 @@ pub struct Engine {
     server: Arc<ServerState>,
     bridge: Arc<Bridge>,
     stats: Arc<Stats>,
+    exporter: Arc<Exporter>,
     handle: Mutex<Option<ServerHandle>>,
     /// tokens of the events handed out by the last `take()`, settled by `done()`
     taken: Mutex<Vec<u64>>,
@@ -43,8 +46,13 @@ impl Engine {
     #[new]
     fn new(options: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (pub_config, server_config) = conversion::engine_config(options)?;
+        let metrics = conversion::metrics_config(options)?;
         let stats = Arc::new(Stats::default());
         let bridge = Arc::new(Bridge::new().map_err(|e| Error::io(format!("could not create the wake-up socket: {e}")))?);
+        let rt = runtime::get()?;
+        let topics = Arc::new(TopicStats::new(metrics.max_topics, metrics.enabled));
+        let publisher = Arc::new(Publisher::new(pub_config, stats.clone(), rt.handle().clone())?.with_topic_stats(topics));
+        let exporter = Arc::new(Exporter::new(stats.clone(), publisher.clone(), metrics.enabled));
         let server = Arc::new(ServerState {
             subs: Default::default(),
             tokens: Default::default(),
@@ -56,14 +64,14 @@ impl Engine {
             stats: stats.clone(),
             config: server_config,
             draining: Default::default(),
+            closing: Default::default(),
+            exporter: exporter.clone(),
         });
-        let rt = runtime::get()?;
-        let publisher = Publisher::new(pub_config, stats.clone(), rt.handle().clone())?;
         let sink = bridge.clone();
         publisher.set_dead_letter_sink(Box::new(move |d| sink.dead_letter(d)));
         let ready = bridge.clone();
         publisher.notices.set_wake(Box::new(move || ready.notices_ready()));
-        Ok(Engine { publisher: Arc::new(publisher), server, bridge, stats, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
+        Ok(Engine { publisher, server, bridge, stats, exporter, handle: Mutex::new(None), taken: Mutex::new(Vec::new()) })
     }
 
     /// Bind the subscriber endpoint; returns the bound (host, port). Idempotent while listening.
@@ -79,6 +87,7 @@ impl Engine {
         let rt = runtime::get()?;
         let state = self.server.clone();
         self.bridge.reopen();
+        self.server.closing.store(false, std::sync::atomic::Ordering::Release);
         let h = py.detach(|| rt.block_on(server::serve(state, addr)))?;
         let out = (h.local_addr.ip().to_string(), h.local_addr.port());
         *self.handle.lock() = Some(h);
@@ -94,6 +103,7 @@ impl Engine {
 
     /// Stop only the endpoint (the publisher keeps running).
     fn stop_listening(&self, py: Python<'_>) {
+        self.server.closing.store(true, std::sync::atomic::Ordering::Release);
         self.bridge.close();
         let handle = self.handle.lock().take();
         if let (Some(h), Ok(rt)) = (handle, runtime::get()) {
@@ -237,7 +247,8 @@ impl Engine {
 
     /// Serve subscriber `id` (of `topic`) at this endpoint.
     fn add_subscriber(&self, id: String, topic: String) {
-        self.server.subs.write().insert(id, Subscription { topic });
+        let counters = self.publisher.topic_stats().get(&topic);
+        self.server.subs.write().insert(id, Subscription { topic, counters });
     }
 
     fn remove_subscriber(&self, id: &str) -> bool {
@@ -379,6 +390,32 @@ impl Engine {
 
     fn backlog_dropped(&self, topic: &str) -> u64 {
         self.publisher.backlog.dropped(topic)
+    }
+
+    /// Per-topic counters and gauges: {topic: {published, delivered, dropped, retried, backlog,
+    /// backlog_bytes, nodes, received, handler_errors}}; topics past `metrics_max_topics` are
+    /// summed under "_other".
+    fn topic_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for r in self.exporter.topics() {
+            let d = PyDict::new(py);
+            d.set_item("published", r.published)?;
+            d.set_item("delivered", r.delivered)?;
+            d.set_item("dropped", r.dropped())?;
+            d.set_item("retried", r.retried)?;
+            d.set_item("backlog", r.backlog)?;
+            d.set_item("backlog_bytes", r.backlog_bytes)?;
+            d.set_item("nodes", r.nodes)?;
+            d.set_item("received", r.received)?;
+            d.set_item("handler_errors", r.handler_errors)?;
+            out.set_item(r.topic, d)?;
+        }
+        Ok(out)
+    }
+
+    /// The Prometheus text exposition (what `GET /metrics` serves), rendered now.
+    fn metrics_text(&self) -> String {
+        self.exporter.render()
     }
 
     /// Counters (exact) and gauges, plus `last_error` (str or None).
