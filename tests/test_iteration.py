@@ -172,6 +172,7 @@ async def test_an_exception_in_the_loop_fails_the_event_in_hand(make_broker: Mak
     await until(lambda: it.closed, 5, "the subscription to close")
     await until(lambda: pub.route_count("t") == 0, 5, "the route to go")
     await sub.subscribe("t", lambda ev: later.append(ev.message.body))  # it was not lost
+    await until(lambda: later == [b"poison"], 10, "the failed event to come to the next subscriber")
     await pub.flush(timeout=10)
     assert later == [b"poison"]
 
