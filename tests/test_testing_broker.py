@@ -179,6 +179,76 @@ async def test_backlog_is_delivered_when_a_subscriber_appears(side: Side) -> Non
     assert side.counters() == expect(published=3, backlogged=3, delivered=3, received=3)
 
 
+async def test_async_iteration_acknowledges_on_next(side: Side) -> None:
+    it = await side.sub.subscribe("stream", max_pending=3)
+    await side.routes("stream", 1)
+    for b in bodies(5):
+        await side.pub.publish("stream", b)
+    seen: list[bytes] = []
+    async for ev in it:
+        assert it.pending <= 3
+        seen.append(ev.message.body)
+        if len(seen) == 5:
+            ev.ack()  # the event in hand when leaving the loop is kept only if acked
+            break
+    await side.pub.flush(timeout=10)
+    assert seen == bodies(5)
+    assert it.closed
+    assert side.counters() == expect(published=5, delivered=5, received=5)
+
+
+async def test_async_iteration_redelivers_what_was_not_acked(side: Side) -> None:
+    it = await side.sub.subscribe("manual", auto_ack=False)
+    await side.routes("manual", 1)
+    for b in bodies(2):
+        await side.pub.publish("manual", b)
+    seen: list[bytes] = []
+    async for ev in it:
+        body = ev.message.body
+        if body in seen:
+            ev.ack()
+        seen.append(body)
+        if Counter(seen) == {b"m0": 2, b"m1": 2}:
+            break
+    await side.pub.flush(timeout=10)
+    assert side.counters() == expect(
+        published=2, delivered=2, retried=2, remote_handler_errors=2, received=4, handler_errors=2
+    )
+
+
+async def test_decorated_handler_after_connect(side: Side) -> None:
+    got: list[bytes] = []
+
+    @side.sub.subscriber("deco", queue="q")
+    async def handler(ev: Event) -> None:
+        got.append(ev.message.body)
+
+    await side.routes("deco", 1)
+    for b in bodies(3):
+        await side.pub.publish("deco", b)
+    await side.pub.flush(timeout=10)
+    assert got == bodies(3)
+    assert side.counters() == expect(published=3, delivered=3, received=3)
+
+
+async def test_concurrency_overlaps_async_handlers(side: Side) -> None:
+    running = peak = 0
+
+    async def slow(ev: Event) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    await side.sub.subscribe("par", slow, concurrency=4)
+    await side.routes("par", 1)
+    await side.pub.publish_many("par", bodies(8))
+    await side.pub.flush(timeout=10)
+    assert peak == 4
+    assert side.counters() == expect(published=8, delivered=8, received=8)
+
+
 # --- what only the TestBroker does ----------------------------------------------------------------
 
 
@@ -475,3 +545,70 @@ async def test_broadcast_and_queue_group_together(tb: TestBroker) -> None:
         await tb.publish("t", body)
     await tb.flush()
     assert seen == {"b1": 4, "b2": 4, "g1": 2, "g2": 2}
+
+
+async def test_decorator_before_connect_and_again_after_reconnect() -> None:
+    tb = TestBroker()
+    got: list[bytes] = []
+
+    @tb.subscriber("t")
+    def handler(ev: Event) -> None:
+        got.append(ev.message.body)
+
+    await tb.connect()
+    assert tb.route_count("t") == 1
+    await tb.publish("t", b"1")
+    await tb.flush()
+    await tb.disconnect()
+    await tb.connect()
+    await tb.publish("t", b"2")
+    await tb.flush()
+    await tb.disconnect()
+    assert got == [b"1", b"2"]
+
+
+async def test_leaving_the_loop_hands_the_rest_to_the_group(tb: TestBroker) -> None:
+    it = await tb.subscribe("jobs", queue="g", max_pending=2)
+    other: list[bytes] = []
+    await tb.subscribe("jobs", lambda ev: other.append(ev.message.body), queue="g")
+    for body in bodies(10):
+        await tb.publish("jobs", body)
+    assert (it.pending, it.held) == (2, 3)  # round robin: 5 each
+    async for ev in it:
+        assert ev.message.body == b"m0"
+        break  # not acked: m0 fails too
+    await tb.flush()
+    assert it.closed
+    assert sorted(other) == sorted(bodies(10))
+    assert tb.route_count("jobs") == 1
+
+
+async def test_iteration_ends_on_disconnect() -> None:
+    tb = TestBroker()
+    await tb.connect()
+    it = await tb.subscribe("t")
+    task = asyncio.create_task(it.next())
+    await asyncio.sleep(0.01)
+    await tb.disconnect()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_concurrency_one_keeps_order_and_a_failure_is_retried_in_place(tb: TestBroker) -> None:
+    done: list[bytes] = []
+    failed_once: set[bytes] = set()
+
+    async def handler(ev: Event) -> None:
+        body = ev.message.body
+        if body == b"m1" and body not in failed_once:
+            failed_once.add(body)
+            raise ValueError("once")
+        await asyncio.sleep(0)
+        done.append(body)
+
+    await tb.subscribe("t", handler)
+    for body in bodies(4):
+        await tb.publish("t", body)
+    with pytest.raises(ValueError, match="once"):
+        await tb.flush()
+    assert done == bodies(4)

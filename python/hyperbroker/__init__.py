@@ -21,6 +21,7 @@ from .errors import (
     RegistryError,
     RequestTimeoutError,
 )
+from .iteration import IterSubscriber
 from .message import Event, Message
 from .options import BrokerOptions
 from .registry import (
@@ -48,6 +49,7 @@ __all__ = [
     "EtcdRegistry",
     "Event",
     "FlushTimeoutError",
+    "IterSubscriber",
     "MdnsRegistry",
     "MemoryRegistry",
     "Message",

@@ -1,6 +1,6 @@
 """Type stub of the native module ``hyperbroker._core`` (Rust, PyO3)."""
 
-from typing import Any, final
+from typing import Any, TypeVar, final
 
 __all__ = ["Backlog", "BrokerError", "CodecError", "Engine", "Event", "Message", "__version__", "decode", "encode"]
 
@@ -10,6 +10,8 @@ from hyperbroker._routes import RouteGroup
 from hyperbroker.options import BrokerOptions
 
 __version__: str
+
+_T = TypeVar("_T")
 
 class BrokerError(Exception):
     """Base class of every error hyperbroker raises."""
@@ -56,6 +58,8 @@ class Message:
     @body.setter
     def body(self, value: bytes | bytearray | memoryview) -> None: ...
     def json(self) -> Any: ...
+    def decode(self, model: type[_T]) -> _T:
+        """The body validated into ``model`` (a pydantic model or a dataclass)."""
     def text(self, encoding: str = "utf-8") -> str: ...
     def __eq__(self, other: object, /) -> bool: ...
 
@@ -70,6 +74,10 @@ class Event:
     def message(self) -> Message: ...
     @property
     def error(self) -> BaseException | None: ...
+    def json(self) -> Any:
+        """The message body decoded as JSON (orjson)."""
+    def decode(self, model: type[_T]) -> _T:
+        """The message body validated into ``model`` (a pydantic model or a dataclass)."""
     def ack(self) -> None: ...
     @property
     def acked(self) -> bool: ...

@@ -9,16 +9,17 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from . import _core
 from ._routes import route_groups
 from .callbacks import Events
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError
+from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
-from .subscriber import SubscribeOptions, Subscriber
+from .subscriber import SubscribeOptions, Subscriber, SubscriptionBase
 from .tls import local_hosts, read_pem
 from .tracing import Tracing
 from .tracing import require as require_tracing
@@ -26,6 +27,8 @@ from .tracing import require as require_tracing
 __all__ = ["Broker"]
 
 log = logging.getLogger("hyperbroker")
+
+H = TypeVar("H", bound=Handler)
 
 
 def _default_registry() -> Registry:
@@ -57,7 +60,9 @@ class Broker:
         self._registry: Registry | None = None
         self._address: str | None = None
         self._advertised: str | None = None
-        self._subs: dict[str, Subscriber] = {}
+        self._subs: dict[str, SubscriptionBase] = {}
+        #: what ``@broker.subscriber(...)`` registered: (topic, handler, subscribe keyword args)
+        self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
         self._flushes: dict[int, asyncio.Future[bool]] = {}
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -143,6 +148,8 @@ class Broker:
             if self._engine is not None:
                 return
             await self._connect()
+            for topic, handler, kw in self._decorated:
+                await self.subscribe(topic, handler, **kw)
 
     async def _connect(self) -> None:
         o = self._options
@@ -443,6 +450,7 @@ class Broker:
 
     # --- subscribe ------------------------------------------------------------------------------
 
+    @overload
     async def subscribe(
         self,
         topic: str,
@@ -450,31 +458,67 @@ class Broker:
         queue: str | None = None,
         auto_ack: bool = True,
         max_deliveries: int | None = None,
-    ) -> Subscriber:
-        """Call ``handler(event)`` (a ``def`` or ``async def``) for each message of ``topic``.
+        *,
+        concurrency: int = 1,
+    ) -> Subscriber: ...
+
+    @overload
+    async def subscribe(
+        self,
+        topic: str,
+        handler: None = None,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | None = None,
+        *,
+        max_pending: int = 100,
+    ) -> IterSubscriber: ...
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Handler | None = None,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | None = None,
+        *,
+        concurrency: int = 1,
+        max_pending: int = 100,
+    ) -> Subscriber | IterSubscriber:
+        """Call ``handler(event)`` (a ``def`` or ``async def``) for each message of ``topic``; or,
+        without a handler, return an :class:`IterSubscriber` to consume with ``async for``
+        (a buffer of ``max_pending`` events; publishers wait while the consumer is behind).
 
         With ``queue``, subscribers sharing the queue name get each message once between them.
         ``max_deliveries`` caps the handler attempts per message for this subscription
         (publishers read it from the registry); None leaves it to each publisher's option.
+        ``concurrency`` lets up to that many async handler calls run at once (arrival order is
+        then not kept; 1, the default, keeps it).
         """
         engine = self._need()
         check_max_deliveries(max_deliveries)
         self._check_topic(topic)
-        if not callable(handler):
+        if handler is not None and not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
-        sub_id = f"hb-{uuid.uuid4().hex}"
-        if self._tracing is not None:
-            handler = self._tracing.wrap(topic, queue, handler)
-        sub = Subscriber(
-            sub_id,
-            topic,
-            handler,
-            SubscribeOptions(queue=queue, auto_ack=auto_ack, max_deliveries=max_deliveries),
-            complete=self._complete,
-            unsubscribe=self._unsubscribe,
+        options = SubscribeOptions(
+            queue=queue,
+            auto_ack=auto_ack,
+            max_deliveries=max_deliveries,
+            concurrency=concurrency,
+            max_pending=max_pending,
         )
+        sub_id = f"hb-{uuid.uuid4().hex}"
+        sub: Subscriber | IterSubscriber
+        if handler is None:
+            sub = IterSubscriber(sub_id, topic, options, complete=self._complete, unsubscribe=self._unsubscribe)
+        else:
+            if self._tracing is not None:
+                handler = self._tracing.wrap(topic, queue, handler)
+            sub = Subscriber(
+                sub_id, topic, handler, options, complete=self._complete, unsubscribe=self._unsubscribe
+            )
         engine.add_subscriber(sub_id, topic)
         self._subs[sub_id] = sub
         try:
@@ -486,7 +530,67 @@ class Broker:
         await self._refresh_topic(topic)
         return sub
 
-    def _service(self, sub: Subscriber) -> Service:
+    def subscriber(
+        self,
+        topic: str,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | None = None,
+        *,
+        concurrency: int = 1,
+    ) -> Callable[[H], H]:
+        """Decorator: ``@broker.subscriber("orders", queue="workers")`` on a ``def`` or
+        ``async def`` subscribes it at ``connect()`` (every time the broker connects), or at once
+        (scheduled on the broker's loop) when the broker is already connected. The function is
+        returned unchanged."""
+        self._check_topic(topic)
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise BrokerError("queue must be a non-empty string or None")
+        check_max_deliveries(max_deliveries)
+        SubscribeOptions(concurrency=concurrency)  # validates it now, not at connect
+        kw: dict[str, Any] = {
+            "queue": queue,
+            "auto_ack": auto_ack,
+            "max_deliveries": max_deliveries,
+            "concurrency": concurrency,
+        }
+
+        def register(handler: H) -> H:
+            if not callable(handler):
+                raise BrokerError(f"@subscriber needs a function, got {type(handler).__name__}")
+            self._decorated.append((topic, handler, kw))
+            if self._engine is not None and self._loop is not None:
+                self._subscribe_soon(topic, handler, kw)
+            return handler
+
+        return register
+
+    def _subscribe_soon(self, topic: str, handler: Handler, kw: dict[str, Any]) -> None:
+        """Subscribe a decorated handler on the broker's loop (from any thread); a failure is logged."""
+        loop = self._loop
+        assert loop is not None
+
+        async def run() -> None:
+            try:
+                await self.subscribe(topic, handler, **kw)
+            except Exception:
+                log.exception("@subscriber(%r): subscribing failed", topic)
+
+        def start() -> None:
+            t = loop.create_task(run(), name=f"hyperbroker-subscribe-{topic}")
+            self._callback_tasks.add(t)
+            t.add_done_callback(self._callback_tasks.discard)
+
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            start()
+        else:
+            loop.call_soon_threadsafe(start)
+
+    def _service(self, sub: SubscriptionBase) -> Service:
         assert self._advertised is not None
         meta = {"secure": "true" if self.secure else "false", "broker": "http"}
         if self._options.batch:
@@ -499,12 +603,12 @@ class Broker:
         node = Node(sub.id, self._advertised, meta)
         return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
 
-    async def _deregister(self, sub: Subscriber) -> None:
+    async def _deregister(self, sub: SubscriptionBase) -> None:
         if self._advertised is None:
             return
         await self.registry.deregister(self._service(sub))
 
-    async def _unsubscribe(self, sub: Subscriber) -> None:
+    async def _unsubscribe(self, sub: SubscriptionBase) -> None:
         if self._subs.pop(sub.id, None) is None:
             return
         try:
@@ -618,7 +722,7 @@ class Broker:
 
 
 def dispatch(
-    subs: Mapping[str, Subscriber],
+    subs: Mapping[str, SubscriptionBase],
     sub_ids: Sequence[str],
     events: Sequence[Event],
     failures: list[tuple[int, str]],

@@ -1,8 +1,11 @@
-"""Subscriber: one subscription's handle, and the code that runs its handler in arrival order.
+"""Subscriber: one subscription's handle, and the code that runs its handler in arrival order
+(or up to ``concurrency`` async handler calls at once).
 
 The Broker hands each batch of received events to :meth:`Subscriber.deliver_batch` and settles
 what it reports; the Subscriber settles what it finished later (async handlers) through the
 ``complete`` callable it was built with. It knows nothing else of the Broker.
+:class:`SubscriptionBase` is what the Broker needs of any subscription (the handler-less,
+iterated kind lives in ``iteration.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import BrokerError
 from .message import Event, Handler
 
-__all__ = ["SubscribeOptions", "Subscriber"]
+__all__ = ["SubscribeOptions", "Subscriber", "SubscriptionBase"]
 
 #: after this many events in a row, an async runner yields to the loop once
 _YIELD_EVERY = 512
@@ -26,7 +30,7 @@ Result = tuple[int, str | None]
 #: settles deliveries that ended after ``deliver_batch`` returned (the engine's ``complete``)
 Complete = Callable[[list[Result]], None]
 #: ends a subscription (the broker's side of ``Subscriber.unsubscribe``)
-Unsubscribe = Callable[["Subscriber"], Awaitable[None]]
+Unsubscribe = Callable[["SubscriptionBase"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,16 @@ class SubscribeOptions:
     #: failed handler attempts after which publishers give a message up for this subscription
     #: (announced in the registry; None: each publisher's own ``max_deliveries``)
     max_deliveries: int | None = None
+    #: async handler calls of this subscription that may run at once (1 keeps arrival order)
+    concurrency: int = 1
+    #: an iterated subscription's buffer bound (events ready for the consumer)
+    max_pending: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "max_pending"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise BrokerError(f"{name} must be a positive integer, got {v!r}")
 
 
 def describe(exc: BaseException) -> str:
@@ -46,12 +60,46 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class Subscriber:
-    """A live subscription. ``await sub.unsubscribe()`` ends it."""
+class SubscriptionBase:
+    """What every subscription has (``.id``, ``.topic``, ``.options``, ``.queue``,
+    ``await .unsubscribe()``) and what the Broker calls on it."""
 
-    __slots__ = (
-        "_complete", "_handler", "_inline", "_is_async", "_pending", "_runner", "_unsubscribe", "id", "options", "topic"
-    )
+    __slots__ = ("_complete", "_unsubscribe", "id", "options", "topic")
+
+    def __init__(
+        self, id: str, topic: str, options: SubscribeOptions, *, complete: Complete, unsubscribe: Unsubscribe
+    ) -> None:
+        self.id = id
+        self.topic = topic
+        self.options = options
+        self._complete = complete
+        self._unsubscribe = unsubscribe
+
+    @property
+    def queue(self) -> str | None:
+        return self.options.queue
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving: deregister from the registry and drop the subscription. Idempotent."""
+        await self._unsubscribe(self)
+
+    def deliver_batch(self, events: Sequence[Event], failures: list[tuple[int, str]], deferred: list[int]) -> None:
+        """Take ``events`` (this subscription's, in arrival order): failed ones go into
+        ``failures``, ones settled later through ``complete`` into ``deferred``."""
+        raise NotImplementedError
+
+    def fail_pending(self, reason: str) -> None:
+        """The subscription ends: fail (through ``complete``) whatever it has not settled."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
+
+
+class Subscriber(SubscriptionBase):
+    """A live subscription with a handler. ``await sub.unsubscribe()`` ends it."""
+
+    __slots__ = ("_handler", "_inline", "_is_async", "_pending", "_runners")
 
     def __init__(
         self,
@@ -63,11 +111,7 @@ class Subscriber:
         complete: Complete,
         unsubscribe: Unsubscribe,
     ) -> None:
-        self.id = id
-        self.topic = topic
-        self.options = options
-        self._complete = complete
-        self._unsubscribe = unsubscribe
+        super().__init__(id, topic, options, complete=complete, unsubscribe=unsubscribe)
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)
@@ -76,15 +120,8 @@ class Subscriber:
         self._inline = not self._is_async and options.auto_ack
         #: events (or awaitables a plain handler returned) waiting for the runner, in order
         self._pending: deque[tuple[int, Event | _AwaitingEvent]] = deque()
-        self._runner: asyncio.Task[None] | None = None
-
-    @property
-    def queue(self) -> str | None:
-        return self.options.queue
-
-    async def unsubscribe(self) -> None:
-        """Stop receiving: deregister from the registry and drop the subscription. Idempotent."""
-        await self._unsubscribe(self)
+        #: the runner tasks working through ``_pending`` (at most ``options.concurrency``)
+        self._runners: set[asyncio.Task[None]] = set()
 
     # --- the broker's side (package-internal) -----------------------------------------------------
 
@@ -128,8 +165,8 @@ class Subscriber:
         """Fail what still waits for the handler with ``reason`` and stop the runner."""
         failed: list[Result] = [(t, reason) for t, _ in self._pending]
         self._pending.clear()
-        if self._runner is not None:
-            self._runner.cancel()
+        for runner in self._runners:
+            runner.cancel()
         if failed:
             self._complete(failed)
 
@@ -162,10 +199,14 @@ class Subscriber:
 
     def _enqueue(self, token: int, item: Event | _AwaitingEvent) -> None:
         self._pending.append((token, item))
-        if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run_pending())
+        if len(self._runners) < self.options.concurrency:
+            runner = asyncio.get_running_loop().create_task(self._run_pending())
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
 
     async def _run_pending(self) -> None:
+        """Run what waits in ``_pending``, one at a time; with ``concurrency`` > 1 several of these
+        runners share the queue (so handler calls overlap and finish out of order)."""
         complete, handler, is_async = self._complete, self._handler, self._is_async
         results: list[Result] = []
         n = 0
@@ -196,12 +237,11 @@ class Subscriber:
                     results = []
                     await asyncio.sleep(0)
         finally:
+            # leave the set now, not in a later done-callback: an event enqueued in between must
+            # find room for a new runner
+            self._runners.discard(asyncio.current_task())
             if results:
                 complete(results)
-            self._runner = None
-
-    def __repr__(self) -> str:
-        return f"Subscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
 
 
 class _AwaitingEvent:

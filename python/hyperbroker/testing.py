@@ -10,7 +10,12 @@ Semantics, the same as the real broker's (what differs is said so):
 - broadcast: every subscription without a queue gets each message; queue group: one member per
   message, round-robin in subscription order.
 - each subscription runs its handler (``def`` or ``async def``) for one message at a time, in
-  arrival order; a fresh native :class:`~hyperbroker.Event` per attempt.
+  arrival order (``concurrency=N``: up to N at once, order not kept); a fresh native
+  :class:`~hyperbroker.Event` per attempt.
+- ``subscribe(topic)`` without a handler returns the real broker's
+  :class:`~hyperbroker.iteration.IterSubscriber` (``async for``), fed in-process: the same
+  buffer bound, acknowledgement and end rules; a failed event is delivered to it again.
+- ``@broker.subscriber(topic, ...)`` subscribes the function at ``connect()``, or at once.
 - a handler that raises, or returns without ``event.ack()`` under ``auto_ack=False``, fails the
   attempt: the message is delivered again to the same subscription (after ``retry_min`` seconds;
   the real broker backs off up to ``retry_max``) until ``max_deliveries`` attempts failed, then it
@@ -38,14 +43,15 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestTimeoutError
+from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions
 from .registry.memory import MemoryRegistry
-from .subscriber import SubscribeOptions
+from .subscriber import Result, SubscribeOptions, SubscriptionBase
 
 __all__ = [
     "DELIVERIES_HEADER",
@@ -72,6 +78,8 @@ Undeliverable = Callable[[str, Message, str], Any]
 #: options of the delivery limit, validated here (the real Broker gains them in parallel)
 _DELIVERY_OPTIONS = ("max_deliveries", "on_undeliverable", "dead_letter_topic")
 _NOT_ACKED = "handler returned without ack() (auto_ack=False)"
+
+H = TypeVar("H", bound=Handler)
 
 
 class _Unset(enum.Enum):
@@ -128,7 +136,7 @@ class TestSubscriber:
         broker: TestBroker,
         id: str,
         topic: str,
-        handler: Handler,
+        handler: Handler | None,
         options: SubscribeOptions,
         max_deliveries: int | None,
     ) -> None:
@@ -139,7 +147,11 @@ class TestSubscriber:
         self._broker = broker
         self._handler = handler
         self._queue: deque[_Delivery] = deque()
-        self._runner: asyncio.Task[None] | None = None
+        #: the runner tasks (at most ``options.concurrency``), and the deliveries they hold
+        self._runners: set[asyncio.Task[None]] = set()
+        self._running: list[_Delivery] = []
+        #: without a handler: the iterator the consumer reads (fed by ``TestBroker._feed``)
+        self._iter: IterSubscriber | None = None
         self._active = True
 
     @property
@@ -209,6 +221,13 @@ class TestBroker:
             0,
         )
         self._last_error: str | None = None
+        #: what ``@subscriber`` registered: (topic, handler, subscribe keyword args)
+        self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
+        #: attempts handed to iterators, by token
+        self._iter_tokens = itertools.count(1)
+        self._iter_deliveries: dict[int, tuple[TestSubscriber, _Delivery]] = {}
+        #: background tasks (decorated subscribes, give-ups of iterated messages)
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: every ``(topic, Message)`` published, in order (dead letters and requests included)
         self.published: list[tuple[str, Message]] = []
         #: every exception a handler raised, in order (flush re-raises only the first, once)
@@ -246,8 +265,12 @@ class TestBroker:
         await self.disconnect()
 
     async def connect(self) -> None:
-        """Idempotent; there is nothing to bind."""
+        """Idempotent; there is nothing to bind. Subscribes what ``@subscriber`` registered."""
+        if self._connected:
+            return
         self._connected = True
+        for topic, handler, kw in self._decorated:
+            await self.subscribe(topic, handler, **kw)
 
     async def disconnect(self, timeout: float | None = None) -> None:
         """Wait for the handlers up to ``timeout`` (default ``disconnect_timeout``), then stop
@@ -263,9 +286,14 @@ class TestBroker:
         self._connected = False
         for sub in list(self._subs.values()):
             sub._active = False
-            await self._stop_runner(sub)
+            if sub._iter is not None:
+                sub._iter.fail_pending("subscriber closing")
+            await self._stop_runners(sub)
             self._drop(sub._queue)
         self._subs.clear()
+        self._iter_deliveries.clear()
+        for t in list(self._tasks):
+            t.cancel()
         for parked in self._backlog.values():
             if parked:
                 log.warning("disconnect: %d message(s) waiting in the backlog are dropped", len(parked))
@@ -345,11 +373,15 @@ class TestBroker:
         self._stats["backlogged"] += 1
 
     def _enqueue(self, sub: TestSubscriber, d: _Delivery) -> None:
-        sub._queue.append(d)
         self._pending += 1
         self._settled.clear()
-        if sub._runner is None:
-            sub._runner = asyncio.get_running_loop().create_task(self._run(sub), name=f"test-broker-{sub.id}")
+        if sub._iter is not None:
+            self._feed(sub, d)
+            return
+        sub._queue.append(d)
+        if len(sub._runners) < sub.options.concurrency:
+            runner = asyncio.get_running_loop().create_task(self._run(sub), name=f"test-broker-{sub.id}")
+            sub._runners.add(runner)
 
     def _settle(self, n: int = 1) -> None:
         self._pending -= n
@@ -442,6 +474,7 @@ class TestBroker:
 
     # --- subscribe ----------------------------------------------------------------------------
 
+    @overload
     async def subscribe(
         self,
         topic: str,
@@ -449,109 +482,258 @@ class TestBroker:
         queue: str | None = None,
         auto_ack: bool = True,
         max_deliveries: int | _Unset | None = _UNSET,
-    ) -> TestSubscriber:
-        """Call ``handler(event)`` for each message of ``topic``; with ``queue``, the members of
-        the queue group get each message once between them. ``max_deliveries`` overrides the
-        broker's for this subscription (None = retry forever)."""
+        *,
+        concurrency: int = 1,
+    ) -> TestSubscriber: ...
+
+    @overload
+    async def subscribe(
+        self,
+        topic: str,
+        handler: None = None,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | _Unset | None = _UNSET,
+        *,
+        max_pending: int = 100,
+    ) -> IterSubscriber: ...
+
+    async def subscribe(
+        self,
+        topic: str,
+        handler: Handler | None = None,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | _Unset | None = _UNSET,
+        *,
+        concurrency: int = 1,
+        max_pending: int = 100,
+    ) -> TestSubscriber | IterSubscriber:
+        """Call ``handler(event)`` for each message of ``topic``, or without a handler return an
+        :class:`IterSubscriber` (``async for``); with ``queue``, the members of the queue group
+        get each message once between them. ``max_deliveries`` overrides the broker's for this
+        subscription (None = retry forever); ``concurrency`` lets that many handler calls run
+        at once."""
         self._need()
         self._check_topic(topic)
-        if not callable(handler):
+        if handler is not None and not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         limit = self._max_deliveries if max_deliveries is _UNSET else _check_max_deliveries(max_deliveries)
-        sub = TestSubscriber(
-            self,
-            f"hb-test-{self._id}-{next(self._ids)}",
-            topic,
-            handler,
-            SubscribeOptions(queue=queue, auto_ack=auto_ack),
-            limit,
+        options = SubscribeOptions(
+            queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending
         )
+        sub = TestSubscriber(self, f"hb-test-{self._id}-{next(self._ids)}", topic, handler, options, limit)
+        result: TestSubscriber | IterSubscriber = sub
+        if handler is None:
+            sub._iter = result = IterSubscriber(
+                sub.id, topic, options, complete=self._iter_complete, unsubscribe=self._unsubscribe_iter
+            )
         self._subs[sub.id] = sub
         parked = self._backlog.pop(topic, None)
         if parked:
             for d in parked:
                 self._route(d)
-        return sub
+        return result
+
+    def subscriber(
+        self,
+        topic: str,
+        queue: str | None = None,
+        auto_ack: bool = True,
+        max_deliveries: int | _Unset | None = _UNSET,
+        *,
+        concurrency: int = 1,
+    ) -> Callable[[H], H]:
+        """Decorator, as :meth:`Broker.subscriber`: the function is subscribed at ``connect()``,
+        or at once (a task on the running loop) when connected; it is returned unchanged."""
+        self._check_topic(topic)
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise BrokerError("queue must be a non-empty string or None")
+        if max_deliveries is not _UNSET:
+            _check_max_deliveries(max_deliveries)
+        SubscribeOptions(concurrency=concurrency)  # validates it now
+        kw: dict[str, Any] = {
+            "queue": queue,
+            "auto_ack": auto_ack,
+            "max_deliveries": max_deliveries,
+            "concurrency": concurrency,
+        }
+
+        def register(handler: H) -> H:
+            if not callable(handler):
+                raise BrokerError(f"@subscriber needs a function, got {type(handler).__name__}")
+            self._decorated.append((topic, handler, kw))
+            if self._connected:
+                t = asyncio.get_running_loop().create_task(self.subscribe(topic, handler, **kw))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+            return handler
+
+        return register
+
+    async def _unsubscribe_iter(self, it: SubscriptionBase) -> None:
+        sub = self._subs.get(it.id)
+        if sub is not None:
+            await self._unsubscribe(sub)
 
     async def _unsubscribe(self, sub: TestSubscriber) -> None:
         if self._subs.pop(sub.id, None) is None:
             return
         sub._active = False
-        if sub._runner is not asyncio.current_task():
-            await self._stop_runner(sub)
+        if sub._iter is not None:
+            sub._iter.fail_pending("subscriber unsubscribed")
+            return
+        await self._stop_runners(sub)
+        if asyncio.current_task() not in sub._runners:
             self._orphan(sub)
         # else: called from its own handler; the runner hands the rest over when it returns
 
-    async def _stop_runner(self, sub: TestSubscriber) -> None:
-        runner = sub._runner
-        if runner is None or runner is asyncio.current_task():
-            return
-        runner.cancel()
-        try:
-            await runner
-        except asyncio.CancelledError:
-            pass
+    async def _stop_runners(self, sub: TestSubscriber) -> None:
+        """Cancel and await the subscription's runners (not the calling one); what they held
+        goes back to the head of its queue."""
+        me = asyncio.current_task()
+        others = [r for r in sub._runners if r is not me]
+        for r in others:
+            r.cancel()
+        for r in others:
+            try:
+                await r
+            except asyncio.CancelledError:
+                pass
 
     def _orphan(self, sub: TestSubscriber) -> None:
         """Messages left on a subscription that ended: to another member of its queue group,
         else dropped."""
         left = list(sub._queue)
         sub._queue.clear()
-        if not left:
-            return
+        for d in left:
+            self._hand_over(sub, d)
+
+    def _hand_over(self, sub: TestSubscriber, d: _Delivery) -> None:
+        """One message of a subscription that ended: to another member of its queue group, else
+        dropped; settled here either way (re-enqueuing counts it again)."""
         members = [
             s for s in self._subs.values() if s.topic == sub.topic and s.queue is not None and s.queue == sub.queue
         ]
-        for d in left:
-            if members and self._connected:
-                n = self._rr.get((sub.topic, sub.queue or ""), 0)
-                self._rr[(sub.topic, sub.queue or "")] = n + 1
-                self._enqueue(members[n % len(members)], d)
-            else:
-                self._stats["dropped"] += 1
-            self._settle()
+        if members and self._connected:
+            n = self._rr.get((sub.topic, sub.queue or ""), 0)
+            self._rr[(sub.topic, sub.queue or "")] = n + 1
+            self._enqueue(members[n % len(members)], d)
+        else:
+            self._stats["dropped"] += 1
+        self._settle()
 
     # --- delivery -----------------------------------------------------------------------------
 
     async def _run(self, sub: TestSubscriber) -> None:
-        """One subscription's deliveries, in order; a failed message is retried at the head."""
+        """A runner of one subscription: takes deliveries from the head of its queue, one at a
+        time, each retried until it is handled or given up. One runner keeps arrival order;
+        ``concurrency`` runners overlap."""
         try:
             while sub._queue and sub._active:
-                d = sub._queue[0]
-                err = await self._attempt(sub, d)
-                if err is None:
-                    sub._queue.popleft()
-                    self._stats["delivered"] += 1
-                    self._settle()
-                    continue
-                d.attempts += 1
-                d.last_error = err
-                self._stats["remote_handler_errors"] += 1
-                self._last_error = f"{sub.id}: {err}"
-                if sub.max_deliveries is not None and d.attempts >= sub.max_deliveries:
-                    sub._queue.popleft()
-                    try:
-                        await self._give_up(sub, d, err)
-                    finally:
-                        self._settle()
-                    continue
-                if not sub._active:
-                    break
-                self._stats["retried"] += 1
-                await asyncio.sleep(self._options.retry_min)
+                d = sub._queue.popleft()
+                sub._running.append(d)
+                settled = False
+                try:
+                    settled = await self._deliver(sub, d)
+                finally:
+                    sub._running.remove(d)
+                    if not settled:
+                        sub._queue.appendleft(d)  # cut short: handed over with the rest
         finally:
-            sub._runner = None
-            if not sub._active and sub._queue:
+            sub._runners.discard(asyncio.current_task())
+            if not sub._active and sub._queue and not sub._runners:
                 self._orphan(sub)
+
+    async def _deliver(self, sub: TestSubscriber, d: _Delivery) -> bool:
+        """Attempt ``d`` until it is handled or given up (True), or the subscription ended
+        (False: the caller hands it over)."""
+        while True:
+            err = await self._attempt(sub, d)
+            if err is None:
+                self._stats["delivered"] += 1
+                self._settle()
+                return True
+            if self._failed(sub, d, err):
+                try:
+                    await self._give_up(sub, d, err)
+                finally:
+                    self._settle()
+                return True
+            if not sub._active:
+                return False
+            self._stats["retried"] += 1
+            await asyncio.sleep(self._options.retry_min)
+            if not sub._active:
+                return False
+
+    def _failed(self, sub: TestSubscriber, d: _Delivery, err: str) -> bool:
+        """Count a failed attempt; True when it was the last one allowed (``max_deliveries``)."""
+        d.attempts += 1
+        d.last_error = err
+        self._stats["remote_handler_errors"] += 1
+        self._last_error = f"{sub.id}: {err}"
+        return sub.max_deliveries is not None and d.attempts >= sub.max_deliveries
+
+    # --- delivery to an iterated subscription ---------------------------------------------------
+
+    def _feed(self, sub: TestSubscriber, d: _Delivery) -> None:
+        """Hand one attempt of ``d`` to the subscription's iterator under a fresh token."""
+        assert sub._iter is not None
+        token = next(self._iter_tokens)
+        self._iter_deliveries[token] = (sub, d)
+        self._stats["received"] += 1
+        sub._iter.push(token, Event(d.topic, d.message()))
+
+    def _iter_complete(self, results: list[Result]) -> None:
+        """Outcomes from an iterator (its ``complete``): settle, retry, give up or hand over."""
+        for token, err in results:
+            entry = self._iter_deliveries.pop(token, None)
+            if entry is None:
+                continue
+            sub, d = entry
+            if err is None:
+                self._stats["delivered"] += 1
+                self._settle()
+                continue
+            self._stats["handler_errors"] += 1
+            last = self._failed(sub, d, err)
+            if not self._connected:
+                self._stats["dropped"] += 1
+            elif last:
+                t = asyncio.get_running_loop().create_task(self._give_up_then_settle(sub, d, err))
+                self._tasks.add(t)
+                t.add_done_callback(self._tasks.discard)
+            elif not sub._active:
+                self._hand_over(sub, d)
+            else:
+                self._stats["retried"] += 1
+                asyncio.get_running_loop().call_later(self._options.retry_min, self._refeed, sub, d)
+
+    def _refeed(self, sub: TestSubscriber, d: _Delivery) -> None:
+        if not self._connected:
+            return
+        if sub._active:
+            self._feed(sub, d)
+        else:
+            self._hand_over(sub, d)
+
+    async def _give_up_then_settle(self, sub: TestSubscriber, d: _Delivery, err: str) -> None:
+        try:
+            await self._give_up(sub, d, err)
+        finally:
+            self._settle()
 
     async def _attempt(self, sub: TestSubscriber, d: _Delivery) -> str | None:
         """Run the handler once; the failure text, or None when it succeeded."""
         ev = Event(d.topic, d.message())
         self._stats["received"] += 1
+        handler = sub._handler
+        assert handler is not None  # iterated subscriptions are fed, never run here
         try:
-            r = sub._handler(ev)
+            r = handler(ev)
             if r is not None and inspect.isawaitable(r):
                 r = await r
         except Exception as e:

@@ -62,6 +62,21 @@ impl Message {
 }
 
 static ORJSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static DECODE_BODY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `orjson.loads(body)`.
+fn json_of<'py>(py: Python<'py>, body: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
+    let loads = ORJSON_LOADS.get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import("orjson")?.getattr("loads")?.unbind()) })?;
+    loads.bind(py).call1((body,))
+}
+
+/// `hyperbroker.message.decode_body(model, body)`: the typed-body rules live in Python.
+fn decode_of<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, body: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
+    let f = DECODE_BODY.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py.import("hyperbroker.message")?.getattr("decode_body")?.unbind())
+    })?;
+    f.bind(py).call1((model, body))
+}
 
 #[pymethods]
 impl Message {
@@ -100,8 +115,13 @@ impl Message {
 
     /// The body decoded as JSON (orjson).
     fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let loads = ORJSON_LOADS.get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import("orjson")?.getattr("loads")?.unbind()) })?;
-        loads.bind(py).call1((self.body.bind(py),))
+        json_of(py, self.body.bind(py))
+    }
+
+    /// The body validated into ``model``: a pydantic model or a dataclass (see
+    /// ``hyperbroker.message.decode_body``).
+    fn decode<'py>(&self, py: Python<'py>, model: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        decode_of(py, model, self.body.bind(py))
     }
 
     /// The body decoded as text.
@@ -159,6 +179,18 @@ impl Event {
     #[getter]
     fn error(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.error.as_ref().map(|e| e.clone_ref(py))
+    }
+
+    /// The message body decoded as JSON (orjson): ``event.message.json()``.
+    fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let m = self.message.borrow(py);
+        json_of(py, m.body.bind(py))
+    }
+
+    /// The message body validated into ``model``: a pydantic model or a dataclass.
+    fn decode<'py>(&self, py: Python<'py>, model: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let m = self.message.borrow(py);
+        decode_of(py, model, m.body.bind(py))
     }
 
     /// Acknowledge the message (needed only with ``auto_ack=False``).
