@@ -77,6 +77,8 @@ class Broker:
         if self._options.tracing:
             require_tracing()
         self._final_topic_stats: dict[str, dict[str, int]] = {}
+        #: subscribe tasks of decorated handlers registered while connected (kept referenced)
+        self._pending_subscribes: set[asyncio.Task[Any]] = set()
 
     # --- go-micro's Broker interface -----------------------------------------------------------
 
@@ -578,8 +580,8 @@ class Broker:
 
         def start() -> None:
             t = loop.create_task(run(), name=f"hyperbroker-subscribe-{topic}")
-            self._callback_tasks.add(t)
-            t.add_done_callback(self._callback_tasks.discard)
+            self._pending_subscribes.add(t)
+            t.add_done_callback(self._pending_subscribes.discard)
 
         try:
             running = asyncio.get_running_loop()
