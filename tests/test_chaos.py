@@ -45,7 +45,7 @@ from hyperbroker.registry.base import Node, Service, service_name
 from hyperbroker.registry.mdns import MdnsRegistry
 
 sys.path.insert(0, str(Path(__file__).with_name("helpers")))
-from chaos_procs import LO, Fleet, SteadyPublisher, Tally, replace_one, start_fleet, union, wait_for
+from chaos_procs import LO, Fleet, SteadyPublisher, Tally, dup_origins, replace_one, start_fleet, union, wait_for
 
 pytestmark = pytest.mark.timeout(110)
 
@@ -139,6 +139,8 @@ async def run_chaos(pub: Broker, fleet: Fleet, how: str, rounds: int, every: flo
     }
     print(f"\n[chaos {how}] {published} published in {elapsed:.1f}s, {rounds} queue members replaced")
     print(f"[chaos {how}] queue group (union of {len(queue_procs)} members): {queue.brief()}")
+    if queue.duplicates:
+        print(f"[chaos {how}] duplicates recorded by: {dup_origins(queue_procs)}")
     for name, t in bcast.items():
         print(f"[chaos {how}] broadcast {name}: {t.brief()}")
     print(f"[chaos {how}] per member (received, how stopped): {figures['per_member']}")

@@ -228,6 +228,18 @@ def union(procs: list[SubProc]) -> Counter[int]:
     return c
 
 
+def dup_origins(procs: list[SubProc]) -> dict[str, int]:
+    """For duplicated numbers: which processes (name and how stopped) recorded them, and how
+    many numbers each such combination holds."""
+    where: dict[int, list[str]] = {}
+    for p in procs:
+        label = f"{p.name}({p.how_stopped or 'alive'})"
+        for n in p.seqs():
+            where.setdefault(n, []).append(label)
+    out: Counter[str] = Counter(" + ".join(w) for w in where.values() if len(w) > 1)
+    return dict(out)
+
+
 class SteadyPublisher:
     """Publishes ``str(n)`` for n = 0, 1, 2... at ``rate`` per second until stopped."""
 
