@@ -16,6 +16,7 @@ use super::conversion::{self, seconds};
 use super::errors::BrokerError;
 use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
+use crate::client::Answer;
 use crate::codec;
 use crate::error::Error;
 use crate::publisher::Publisher;
@@ -116,20 +117,24 @@ impl Engine {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (subscriber ids, events, flushes, dead letters); ids and events
-    /// are parallel lists, each event an `Event` carrying its delivery token; a flush is
-    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts).
+    /// Take every queued item: (subscriber ids, events, flushes, dead letters, answers); ids and
+    /// events are parallel lists, each event an `Event` carrying its delivery token; a flush is
+    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts); an
+    /// answer to a request is (token, reply Message or None, status, error text): a Message
+    /// with status 200, else status 0 for no answer in time, or the node's status (500: the
+    /// handler raised; 1: the exchange broke after the request went out).
     #[allow(clippy::type_complexity)]
     fn take<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
         let events = PyList::empty(py);
         let flushes = PyList::empty(py);
         let dead = PyList::empty(py);
+        let answers = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
         let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
@@ -177,15 +182,34 @@ impl Engine {
                     let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
                     dead.append((&*d.topic, msg, d.node, d.address, d.error, d.attempts))?;
                 }
+                Item::Answered { token, answer } => match answer {
+                    Answer::Reply { header, body } => {
+                        let h = PyDict::new(py);
+                        for (k, v) in &header {
+                            h.set_item(k, v)?;
+                        }
+                        let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                        answers.append((token, Some(msg), 200u16, ""))?;
+                    }
+                    Answer::Failed { status, error } => {
+                        // 0 means "no answer" to Python: a broken exchange is reported as 1
+                        answers.append((token, None::<Py<Message>>, status.max(1), error))?;
+                    }
+                    Answer::NoAnswer(why) => answers.append((token, None::<Py<Message>>, 0u16, why))?,
+                },
             }
         }
-        Ok((sub_ids, events, flushes, dead))
+        Ok((sub_ids, events, flushes, dead, answers))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
     /// those in `deferred` are still running (reported later with `complete`), all others
-    /// were handled. One call per batch instead of one tuple per message.
-    fn done(&self, failures: &Bound<'_, PyList>, deferred: &Bound<'_, PyList>) -> PyResult<()> {
+    /// were handled; those in `replies` (token, topic, header or None, body) answer with that
+    /// reply (a failure of the same token wins). One call per batch instead of one tuple per
+    /// message.
+    #[pyo3(signature = (failures, deferred, replies = None))]
+    fn done(&self, failures: &Bound<'_, PyList>, deferred: &Bound<'_, PyList>, replies: Option<&Bound<'_, PyList>>) -> PyResult<()> {
+        let mut replied = encode_replies(replies)?;
         let taken = std::mem::take(&mut *self.taken.lock());
         let mut failed: HashMap<u64, String> = HashMap::with_capacity(failures.len());
         for f in failures.iter() {
@@ -202,20 +226,26 @@ impl Engine {
             .filter(|t| !later.contains(t))
             .map(|t| match failed.remove(&t) {
                 Some(e) => (t, Outcome::Failed(e)),
-                None => (t, Outcome::Ok),
+                None => match replied.remove(&t) {
+                    Some(r) => (t, Outcome::Replied(r)),
+                    None => (t, Outcome::Ok),
+                },
             })
             .collect();
         self.bridge.complete_many(outcomes);
         Ok(())
     }
 
-    /// Report handler outcomes: (token, None) handled, (token, "error text") raised.
-    fn complete(&self, results: &Bound<'_, PyList>) -> PyResult<()> {
+    /// Report handler outcomes: (token, None) handled, (token, "error text") raised; `replies`
+    /// as for `done` (for handled tokens only).
+    #[pyo3(signature = (results, replies = None))]
+    fn complete(&self, results: &Bound<'_, PyList>, replies: Option<&Bound<'_, PyList>>) -> PyResult<()> {
+        let mut replied = encode_replies(replies)?;
         let mut outcomes = Vec::with_capacity(results.len());
         for r in results.iter() {
             let (token, err): (u64, Option<String>) = r.extract()?;
             let outcome = match err {
-                None => Outcome::Ok,
+                None => replied.remove(&token).map_or(Outcome::Ok, Outcome::Replied),
                 Some(e) => {
                     Stats::add(&self.stats.handler_errors, 1);
                     Outcome::Failed(e)
@@ -326,6 +356,32 @@ impl Engine {
         Ok(congested)
     }
 
+    /// Send one request: `topic`, `header`, `body` go to one subscriber node, whose handler's
+    /// answer (or the failure, or no answer within `timeout` seconds, waiting for a subscriber
+    /// included) `take()` later yields under `token`. Returns at once.
+    #[pyo3(signature = (token, topic, header, body, timeout))]
+    fn request(
+        &self,
+        token: u64,
+        topic: &Bound<'_, PyString>,
+        header: Option<&Bound<'_, PyDict>>,
+        body: &[u8],
+        #[pyo3(from_py_with = seconds)] timeout: Duration,
+    ) -> PyResult<()> {
+        let t = topic.to_str()?;
+        self.check_topic(t)?;
+        let mut out = Vec::new();
+        encode_py_into(&mut out, t, header, body)?;
+        let p = self.publisher.clone();
+        let b = self.bridge.clone();
+        let topic = t.to_string();
+        runtime::get()?.spawn(async move {
+            let answer = p.request(&topic, Bytes::from(out), timeout).await;
+            b.answered(token, answer);
+        });
+        Ok(())
+    }
+
     /// Start waiting until no healthy subscriber is congested; `take()` later yields (token, ok).
     fn wait_room(&self, token: u64, #[pyo3(from_py_with = seconds)] timeout: Duration) -> PyResult<()> {
         let p = self.publisher.clone();
@@ -389,6 +445,19 @@ impl Engine {
         d.set_item("dropped_by_reason", reasons)?;
         Ok(d)
     }
+}
+
+/// Replies handed over by Python, (token, topic, header or None, body), as encoded envelopes.
+fn encode_replies(replies: Option<&Bound<'_, PyList>>) -> PyResult<HashMap<u64, Bytes>> {
+    let Some(replies) = replies.filter(|r| !r.is_empty()) else { return Ok(HashMap::new()) };
+    let mut out = HashMap::with_capacity(replies.len());
+    for r in replies.iter() {
+        let (token, topic, header, body): (u64, Bound<'_, PyString>, Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = r.extract()?;
+        let mut env = Vec::new();
+        encode_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes())?;
+        out.insert(token, Bytes::from(env));
+    }
+    Ok(out)
 }
 
 impl Engine {
