@@ -19,6 +19,7 @@ from .errors import (
     FlushTimeoutError,
     NotConnectedError,
     RegistryError,
+    RequestError,
     RequestTimeoutError,
 )
 from .message import Event, Message
@@ -55,6 +56,7 @@ __all__ = [
     "NotConnectedError",
     "Registry",
     "RegistryError",
+    "RequestError",
     "RequestTimeoutError",
     "Service",
     "SubscribeOptions",

@@ -226,10 +226,7 @@ impl Engine {
             .filter(|t| !later.contains(t))
             .map(|t| match failed.remove(&t) {
                 Some(e) => (t, Outcome::Failed(e)),
-                None => match replied.remove(&t) {
-                    Some(r) => (t, Outcome::Replied(r)),
-                    None => (t, Outcome::Ok),
-                },
+                None => (t, replied.remove(&t).unwrap_or(Outcome::Ok)),
             })
             .collect();
         self.bridge.complete_many(outcomes);
@@ -245,7 +242,7 @@ impl Engine {
         for r in results.iter() {
             let (token, err): (u64, Option<String>) = r.extract()?;
             let outcome = match err {
-                None => replied.remove(&token).map_or(Outcome::Ok, Outcome::Replied),
+                None => replied.remove(&token).unwrap_or(Outcome::Ok),
                 Some(e) => {
                     Stats::add(&self.stats.handler_errors, 1);
                     Outcome::Failed(e)
@@ -447,15 +444,20 @@ impl Engine {
     }
 }
 
-/// Replies handed over by Python, (token, topic, header or None, body), as encoded envelopes.
-fn encode_replies(replies: Option<&Bound<'_, PyList>>) -> PyResult<HashMap<u64, Bytes>> {
+/// Replies handed over by Python, (token, topic, header or None, body), as the outcomes they
+/// make: the encoded reply envelope, or a failure when the reply cannot be encoded (a header
+/// that is not `dict[str, str]`): one bad reply never keeps the others from settling.
+fn encode_replies(replies: Option<&Bound<'_, PyList>>) -> PyResult<HashMap<u64, Outcome>> {
     let Some(replies) = replies.filter(|r| !r.is_empty()) else { return Ok(HashMap::new()) };
     let mut out = HashMap::with_capacity(replies.len());
     for r in replies.iter() {
         let (token, topic, header, body): (u64, Bound<'_, PyString>, Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = r.extract()?;
         let mut env = Vec::new();
-        encode_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes())?;
-        out.insert(token, Bytes::from(env));
+        let outcome = match encode_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes()) {
+            Ok(()) => Outcome::Replied(Bytes::from(env)),
+            Err(e) => Outcome::Failed(format!("the handler's reply cannot be sent: {e}")),
+        };
+        out.insert(token, outcome);
     }
     Ok(out)
 }
