@@ -226,6 +226,8 @@ impl Engine {
             .filter(|t| !later.contains(t))
             .map(|t| match failed.remove(&t) {
                 Some(e) => (t, Outcome::Failed(e)),
+                // no replies (the usual case): no lookup per message
+                None if replied.is_empty() => (t, Outcome::Ok),
                 None => (t, replied.remove(&t).unwrap_or(Outcome::Ok)),
             })
             .collect();
@@ -242,6 +244,7 @@ impl Engine {
         for r in results.iter() {
             let (token, err): (u64, Option<String>) = r.extract()?;
             let outcome = match err {
+                None if replied.is_empty() => Outcome::Ok,
                 None => replied.remove(&token).unwrap_or(Outcome::Ok),
                 Some(e) => {
                     Stats::add(&self.stats.handler_errors, 1);
