@@ -63,7 +63,7 @@ class Responder:
     """A child process running ``script`` until its stdin closes; its first line is its hello."""
 
     def __init__(self, script: str, *args: str) -> None:
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv
+        self.proc = subprocess.Popen(
             [sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert self.proc.stdout is not None

@@ -392,10 +392,12 @@ async def test_a_batch_response_carries_the_replies(make_broker: MakeBroker) -> 
     s = await sub.subscribe("batched", handler)
     lines = [envelope("batched", b) for b in (b"a", b"quiet", b"fail", b"d")]
     url = f"http://{sub.advertised_address}/_sub?id={s.id}"
-    async with aiohttp.ClientSession() as http:
-        async with http.post(url, data=b"\n".join(lines), headers={"Content-Type": "application/x-ndjson"}) as r:
-            assert r.status == 200
-            doc = await r.json()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=b"\n".join(lines), headers={"Content-Type": "application/x-ndjson"}) as r,
+    ):
+        assert r.status == 200
+        doc = await r.json()
     assert doc["received"] == 4
     assert [f["index"] for f in doc["failed"]] == [2]
     assert [x["index"] for x in doc["replies"]] == [0, 3]
@@ -446,9 +448,11 @@ async def test_publishing_to_a_replying_handler_is_unaffected(make_broker: MakeB
 
 @pytest.fixture
 def sync_pair(registry: MemoryRegistry) -> Iterator[tuple[SyncBroker, SyncBroker]]:
-    with SyncBroker(address=LOOPBACK, registry=registry, disconnect_timeout=0) as a:
-        with SyncBroker(address=LOOPBACK, registry=registry, disconnect_timeout=0) as b:
-            yield a, b
+    with (
+        SyncBroker(address=LOOPBACK, registry=registry, disconnect_timeout=0) as a,
+        SyncBroker(address=LOOPBACK, registry=registry, disconnect_timeout=0) as b,
+    ):
+        yield a, b
 
 
 def test_sync_broker_request(sync_pair: tuple[SyncBroker, SyncBroker]) -> None:
