@@ -8,6 +8,8 @@
 //! `failed` names the envelopes
 //! that were not handled (status 500: the handler raised, 400: undecodable, 404: unknown
 //! subscriber, 503: subscriber closing); only those are retried by the publisher.
+//! `replies` (present only when some handler returned a value; older publishers ignore it):
+//! `[{"index":I,"reply":<envelope>}]`, each reply a go-micro envelope as `codec` writes it.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -115,8 +117,50 @@ pub struct BatchResponse {
     pub failed: Vec<Failure>,
 }
 
-pub fn encode_response(received: usize, failed: Vec<Failure>) -> Bytes {
-    Bytes::from(serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec()))
+/// The response to a batch: `replies` are (index, reply envelope) of the handlers that returned
+/// a value; each envelope is embedded as the JSON it already is.
+pub fn encode_response(received: usize, failed: Vec<Failure>, replies: &[(usize, Bytes)]) -> Bytes {
+    let mut out =
+        serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec());
+    if !replies.is_empty() && out.last() == Some(&b'}') {
+        out.pop();
+        out.extend_from_slice(b",\"replies\":[");
+        for (i, (index, env)) in replies.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(format!("{{\"index\":{index},\"reply\":").as_bytes());
+            out.extend_from_slice(env);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
+    }
+    Bytes::from(out)
+}
+
+#[derive(Deserialize)]
+struct RepliesOnly {
+    #[serde(default)]
+    replies: Vec<RawReply>,
+}
+
+#[derive(Deserialize)]
+struct RawReply {
+    index: usize,
+    reply: serde_json::Value,
+}
+
+/// The replies of a batch response: (index, decoded reply envelope), in the order given.
+pub fn decode_replies(body: &[u8]) -> Result<Vec<(usize, crate::codec::Envelope)>, crate::error::Error> {
+    let bad = |e: String| crate::error::Error::peer(format!("bad batch replies: {e}"));
+    let r: RepliesOnly = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    r.replies
+        .into_iter()
+        .map(|r| {
+            let raw = serde_json::to_vec(&r.reply).map_err(|e| bad(e.to_string()))?;
+            crate::codec::decode(&raw).map(|env| (r.index, env)).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
 }
 
 pub fn decode_response(body: &[u8]) -> Result<BatchResponse, crate::error::Error> {
@@ -168,11 +212,27 @@ mod tests {
 
     #[test]
     fn response_round_trip() {
-        let r = encode_response(5, vec![Failure { index: 2, status: 500, error: "boom".into() }]);
+        let r = encode_response(5, vec![Failure { index: 2, status: 500, error: "boom".into() }], &[]);
+        assert!(!String::from_utf8_lossy(&r).contains("replies"), "no replies: the response is as before");
+        assert!(decode_replies(&r).unwrap().is_empty());
         let d = decode_response(&r).unwrap();
         assert_eq!(d.received, Some(5));
         assert_eq!(d.failed, vec![Failure { index: 2, status: 500, error: "boom".into() }]);
         assert!(decode_response(b"{}").unwrap().failed.is_empty());
         assert!(matches!(decode_response(b"nope"), Err(crate::error::Error::Peer(m)) if m.starts_with("bad batch response: ")));
+    }
+
+    #[test]
+    fn replies_ride_along_and_older_decoders_ignore_them() {
+        let one = Bytes::from(crate::codec::encode("t", [("k", "v")].into_iter(), b"first"));
+        let two = Bytes::from(crate::codec::encode("t", std::iter::empty(), b""));
+        let r = encode_response(4, vec![Failure { index: 1, status: 500, error: "boom".into() }], &[(0, one), (3, two)]);
+        let d = decode_response(&r).unwrap();
+        assert_eq!((d.received, d.failed.len()), (Some(4), 1));
+        let replies = decode_replies(&r).unwrap();
+        assert_eq!(replies.len(), 2);
+        assert_eq!((replies[0].0, &replies[0].1.header, &replies[0].1.body[..]), (0, &vec![("k".to_string(), "v".to_string())], &b"first"[..]));
+        assert_eq!((replies[1].0, &replies[1].1.body[..]), (3, &b""[..]));
+        assert!(decode_replies(br#"{"replies":[{"index":0,"reply":{"Body":1}}]}"#).is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! Tokio tasks push items into a queue; only the empty->non-empty transition writes one byte to a
 //! socketpair whose read end the asyncio loop watches (`loop.add_reader`). The loop then takes the
 //! whole queue in one call. Rust never takes the GIL here. Handler outcomes come back through
-//! `complete_many`, which resolves the waiting HTTP requests.
+//! `complete_many`, which resolves the waiting HTTP requests. A handler's return value travels
+//! back the same way (`Outcome::Replied`), and the answer to a request this broker sent reaches
+//! the loop as an `Item::Answered`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+
+use crate::client::Answer;
 use crate::codec::Envelope;
 use crate::msg::DeadLetter;
 
@@ -21,6 +26,9 @@ use crate::msg::DeadLetter;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
+    /// handled, and the handler returned a value: the reply envelope (go-micro JSON, encoded
+    /// by `codec`) that answers the HTTP request
+    Replied(Bytes),
     /// the handler raised; the text is the error
     Failed(String),
     /// the broker is closing; the publisher should retry later
@@ -34,6 +42,8 @@ pub enum Item {
     DeadLetter(DeadLetter),
     /// the publisher's notice table went from empty to non-empty (`notices.rs`): take it
     Notices,
+    /// the answer to the request this broker sent under `token`
+    Answered { token: u64, answer: Answer },
 }
 
 struct Queue {
@@ -193,6 +203,11 @@ impl Bridge {
         self.push(Item::Flushed { token, ok });
     }
 
+    /// Hand the answer to a request to the loop (dropped once closed: the broker is going).
+    pub fn answered(&self, token: u64, answer: Answer) {
+        self.push(Item::Answered { token, answer });
+    }
+
     /// Hand a dead letter to the loop (dropped, with the rest of the queue, once closed).
     pub fn dead_letter(&self, d: DeadLetter) {
         self.push(Item::DeadLetter(d));
@@ -273,13 +288,14 @@ mod tests {
                 Item::Flushed { token, ok } => format!("flushed {token} {ok}"),
                 Item::DeadLetter(d) => format!("dead {}", d.topic),
                 Item::Notices => "notices".to_string(),
+                Item::Answered { token, .. } => format!("answered {token}"),
             })
             .collect()
     }
 
     fn token(i: &Item) -> u64 {
         match i {
-            Item::Event { token, .. } | Item::Flushed { token, .. } => *token,
+            Item::Event { token, .. } | Item::Flushed { token, .. } | Item::Answered { token, .. } => *token,
             Item::DeadLetter(_) | Item::Notices => 0,
         }
     }
@@ -327,6 +343,27 @@ mod tests {
         assert_eq!(many.try_recv().unwrap(), vec![Outcome::Ok, Outcome::Failed("boom".into())]);
         let mut empty = b.submit_batch("s", Vec::new());
         assert_eq!(empty.try_recv().unwrap(), Vec::<Outcome>::new());
+    }
+
+    #[test]
+    fn replies_and_answers_travel_like_outcomes_and_flushes() {
+        let b = Bridge::new().unwrap();
+        let mut one = b.submit("s".into(), env("a"));
+        let mut many = b.submit_batch("s", vec![env("b"), env("c")]);
+        let tokens: Vec<u64> = b.take().iter().map(token).collect();
+        let reply = Bytes::from_static(b"{\"Header\":{\":topic\":\"t\"},\"Body\":\"\"}");
+        b.complete_many(vec![
+            (tokens[0], Outcome::Replied(reply.clone())),
+            (tokens[1], Outcome::Ok),
+            (tokens[2], Outcome::Replied(reply.clone())),
+        ]);
+        assert_eq!(one.try_recv().unwrap(), Outcome::Replied(reply.clone()));
+        assert_eq!(many.try_recv().unwrap(), vec![Outcome::Ok, Outcome::Replied(reply)]);
+        b.answered(42, Answer::NoAnswer("late".into()));
+        assert_eq!(bodies(&b.take()), ["answered 42"]);
+        b.close();
+        b.answered(43, Answer::NoAnswer("closed".into()));
+        assert!(b.take().is_empty(), "a closed bridge drops answers: the broker fails its requests itself");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Talking HTTP to subscriber nodes (`Transport`): the connection pools, the one `request` that
-//! picks the pool for a node, the delivery POST (`send`) and the liveness probe (`probe`), and
-//! what a node's answer means (`classify`).
+//! picks the pool for a node, the delivery POST (`send`), one attempt of a request/reply
+//! exchange (`ask`, its `Answer`) and the liveness probe (`probe`), and what a node's answer
+//! means (`classify`).
 //!
 //! Two pools: HTTPS-or-HTTP/1.1 (ALPN offers h2 under TLS), and h2c (HTTP/2 with prior
 //! knowledge) for plain-text hyperbroker peers that advertise it. The TLS configuration and the
@@ -9,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
@@ -18,12 +20,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::RwLock;
 
 use crate::batch;
+use crate::codec;
 use crate::error::Error;
 use crate::msg::Msg;
 use crate::node::{NodeLink, NodeSpec};
+use crate::server::REPLY_CONTENT_TYPE;
 
 /// The most of a response body read (a batch reply names each failed envelope).
 const MAX_RESPONSE: usize = 4 << 20;
+/// The most of a reply to a request read (a handler's return value).
+const MAX_REPLY: usize = 64 << 20;
 /// A probe that gets no answer in this time counts as no answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -78,6 +84,43 @@ pub enum SendResult {
     Done { failed: Vec<(usize, u16, String)> },
     /// no answer: connection refused, reset, timed out
     Unreachable(String),
+}
+
+/// How a request (request/reply) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// the handler answered: the reply's header and body (both empty when the handler returned
+    /// None, and from a go-micro peer, which answers 200 with no body)
+    Reply { header: Vec<(String, String)>, body: Vec<u8> },
+    /// the node answered `status` with `error` (500: the handler raised), or the exchange broke
+    /// after the request went out (status 0). Never retried: the handler may have run.
+    Failed { status: u16, error: String },
+    /// no answer in the time given: no subscriber, none reachable, or too slow
+    NoAnswer(String),
+}
+
+/// One attempt of a request at one node.
+#[derive(Debug)]
+pub enum Attempt {
+    Done(Answer),
+    /// the handler did not run (connection refused, 404 unknown subscriber, 503 closing or
+    /// draining): another node, or this one later, may be asked; the text says why
+    Again(String),
+}
+
+/// What a 2xx answer to a request carries: a reply envelope (`REPLY_CONTENT_TYPE`), nothing
+/// (go-micro, or a handler that returned None), or some other body (taken as the reply body).
+pub fn reply_of(body: &[u8], is_envelope: bool) -> Answer {
+    if body.is_empty() {
+        return Answer::Reply { header: Vec::new(), body: Vec::new() };
+    }
+    if !is_envelope {
+        return Answer::Reply { header: Vec::new(), body: body.to_vec() };
+    }
+    match codec::decode(body) {
+        Ok(env) => Answer::Reply { header: env.header, body: env.body },
+        Err(e) => Answer::Failed { status: 200, error: format!("undecodable reply: {e}") },
+    }
 }
 
 /// What to do with an envelope, given the status a node answered for it.
@@ -196,6 +239,44 @@ impl Transport {
         SendResult::Done { failed: (0..batch.len()).map(|i| (i, status.as_u16(), text.clone())).collect() }
     }
 
+    /// POST one envelope to the node as a request and read the handler's reply, all before
+    /// `deadline`. Only an attempt that certainly did not reach the handler comes back `Again`.
+    pub async fn ask(&self, link: &NodeLink, envelope: Bytes, deadline: tokio::time::Instant) -> Attempt {
+        let addr = &link.spec.address;
+        let req = Request::post(link.uri.clone()).header(CONTENT_TYPE, "application/json").body(batch::Chunks::one(envelope));
+        let mut req = match req {
+            Ok(r) => r,
+            Err(e) => return Attempt::Done(Answer::Failed { status: 0, error: format!("could not build request: {e}") }),
+        };
+        if let Some(a) = self.auth.read().clone() {
+            req.headers_mut().insert(AUTHORIZATION, a);
+        }
+        let resp = match tokio::time::timeout_at(deadline, self.request(&link.spec, req)).await {
+            Err(_) => return Attempt::Done(Answer::NoAnswer(format!("{addr} did not answer in time"))),
+            Ok(Err(e)) if e.is_connect() => return Attempt::Again(format!("{addr}: {}", describe_client_error(&e))),
+            Ok(Err(e)) => return Attempt::Done(Answer::Failed { status: 0, error: format!("{addr}: {}", describe_client_error(&e)) }),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status().as_u16();
+        let is_envelope = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(REPLY_CONTENT_TYPE));
+        let body = match tokio::time::timeout_at(deadline, Limited::new(resp.into_body(), MAX_REPLY).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
+                return Attempt::Done(Answer::Failed { status: 0, error: format!("{addr}: could not read the reply: {e}") })
+            }
+            Err(_) => return Attempt::Done(Answer::NoAnswer(format!("{addr}: the reply did not arrive in time"))),
+        };
+        match status {
+            200..=299 => Attempt::Done(reply_of(&body, is_envelope)),
+            404 | 503 => Attempt::Again(format!("{addr} answered {status}: {}", String::from_utf8_lossy(&body[..body.len().min(200)]))),
+            _ => Attempt::Done(Answer::Failed { status, error: String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned() }),
+        }
+    }
+
     /// Does the node answer an HTTP request at all (any status)? `Err(Some(reason))`: no, and
     /// why; `Err(None)`: no answer within the probe timeout.
     pub async fn probe(&self, link: &NodeLink) -> Result<(), Option<String>> {
@@ -255,15 +336,26 @@ mod tests {
         let body = encode_response(
             3,
             vec![Failure { index: 1, status: 500, error: "boom".into() }, Failure { index: 9, status: 500, error: "not ours".into() }],
+            &[],
         );
         match batch_result(&body, 3) {
             SendResult::Done { failed } => assert_eq!(failed, vec![(1, 500, "boom".to_string())]),
             SendResult::Unreachable(e) => panic!("{e}"),
         }
-        assert!(matches!(batch_result(&encode_response(2, Vec::new()), 3), SendResult::Unreachable(e) if e.contains("read 2 of the 3")));
+        assert!(matches!(batch_result(&encode_response(2, Vec::new(), &[]), 3), SendResult::Unreachable(e) if e.contains("read 2 of the 3")));
         assert!(matches!(batch_result(b"not json", 3), SendResult::Unreachable(_)));
         // an older node that does not say how many it read
         assert!(matches!(batch_result(b"{\"failed\":[]}", 3), SendResult::Done { failed } if failed.is_empty()));
+    }
+
+    #[test]
+    fn a_reply_is_an_envelope_nothing_or_a_raw_body() {
+        let env = codec::encode("t", [("k", "v")].into_iter(), b"answer");
+        assert_eq!(reply_of(&env, true), Answer::Reply { header: vec![("k".into(), "v".into())], body: b"answer".to_vec() });
+        assert_eq!(reply_of(b"", true), Answer::Reply { header: Vec::new(), body: Vec::new() });
+        assert_eq!(reply_of(b"", false), Answer::Reply { header: Vec::new(), body: Vec::new() });
+        assert_eq!(reply_of(b"raw", false), Answer::Reply { header: Vec::new(), body: b"raw".to_vec() });
+        assert!(matches!(reply_of(b"not json", true), Answer::Failed { status: 200, error } if error.starts_with("undecodable reply")));
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! failing node's messages fail over to another member. No route, or every node failing: the
 //! message is parked in the backlog and sent as soon as a route appears or a node recovers.
 //!
+//! Request/reply (`request`): one envelope to one node of the topic (round-robin over all of its
+//! nodes, broadcast ones too), POSTed at once, past the node queues and never batched; without a
+//! route it waits for one until the deadline. An attempt that did not reach a handler
+//! (connection refused, 404, 503) is tried again on the next node; any other answer is final:
+//! a request is never retried once a handler may have run.
+//!
 //! What it delegates: the routing table to `route.rs`, each node's queue and state to
 //! `node.rs`, the send loop, retries and eviction to `worker.rs`, HTTP to `client.rs`.
 
@@ -20,7 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use crate::backlog::Backlog;
-use crate::client::Transport;
+use crate::client::{Answer, Attempt, Transport};
 use crate::error::Error;
 use crate::msg::{DeadLetter, Msg};
 use crate::node::{Enqueued, NodeLink, NodeSpec};
@@ -37,6 +43,8 @@ pub use crate::route::BROADCAST_VERSION;
 /// How often `wait_room` and `flush` re-check without being woken.
 const ROOM_TICK: Duration = Duration::from_millis(20);
 const FLUSH_TICK: Duration = Duration::from_millis(50);
+/// How often a request without a reachable subscriber looks again.
+const REQUEST_TICK: Duration = Duration::from_millis(10);
 
 pub struct Publisher {
     routes: Routes,
@@ -449,6 +457,34 @@ impl Publisher {
         }
         self.stats.count_drop(Drop::Disconnect, self.backlog.clear() as u64);
         self.routes.clear();
+    }
+
+    /// Send `envelope` (of `topic`) to one subscriber node and wait for its handler's answer,
+    /// for at most `timeout` (waiting for a route included).
+    pub async fn request(self: Arc<Self>, topic: &str, envelope: Bytes, timeout: Duration) -> Answer {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut shutdown = self.shutdown.subscribe();
+        let mut why = format!("no subscriber of {topic:?}");
+        loop {
+            if *shutdown.borrow() {
+                return Answer::NoAnswer("the broker disconnected".into());
+            }
+            let link = self.routes.get(topic).and_then(|r| r.pick_any().cloned());
+            if let Some(link) = link {
+                match self.transport.ask(&link, envelope.clone(), deadline).await {
+                    Attempt::Done(a) => return a,
+                    Attempt::Again(w) => why = w,
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Answer::NoAnswer(format!("no answer within {timeout:?}: {why}"));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REQUEST_TICK.min(deadline - now)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     /// Number of nodes currently routed for `topic`.

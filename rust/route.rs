@@ -2,7 +2,8 @@
 //! a queue group member.
 //!
 //! A group is either the broadcast group (every node gets every message) or a queue group (one
-//! member per message, round-robin over healthy members). Routes are copy-on-write: readers
+//! member per message, round-robin over healthy members). A request goes to one node of the
+//! whole topic (`TopicRoute::pick_any`), round-robin over every group's nodes. Routes are copy-on-write: readers
 //! clone an `Arc<TopicRoute>` and never block a writer; every change (replace, remove a link,
 //! re-add a link) builds a new `TopicRoute` that keeps each group's round-robin position.
 
@@ -78,9 +79,27 @@ impl Group {
 #[derive(Default)]
 pub struct TopicRoute {
     groups: Vec<Group>,
+    /// round-robin position of `pick_any` (kept across route changes)
+    rr: AtomicUsize,
 }
 
 impl TopicRoute {
+    fn new(groups: Vec<Group>, rr: usize) -> Self {
+        TopicRoute { groups, rr: AtomicUsize::new(rr) }
+    }
+
+    /// One node of any group, for a request: round-robin over every node of the topic (the
+    /// broadcast group's too), skipping failing ones (any node when all fail).
+    pub fn pick_any(&self) -> Option<&Arc<NodeLink>> {
+        let nodes: Vec<&Arc<NodeLink>> = self.groups.iter().flat_map(|g| g.nodes.iter()).collect();
+        let n = nodes.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| nodes[(start + i) % n]).find(|l| !l.is_failing()).or_else(|| Some(nodes[start % n]))
+    }
+
     pub fn groups(&self) -> &[Group] {
         &self.groups
     }
@@ -125,7 +144,8 @@ impl Routes {
         if groups.is_empty() {
             map.remove(topic);
         } else {
-            map.insert(topic.to_string(), Arc::new(TopicRoute { groups }));
+            let rr = map.get(topic).map_or(0, |r| r.rr.load(Ordering::Relaxed));
+            map.insert(topic.to_string(), Arc::new(TopicRoute::new(groups, rr)));
         }
     }
 
@@ -165,6 +185,7 @@ impl Routes {
     fn rebuild(&self, topic: &str, change: impl FnOnce(&mut Vec<Group>) -> bool) {
         let mut map = self.map.write();
         let mut groups: Vec<Group> = map.get(topic).map(|r| r.groups.iter().map(Group::copy).collect()).unwrap_or_default();
+        let rr = map.get(topic).map_or(0, |r| r.rr.load(Ordering::Relaxed));
         if !change(&mut groups) {
             return;
         }
@@ -172,7 +193,7 @@ impl Routes {
         if groups.is_empty() {
             map.remove(topic);
         } else {
-            map.insert(topic.to_string(), Arc::new(TopicRoute { groups }));
+            map.insert(topic.to_string(), Arc::new(TopicRoute::new(groups, rr)));
         }
     }
 }
@@ -225,6 +246,25 @@ mod tests {
         let a = g.nodes[0].clone();
         assert_eq!(ids((0..2).map(|_| g.pick(Some(&a)))), ["b", "b"], "still never except");
         assert!(Group::new(None, Vec::new()).pick(None).is_none());
+    }
+
+    #[test]
+    fn pick_any_goes_round_robin_over_every_group_and_keeps_its_place() {
+        let routes = Routes::default();
+        let (a, b, c) = (node("a", None), node("b", Some("q")), node("c", Some("q")));
+        routes.replace("t", vec![Group::new(None, vec![a.clone()]), Group::new(Some("q".into()), vec![b.clone(), c.clone()])]);
+        let r = routes.get("t").unwrap();
+        assert_eq!(ids((0..4).map(|_| r.pick_any())), ["a", "b", "c", "a"]);
+        b.mark_failing();
+        assert_eq!(ids((0..3).map(|_| r.pick_any())), ["c", "c", "a"], "a failing node is skipped");
+        a.mark_failing();
+        c.mark_failing();
+        assert_eq!(ids((0..2).map(|_| r.pick_any())), ["b", "c"], "all failing: any, in turn");
+        // a new route of the topic goes on where the old one was
+        routes.replace("t", vec![Group::new(None, vec![node("x", None), node("y", None)])]);
+        let r = routes.get("t").unwrap();
+        assert_eq!(ids((0..2).map(|_| r.pick_any())), ["y", "x"], "position 9 of [x, y]");
+        assert!(TopicRoute::default().pick_any().is_none());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The subscriber endpoint: `POST /_sub?id=<node id>` with a go-micro envelope (or a batch).
 //!
-//! It answers after the handler ran: 200 handled; 500 the handler raised (the publisher retries);
+//! It answers after the handler ran: 200 handled (with the reply envelope as the body, typed
+//! `REPLY_CONTENT_TYPE`, when the handler returned a value; else empty, as go-micro answers);
+//! 500 the handler raised (the publisher retries);
 //! 405 not POST; 400 bad envelope or no topic; 404 unknown subscriber id; 413 body over the limit;
 //! 503 the broker is closing. Each error carries a short plain-text reason.
 //!
@@ -41,6 +43,8 @@ use crate::stats::Stats;
 use crate::topic_stats::TopicCounters;
 
 pub const PATH: &str = "/_sub";
+/// Content type of a 200 answer carrying a handler's reply: a go-micro JSON envelope.
+pub const REPLY_CONTENT_TYPE: &str = "application/vnd.hyperbroker.reply+json";
 
 /// A subscription this endpoint serves (its queue group lives in the registry record only).
 #[derive(Debug, Clone)]
@@ -172,7 +176,7 @@ fn limits_check(state: &ServerState, env: &codec::Envelope) -> Result<(), String
 
 fn outcome_status(o: Result<Outcome, tokio::sync::oneshot::error::RecvError>) -> (StatusCode, String) {
     match o {
-        Ok(Outcome::Ok) => (StatusCode::OK, String::new()),
+        Ok(Outcome::Ok) | Ok(Outcome::Replied(_)) => (StatusCode::OK, String::new()),
         Ok(Outcome::Failed(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("handler error: {e}")),
         Ok(Outcome::Unavailable) | Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "subscriber is closing".into()),
     }
@@ -376,8 +380,17 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     if matches!(outcome, Ok(Outcome::Failed(_))) {
         TopicCounters::add(&counters.handler_errors, 1);
     }
-    let (status, msg) = outcome_status(outcome);
-    text(status, msg)
+    match outcome {
+        Ok(Outcome::Replied(reply)) => {
+            let mut r = Response::new(Full::new(reply));
+            r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(REPLY_CONTENT_TYPE));
+            r
+        }
+        o => {
+            let (status, msg) = outcome_status(o);
+            text(status, msg)
+        }
+    }
 }
 
 async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Response<Full<Bytes>> {
@@ -420,14 +433,19 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
         Ok(o) => o,
         Err(_) => vec![Outcome::Unavailable; indexes.len()],
     };
+    let mut replies = Vec::new();
     for (index, o) in indexes.into_iter().zip(outcomes) {
+        if let Outcome::Replied(reply) = o {
+            replies.push((index, reply));
+            continue;
+        }
         let (status, error) = outcome_status(Ok(o));
         if status != StatusCode::OK {
             failed.push(batch::Failure { index, status: status.as_u16(), error });
         }
     }
     failed.sort_by_key(|f| f.index);
-    let mut r = Response::new(Full::new(batch::encode_response(received, failed)));
+    let mut r = Response::new(Full::new(batch::encode_response(received, failed, &replies)));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }

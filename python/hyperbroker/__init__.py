@@ -19,6 +19,7 @@ from .errors import (
     FlushTimeoutError,
     NotConnectedError,
     RegistryError,
+    RequestError,
     RequestTimeoutError,
 )
 from .iteration import IterSubscriber
@@ -57,6 +58,7 @@ __all__ = [
     "NotConnectedError",
     "Registry",
     "RegistryError",
+    "RequestError",
     "RequestTimeoutError",
     "Service",
     "SubscribeOptions",

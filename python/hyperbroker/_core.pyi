@@ -4,7 +4,7 @@ from typing import Any, TypeVar, final
 
 __all__ = ["Backlog", "BrokerError", "CodecError", "Engine", "Event", "Message", "__version__", "decode", "encode"]
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from hyperbroker._routes import RouteGroup
 from hyperbroker.options import BrokerOptions
@@ -109,19 +109,33 @@ class Engine:
         list[tuple[int, bool]],
         list[tuple[str, Message, str, str, str, int]],
         list[tuple[Any, ...]],
+        list[tuple[int, Message | None, int, str]],
     ]:
         """Every queued item: (subscriber ids, events, finished waits as (token, ok), dead letters
         as (topic, message, node id, node address, last error, attempts), notices: ("drop",
         topic, reason, count), ("evict", address, topic, reason), ("readd", address, topic),
-        ("route", topic, nodes), ("error", text, count), ("lost", count))."""
+        ("route", topic, nodes), ("error", text, count), ("lost", count)), answers to requests as
+        (token, reply or None, status, error text): status 200 with a reply; 0 no answer in time;
+        500 the handler raised; 1 the exchange broke; another status the node's refusal)."""
     def set_draining(self, on: bool) -> None:
         """Answer new deliveries 503 (they stay with their publisher) while running ones finish."""
     def pending_deliveries(self) -> int:
         """Deliveries handed to Python whose outcome is not reported yet."""
-    def done(self, failures: list[tuple[int, str]], deferred: list[int]) -> None:
-        """Settle the events of the last ``take()``: failed (token, error), deferred, the rest handled."""
-    def complete(self, results: list[tuple[int, str | None]]) -> None:
-        """Report deferred handler outcomes: (token, None) handled, (token, "error") raised."""
+    def done(
+        self,
+        failures: list[tuple[int, str]],
+        deferred: list[int],
+        replies: list[tuple[int, str, dict[str, str] | None, bytes]] | None = None,
+    ) -> None:
+        """Settle the events of the last ``take()``: failed (token, error), deferred, the rest
+        handled; ``replies`` (token, topic, header, body) answer their deliveries' requests."""
+    def complete(
+        self,
+        results: list[tuple[int, str | None]],
+        replies: list[tuple[int, str, dict[str, str] | None, bytes]] | None = None,
+    ) -> None:
+        """Report deferred handler outcomes: (token, None) handled, (token, "error") raised;
+        ``replies`` as for ``done``."""
     def add_subscriber(self, id: str, topic: str) -> None:
         """Serve subscriber ``id`` (of ``topic``) at this endpoint."""
     def remove_subscriber(self, id: str) -> bool:
@@ -149,6 +163,9 @@ class Engine:
         """Encode and queue one message; True when a subscriber is congested (await ``wait_room``)."""
     def publish_many(self, topic: str, items: list[tuple[dict[str, str] | None, bytes]]) -> bool:
         """Queue many messages of one topic; the same congestion flag as ``publish``."""
+    def request(self, token: int, topic: str, header: dict[str, str] | None, body: bytes, timeout: float) -> None:
+        """Send one request to one subscriber node of ``topic``; ``take()`` yields its answer
+        under ``token`` within ``timeout`` seconds."""
     def wait_room(self, token: int, timeout: float) -> None:
         """Start waiting (``timeout`` seconds at most) until no healthy subscriber is congested."""
     def flush(self, token: int, timeout: float) -> None:

@@ -14,12 +14,12 @@ from typing import Any, TypeVar, overload
 from . import _core
 from ._routes import route_groups
 from .callbacks import Events
-from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
 from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
-from .subscriber import SubscribeOptions, Subscriber, SubscriptionBase
+from .subscriber import Reply, SubscribeOptions, Subscriber, SubscriptionBase
 from .tls import local_hosts, read_pem
 from .tracing import Tracing
 from .tracing import require as require_tracing
@@ -64,6 +64,7 @@ class Broker:
         #: what ``@broker.subscriber(...)`` registered: (topic, handler, subscribe keyword args)
         self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
         self._flushes: dict[int, asyncio.Future[bool]] = {}
+        self._requests: dict[int, asyncio.Future[Message]] = {}
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
@@ -299,6 +300,10 @@ class Broker:
             if not fut.done():
                 fut.set_result(False)
         self._flushes.clear()
+        for req in self._requests.values():
+            if not req.done():
+                req.set_exception(NotConnectedError("the broker disconnected before an answer came"))
+        self._requests.clear()
         self._address = None
         self._advertised = None
         self._tracing = None
@@ -410,6 +415,38 @@ class Broker:
                 pending=pending,
                 last_error=last_error,
             )
+
+    async def request(
+        self, topic: str, message: object, timeout: float = 5.0, header: dict[str, str] | None = None
+    ) -> Message:
+        """Send ``message`` to one subscriber of ``topic`` and return its handler's return value
+        as a :class:`Message` (bytes/str as the body, a Message as is, other values as JSON).
+
+        One node answers: round-robin over the topic's subscriber nodes, queue groups and
+        broadcast subscriptions alike. A handler that returns None (and a go-micro subscriber)
+        answers with an empty Message. Raises :class:`RequestTimeoutError` when no subscriber
+        answers within ``timeout`` seconds (waiting for one to appear included), and
+        :class:`RequestError` when the handler raised (its text) or the node refused the request.
+        A request is sent once: it is tried on another node only when it certainly did not
+        reach a handler (connection refused, unknown or closing subscriber), never after."""
+        engine = self._need()
+        self._check_topic(topic)
+        if not timeout > 0:
+            raise BrokerError(f"timeout must be > 0, got {timeout!r}")
+        h, body = to_wire(message, header)
+        token = next(self._tokens)
+        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._requests[token] = fut
+        try:
+            engine.request(token, topic, h, body, float(timeout))
+            # the engine answers by the deadline; the margin only guards against a lost answer
+            return await asyncio.wait_for(fut, timeout + 5.0)
+        except TimeoutError:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                raise
+            raise RequestTimeoutError(f"no answer to the request on {topic!r} within {timeout}s") from None
+        finally:
+            self._requests.pop(token, None)
 
     def route_count(self, topic: str) -> int:
         """How many subscriber nodes this broker currently routes ``topic`` to."""
@@ -627,7 +664,7 @@ class Broker:
         engine = self._engine
         if engine is None:
             return
-        sub_ids, events, flushes, dead, notices = engine.take()
+        sub_ids, events, flushes, dead, notices, answers = engine.take()
         if notices:
             self._events.handle(notices)
         if dead:
@@ -635,14 +672,28 @@ class Broker:
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
+            replies: list[Reply] = []
             try:
-                dispatch(self._subs, sub_ids, events, failures, deferred)
+                dispatch(self._subs, sub_ids, events, failures, deferred, replies)
             finally:
-                engine.done(failures, deferred)
+                if replies:
+                    engine.done(failures, deferred, _encode_replies(replies, failures))
+                else:
+                    engine.done(failures, deferred)
         for token, ok in flushes:
             fut = self._flushes.get(token)
             if fut is not None and not fut.done():
                 fut.set_result(ok)
+        for token, reply, status, text in answers:
+            req = self._requests.get(token)
+            if req is None or req.done():
+                continue
+            if reply is not None:
+                req.set_result(reply)
+            elif status == 0:
+                req.set_exception(RequestTimeoutError(text))
+            else:
+                req.set_exception(RequestError(text, status=status))
 
     def _on_dead_letters(self, dead: list[tuple[str, Message, str, str, str, int]]) -> None:
         """Messages this broker published that a subscription failed ``max_deliveries`` times:
@@ -680,10 +731,19 @@ class Broker:
         """Run a user callback on the loop; an exception in it is logged, never raised."""
         self._events.call(name, fn, *args)
 
-    def _complete(self, results: list[tuple[int, str | None]]) -> None:
+    def _complete(self, results: list[tuple[int, str | None]], replies: Sequence[Reply] = ()) -> None:
         """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""
-        if self._engine is not None and results:
+        if self._engine is None or not results:
+            return
+        if not replies:
             self._engine.complete(results)
+            return
+        bad: list[tuple[int, str]] = []
+        encoded = _encode_replies(replies, bad)
+        if bad:
+            failed = dict(bad)
+            results = [(t, failed.get(t, e)) for t, e in results]
+        self._engine.complete(results, encoded)
 
     # --- registry -> routes ---------------------------------------------------------------------
 
@@ -723,12 +783,29 @@ class Broker:
                     self._events.error(RegistryError(f"heartbeat: re-registering {sub.topic} failed: {e}"))
 
 
+def _encode_replies(
+    replies: Sequence[Reply], failures: list[tuple[int, str]]
+) -> list[tuple[int, str, dict[str, str] | None, bytes]]:
+    """Handlers' return values as the engine takes them (token, topic, header, body), encoded as
+    ``publish`` encodes; a value that cannot be sent fails its delivery (into ``failures``)."""
+    out: list[tuple[int, str, dict[str, str] | None, bytes]] = []
+    for ev, value in replies:
+        try:
+            h, body = to_wire(value)
+        except BrokerError as e:
+            failures.append((ev._token, f"the handler's reply cannot be sent: {e}"))
+            continue
+        out.append((ev._token, ev.topic, h, body))
+    return out
+
+
 def dispatch(
     subs: Mapping[str, SubscriptionBase],
     sub_ids: Sequence[str],
     events: Sequence[Event],
     failures: list[tuple[int, str]],
     deferred: list[int],
+    replies: list[Reply] | None = None,
 ) -> None:
     """Hand one wake-up's events to their subscribers (``sub_ids[i]`` names the subscriber of
     ``events[i]``): one ``deliver_batch`` call per subscriber, with its events in arrival order.
@@ -756,7 +833,7 @@ def dispatch(
             if sub is None:
                 failures.extend((ev._token, "subscriber is gone") for ev in batch)
             else:
-                sub.deliver_batch(batch, failures, deferred)
+                sub.deliver_batch(batch, failures, deferred, replies)
     except BaseException:
         failures.extend((ev._token, "handler interrupted") for _, later in groups[i + 1 :] for ev in later)
         raise

@@ -11,6 +11,7 @@ __all__ = [
     "FlushTimeoutError",
     "RegistryError",
     "RequestTimeoutError",
+    "RequestError",
 ]
 
 BrokerError.__module__ = "hyperbroker"
@@ -43,3 +44,16 @@ class RegistryError(BrokerError):
 
 class RequestTimeoutError(BrokerError, TimeoutError):
     """``request()`` got no answer in time (or no subscriber of the topic was there to answer)."""
+
+
+class RequestError(BrokerError):
+    """``request()`` got an answer that is not a reply: the subscriber's handler raised
+    (``status`` 500, the text names the exception), or the node refused the request (its HTTP
+    status), or the exchange broke after the request went out (``status`` 1). A request is
+    never retried once it may have reached a handler."""
+
+    status: int
+
+    def __init__(self, message: str, *, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status

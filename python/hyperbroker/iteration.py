@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from .message import Event
-from .subscriber import Complete, Result, SubscribeOptions, SubscriptionBase, Unsubscribe
+from .subscriber import Complete, Reply, Result, SubscribeOptions, SubscriptionBase, Unsubscribe
 
 __all__ = ["IterSubscriber"]
 
@@ -132,8 +132,15 @@ class IterSubscriber(SubscriptionBase):
 
     # --- the broker's side (package-internal) -------------------------------------------------------
 
-    def deliver_batch(self, events: Sequence[Event], failures: list[tuple[int, str]], deferred: list[int]) -> None:
-        """Buffer ``events``; every one is settled later (through ``complete``)."""
+    def deliver_batch(
+        self,
+        events: Sequence[Event],
+        failures: list[tuple[int, str]],
+        deferred: list[int],
+        replies: list[Reply] | None = None,
+    ) -> None:
+        """Buffer ``events``; every one is settled later (through ``complete``). An iterated
+        subscription has no handler, so it never replies (``replies`` is left alone)."""
         if self._closed:
             failures.extend((ev._token, "subscriber is gone") for ev in events)
             return

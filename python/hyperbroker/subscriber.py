@@ -3,7 +3,9 @@
 
 The Broker hands each batch of received events to :meth:`Subscriber.deliver_batch` and settles
 what it reports; the Subscriber settles what it finished later (async handlers) through the
-``complete`` callable it was built with. It knows nothing else of the Broker.
+``complete`` callable it was built with. It knows nothing else of the Broker. A handler's
+return value that is not None is the reply to the delivery (request/reply): it is reported as
+(event, value) next to the outcomes, only for deliveries that succeeded.
 :class:`SubscriptionBase` is what the Broker needs of any subscription (the handler-less,
 iterated kind lives in ``iteration.py``).
 """
@@ -15,7 +17,7 @@ import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import BrokerError
 from .message import Event, Handler
@@ -27,8 +29,17 @@ _YIELD_EVERY = 512
 
 #: (delivery token, None when handled / the failure text): how a delivery ends
 Result = tuple[int, str | None]
-#: settles deliveries that ended after ``deliver_batch`` returned (the engine's ``complete``)
-Complete = Callable[[list[Result]], None]
+#: (the event, the handler's return value): a reply to a delivery that succeeded
+Reply = tuple[Event, object]
+
+
+class Complete(Protocol):
+    """Settles deliveries that ended after ``deliver_batch`` returned (the engine's ``complete``);
+    ``replies`` is passed only when some handler returned a value."""
+
+    def __call__(self, results: list[Result], replies: list[Reply] = ..., /) -> None: ...
+
+
 #: ends a subscription (the broker's side of ``Subscriber.unsubscribe``)
 Unsubscribe = Callable[["SubscriptionBase"], Awaitable[None]]
 
@@ -83,9 +94,16 @@ class SubscriptionBase:
         """Stop receiving: deregister from the registry and drop the subscription. Idempotent."""
         await self._unsubscribe(self)
 
-    def deliver_batch(self, events: Sequence[Event], failures: list[tuple[int, str]], deferred: list[int]) -> None:
+    def deliver_batch(
+        self,
+        events: Sequence[Event],
+        failures: list[tuple[int, str]],
+        deferred: list[int],
+        replies: list[Reply] | None = None,
+    ) -> None:
         """Take ``events`` (this subscription's, in arrival order): failed ones go into
-        ``failures``, ones settled later through ``complete`` into ``deferred``."""
+        ``failures``, ones settled later through ``complete`` into ``deferred``, replies of
+        succeeded ones into ``replies`` (when given)."""
         raise NotImplementedError
 
     def fail_pending(self, reason: str) -> None:
@@ -125,14 +143,21 @@ class Subscriber(SubscriptionBase):
 
     # --- the broker's side (package-internal) -----------------------------------------------------
 
-    def deliver_batch(self, events: Sequence[Event], failures: list[tuple[int, str]], deferred: list[int]) -> None:
+    def deliver_batch(
+        self,
+        events: Sequence[Event],
+        failures: list[tuple[int, str]],
+        deferred: list[int],
+        replies: list[Reply] | None = None,
+    ) -> None:
         """Run the handler for ``events`` (this subscriber's, in arrival order), on the loop.
 
         A delivery that ended here and failed goes into ``failures`` as (token, text); one that
         ends later (async handler, or a plain one that returned an awaitable) goes into
         ``deferred`` and is settled through ``complete`` once the runner task finished it; the
-        rest succeeded. If the loop is interrupted (KeyboardInterrupt...), the events that did
-        not finish go into ``failures`` before the exception propagates.
+        rest succeeded, and those whose handler returned a value go into ``replies`` (when
+        given) as (event, value). If the loop is interrupted (KeyboardInterrupt...), the events
+        that did not finish go into ``failures`` before the exception propagates.
         """
         it = iter(events)
         ev: Event | None = None
@@ -146,14 +171,17 @@ class Subscriber(SubscriptionBase):
                     except Exception as e:
                         failures.append((ev._token, describe(e)))
                     else:
-                        if r is not None and inspect.isawaitable(r):
-                            # it finishes in the runner; what follows waits behind it, in order
-                            deferred.append(ev._token)
-                            self._enqueue(ev._token, _AwaitingEvent(ev, r))
-                            break
+                        if r is not None:
+                            if inspect.isawaitable(r):
+                                # it finishes in the runner; what follows waits behind it, in order
+                                deferred.append(ev._token)
+                                self._enqueue(ev._token, _AwaitingEvent(ev, r))
+                                break
+                            if replies is not None:
+                                replies.append((ev, r))
                 ev = None
             for ev in it:
-                self._deliver(ev, failures, deferred)
+                self._deliver(ev, failures, deferred, replies)
             ev = None
         except BaseException:
             if ev is not None:
@@ -172,7 +200,9 @@ class Subscriber(SubscriptionBase):
 
     # --- running the handler ------------------------------------------------------------------------
 
-    def _deliver(self, ev: Event, failures: list[tuple[int, str]], deferred: list[int]) -> None:
+    def _deliver(
+        self, ev: Event, failures: list[tuple[int, str]], deferred: list[int], replies: list[Reply] | None
+    ) -> None:
         """One event off the hot path: queued behind earlier ones, or run now when nothing waits."""
         token = ev._token
         if self._is_async or self._pending:
@@ -191,6 +221,8 @@ class Subscriber(SubscriptionBase):
         err = self._outcome(ev)
         if err is not None:
             failures.append((token, err))
+        elif r is not None and replies is not None:
+            replies.append((ev, r))
 
     def _outcome(self, ev: Event) -> str | None:
         if not self.options.auto_ack and not ev.acked:
@@ -209,6 +241,7 @@ class Subscriber(SubscriptionBase):
         runners share the queue (so handler calls overlap and finish out of order)."""
         complete, handler, is_async = self._complete, self._handler, self._is_async
         results: list[Result] = []
+        replies: list[Reply] = []
         n = 0
         try:
             while self._pending:
@@ -216,16 +249,19 @@ class Subscriber(SubscriptionBase):
                 try:
                     if isinstance(item, _AwaitingEvent):
                         ev = item.event
-                        await item.awaitable
+                        r = await item.awaitable
                     elif is_async:
                         ev = item
-                        await handler(ev)
+                        r = await handler(ev)
                     else:  # a plain handler queued behind an awaitable: run it in its turn
                         ev = item
                         r = handler(ev)
                         if r is not None and inspect.isawaitable(r):
-                            await r
-                    results.append((token, self._outcome(ev)))
+                            r = await r
+                    err = self._outcome(ev)
+                    results.append((token, err))
+                    if err is None and r is not None:
+                        replies.append((ev, r))
                 except asyncio.CancelledError:
                     results.append((token, "subscriber closing"))
                     raise
@@ -233,15 +269,22 @@ class Subscriber(SubscriptionBase):
                     results.append((token, describe(e)))
                 n += 1
                 if n % _YIELD_EVERY == 0:
-                    complete(results)
-                    results = []
+                    _settle(complete, results, replies)
+                    results, replies = [], []
                     await asyncio.sleep(0)
         finally:
             # leave the set now, not in a later done-callback: an event enqueued in between must
             # find room for a new runner
             self._runners.discard(asyncio.current_task())
             if results:
-                complete(results)
+                _settle(complete, results, replies)
+
+
+def _settle(complete: Complete, results: list[Result], replies: list[Reply]) -> None:
+    if replies:
+        complete(results, replies)
+    else:
+        complete(results)
 
 
 class _AwaitingEvent:

@@ -4,7 +4,7 @@ event loop (WSGI apps, scripts, worker threads).
 This file owns the background event-loop thread, the hand-off of ``publish`` calls from any
 thread to that loop, and running subscription handlers in worker threads. It uses the Broker's
 public API only (``connect``, ``disconnect``, ``subscribe``, ``publish_nowait``, ``wait_room``,
-``flush``, ``stats``).
+``flush``, ``request``, ``stats``).
 
 - The loop thread is shared by every open SyncBroker of the process (started by the first,
   stopped when the last closes), so SyncBrokers sharing one :class:`MemoryRegistry` see each
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
-from .message import Event, Handler, to_wire
+from .message import Event, Handler, Message, to_wire
 from .subscriber import SubscribeOptions, Subscriber
 
 __all__ = ["SyncBroker", "SyncSubscriber"]
@@ -364,6 +364,22 @@ class SyncBroker:
         if not timeout > 0:
             raise BrokerError(f"timeout must be > 0, got {timeout!r}")
         self._call(self._flush(timeout), timeout + 5.0)
+
+    def request(
+        self, topic: str, message: object, timeout: float = 5.0, header: dict[str, str] | None = None
+    ) -> Message:
+        """Send ``message`` to one subscriber of ``topic`` and return its handler's return value
+        as a :class:`Message` (see :meth:`Broker.request`); :class:`RequestTimeoutError` when
+        no answer comes within ``timeout`` seconds, :class:`RequestError` when the handler
+        raised. A ``def`` handler of this SyncBroker answers by returning a value, as an
+        ``async def`` one does. Not from an ``async def`` handler (it runs on the loop thread)."""
+        self._check_open()
+        self._check_topic(topic)
+        if not timeout > 0:
+            raise BrokerError(f"timeout must be > 0, got {timeout!r}")
+        h, body = to_wire(message, header)
+        _check_header(h)
+        return self._call(self._broker.request(topic, Message(h or {}, body), timeout), timeout + 10.0)
 
     def subscribe(
         self, topic: str, handler: Handler, queue: str | None = None, auto_ack: bool = True, timeout: float = 10.0

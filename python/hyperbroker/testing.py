@@ -39,7 +39,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -51,7 +51,7 @@ from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions
 from .registry.memory import MemoryRegistry
-from .subscriber import Result, SubscribeOptions, SubscriptionBase
+from .subscriber import Reply, Result, SubscribeOptions, SubscriptionBase
 
 __all__ = [
     "DELIVERIES_HEADER",
@@ -687,8 +687,9 @@ class TestBroker:
         self._stats["received"] += 1
         sub._iter.push(token, Event(d.topic, d.message()))
 
-    def _iter_complete(self, results: list[Result]) -> None:
-        """Outcomes from an iterator (its ``complete``): settle, retry, give up or hand over."""
+    def _iter_complete(self, results: list[Result], replies: Sequence[Reply] = ()) -> None:
+        """Outcomes from an iterator (its ``complete``; an iterator never replies): settle,
+        retry, give up or hand over."""
         for token, err in results:
             entry = self._iter_deliveries.pop(token, None)
             if entry is None:

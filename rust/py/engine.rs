@@ -16,6 +16,7 @@ use super::conversion::{self, seconds};
 use super::errors::BrokerError;
 use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
+use crate::client::Answer;
 use crate::codec;
 use crate::notices;
 use crate::error::Error;
@@ -26,6 +27,10 @@ use crate::metrics::Exporter;
 use crate::stats::Stats;
 use crate::topic_stats::TopicStats;
 use crate::tls;
+
+/// What `take()` returns: six parallel-purpose lists (see `take`).
+type Taken<'py> =
+    (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
 
 #[pyclass(module = "hyperbroker._core", frozen)]
 pub struct Engine {
@@ -129,17 +134,20 @@ impl Engine {
         self.bridge.fd()
     }
 
-    /// Take every queued item: (subscriber ids, events, flushes, dead letters, notices); ids and
-    /// events are parallel lists, each event an `Event` carrying its delivery token; a flush is
-    /// (token, ok); a dead letter is (topic, Message, node id, node address, error, attempts); a
-    /// notice is one of ("drop", topic, reason, count), ("evict", address, topic, reason),
-    /// ("readd", address, topic), ("route", topic, nodes now), ("error", text, count),
-    /// ("lost", count) (drops summed per topic and reason since the last take).
+    /// Take every queued item: (subscriber ids, events, flushes, dead letters, notices,
+    /// answers); ids and events are parallel lists, each event an `Event` carrying its delivery
+    /// token; a flush is (token, ok); a dead letter is (topic, Message, node id, node address,
+    /// error, attempts); a notice is one of ("drop", topic, reason, count), ("evict", address,
+    /// topic, reason), ("readd", address, topic), ("route", topic, nodes now), ("error", text,
+    /// count), ("lost", count) (drops summed per topic and reason since the last take); an
+    /// answer to a request is (token, reply Message or None, status, error text): a Message
+    /// with status 200, else status 0 for no answer in time, or the node's status (500: the
+    /// handler raised; 1: the exchange broke after the request went out).
     #[allow(clippy::type_complexity)]
     fn take<'py>(
         &self,
         py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>)> {
+    ) -> PyResult<Taken<'py>> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
@@ -147,6 +155,7 @@ impl Engine {
         let flushes = PyList::empty(py);
         let dead = PyList::empty(py);
         let notices = PyList::empty(py);
+        let answers = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
         let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
@@ -195,15 +204,34 @@ impl Engine {
                     let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
                     dead.append((&*d.topic, msg, d.node, d.address, d.error, d.attempts))?;
                 }
+                Item::Answered { token, answer } => match answer {
+                    Answer::Reply { header, body } => {
+                        let h = PyDict::new(py);
+                        for (k, v) in &header {
+                            h.set_item(k, v)?;
+                        }
+                        let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                        answers.append((token, Some(msg), 200u16, ""))?;
+                    }
+                    Answer::Failed { status, error } => {
+                        // 0 means "no answer" to Python: a broken exchange is reported as 1
+                        answers.append((token, None::<Py<Message>>, status.max(1), error))?;
+                    }
+                    Answer::NoAnswer(why) => answers.append((token, None::<Py<Message>>, 0u16, why))?,
+                },
             }
         }
-        Ok((sub_ids, events, flushes, dead, notices))
+        Ok((sub_ids, events, flushes, dead, notices, answers))
     }
 
     /// Settle every event of the last `take()`: those in `failures` (token, error text) failed,
     /// those in `deferred` are still running (reported later with `complete`), all others
-    /// were handled. One call per batch instead of one tuple per message.
-    fn done(&self, failures: &Bound<'_, PyList>, deferred: &Bound<'_, PyList>) -> PyResult<()> {
+    /// were handled; those in `replies` (token, topic, header or None, body) answer with that
+    /// reply (a failure of the same token wins). One call per batch instead of one tuple per
+    /// message.
+    #[pyo3(signature = (failures, deferred, replies = None))]
+    fn done(&self, failures: &Bound<'_, PyList>, deferred: &Bound<'_, PyList>, replies: Option<&Bound<'_, PyList>>) -> PyResult<()> {
+        let mut replied = encode_replies(replies)?;
         let taken = std::mem::take(&mut *self.taken.lock());
         let mut failed: HashMap<u64, String> = HashMap::with_capacity(failures.len());
         for f in failures.iter() {
@@ -220,20 +248,26 @@ impl Engine {
             .filter(|t| !later.contains(t))
             .map(|t| match failed.remove(&t) {
                 Some(e) => (t, Outcome::Failed(e)),
-                None => (t, Outcome::Ok),
+                // no replies (the usual case): no lookup per message
+                None if replied.is_empty() => (t, Outcome::Ok),
+                None => (t, replied.remove(&t).unwrap_or(Outcome::Ok)),
             })
             .collect();
         self.bridge.complete_many(outcomes);
         Ok(())
     }
 
-    /// Report handler outcomes: (token, None) handled, (token, "error text") raised.
-    fn complete(&self, results: &Bound<'_, PyList>) -> PyResult<()> {
+    /// Report handler outcomes: (token, None) handled, (token, "error text") raised; `replies`
+    /// as for `done` (for handled tokens only).
+    #[pyo3(signature = (results, replies = None))]
+    fn complete(&self, results: &Bound<'_, PyList>, replies: Option<&Bound<'_, PyList>>) -> PyResult<()> {
+        let mut replied = encode_replies(replies)?;
         let mut outcomes = Vec::with_capacity(results.len());
         for r in results.iter() {
             let (token, err): (u64, Option<String>) = r.extract()?;
             let outcome = match err {
-                None => Outcome::Ok,
+                None if replied.is_empty() => Outcome::Ok,
+                None => replied.remove(&token).unwrap_or(Outcome::Ok),
                 Some(e) => {
                     Stats::add(&self.stats.handler_errors, 1);
                     Outcome::Failed(e)
@@ -345,6 +379,32 @@ impl Engine {
         Ok(congested)
     }
 
+    /// Send one request: `topic`, `header`, `body` go to one subscriber node, whose handler's
+    /// answer (or the failure, or no answer within `timeout` seconds, waiting for a subscriber
+    /// included) `take()` later yields under `token`. Returns at once.
+    #[pyo3(signature = (token, topic, header, body, timeout))]
+    fn request(
+        &self,
+        token: u64,
+        topic: &Bound<'_, PyString>,
+        header: Option<&Bound<'_, PyDict>>,
+        body: &[u8],
+        #[pyo3(from_py_with = seconds)] timeout: Duration,
+    ) -> PyResult<()> {
+        let t = topic.to_str()?;
+        self.check_topic(t)?;
+        let mut out = Vec::new();
+        encode_py_into(&mut out, t, header, body)?;
+        let p = self.publisher.clone();
+        let b = self.bridge.clone();
+        let topic = t.to_string();
+        runtime::get()?.spawn(async move {
+            let answer = p.request(&topic, Bytes::from(out), timeout).await;
+            b.answered(token, answer);
+        });
+        Ok(())
+    }
+
     /// Start waiting until no healthy subscriber is congested; `take()` later yields (token, ok).
     fn wait_room(&self, token: u64, #[pyo3(from_py_with = seconds)] timeout: Duration) -> PyResult<()> {
         let p = self.publisher.clone();
@@ -434,6 +494,24 @@ impl Engine {
         d.set_item("dropped_by_reason", reasons)?;
         Ok(d)
     }
+}
+
+/// Replies handed over by Python, (token, topic, header or None, body), as the outcomes they
+/// make: the encoded reply envelope, or a failure when the reply cannot be encoded (a header
+/// that is not `dict[str, str]`): one bad reply never keeps the others from settling.
+fn encode_replies(replies: Option<&Bound<'_, PyList>>) -> PyResult<HashMap<u64, Outcome>> {
+    let Some(replies) = replies.filter(|r| !r.is_empty()) else { return Ok(HashMap::new()) };
+    let mut out = HashMap::with_capacity(replies.len());
+    for r in replies.iter() {
+        let (token, topic, header, body): (u64, Bound<'_, PyString>, Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = r.extract()?;
+        let mut env = Vec::new();
+        let outcome = match encode_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes()) {
+            Ok(()) => Outcome::Replied(Bytes::from(env)),
+            Err(e) => Outcome::Failed(format!("the handler's reply cannot be sent: {e}")),
+        };
+        out.insert(token, outcome);
+    }
+    Ok(out)
 }
 
 impl Engine {
