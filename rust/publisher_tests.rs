@@ -365,3 +365,20 @@ fn close_counts_the_backlog_as_dropped_at_disconnect() {
         assert_eq!(p.backlog.total_len(), 0);
     });
 }
+
+#[test]
+fn a_dead_queue_member_beside_a_live_one_is_evicted() {
+    run(async {
+        let (_socket, dead) = refusing_port();
+        let live = node(&[]).await;
+        let p = publisher(); // evict_after: 2
+        p.set_routes("t", vec![("q".into(), vec![dead, live.spec("b")])]).unwrap();
+        publish(&p, &["1", "2", "3", "4"]);
+        assert!(flushed(&p).await);
+        assert_eq!(live.got().len(), 4, "the live member took the dead one's share");
+        // nothing is queued for the dead member any more, yet it is probed and evicted
+        eventually("the dead member is evicted", || p.stats().evicted.load(Relaxed) == 1).await;
+        assert_eq!(p.route_count("t"), 1);
+        p.close();
+    });
+}

@@ -151,6 +151,14 @@ impl Worker {
                 }
             };
             if batch.is_empty() {
+                if self.slot == 0 && self.link.is_failing() && self.link.unreachable_count() > 0 {
+                    // a queue member whose messages went to the others gets no more to send:
+                    // probe it, so it is put back when it answers or evicted when it does not
+                    if let Flow::Stop = self.probe_failing().await {
+                        break;
+                    }
+                    continue;
+                }
                 let retry_at = self.link.next_retry_at();
                 tokio::select! {
                     _ = self.link.notified() => {}
@@ -306,6 +314,44 @@ impl Worker {
 
     /// The node does not answer: take it out of the route, let its messages wait in the backlog
     /// (or go to another member of its queue group), probe it until it answers.
+    /// The node is failing, unreachable, and has nothing queued (its queue group took its
+    /// messages): after the back-off, ask whether it answers. An answer makes it healthy again;
+    /// `evict_after` unanswered probes in a row (the sends before them included) evict it like a
+    /// node whose sends go unanswered. New work, removal or shutdown end the wait early.
+    async fn probe_failing(&mut self) -> Flow {
+        let p = self.publisher.clone();
+        let link = self.link.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff) => {}
+            _ = self.shutdown.changed() => return Flow::Stop,
+            _ = link.notified() => return Flow::Next,
+        }
+        if *self.shutdown.borrow() || link.is_removed() || link.is_evicted() {
+            return Flow::Next;
+        }
+        self.backoff = (self.backoff * 2).min(p.config().retry_max);
+        match p.transport().probe(&link).await {
+            Ok(()) => {
+                link.note_answer();
+                if link.mark_healthy() {
+                    p.drain_backlog(&link.topic);
+                }
+                p.progress().notify();
+                Flow::Next
+            }
+            Err(e) => {
+                if let Some(e) = e {
+                    p.set_error(format!("{}: {e}", link.spec.address));
+                }
+                link.note_unreachable();
+                if link.unreachable_count() >= p.config().evict_after && link.evict() {
+                    return self.evict_and_probe(Vec::new()).await;
+                }
+                Flow::Next
+            }
+        }
+    }
+
     async fn evict_and_probe(&mut self, retry: Vec<Msg>) -> Flow {
         let p = self.publisher.clone();
         let link = self.link.clone();

@@ -16,8 +16,8 @@ files of all processes, dead or alive, are the record:
 - SIGTERM (chaos_node drains like ``hyperbroker sub``): loss 0 everywhere, nothing dropped,
   nothing handled twice, every drained member gone from the route.
 - Eviction: a queue member whose port refuses (a SIGKILLed process the registry still lists)
-  must leave the route. With a live member beside it, it does not (strict xfail: a known bug in
-  the Rust core, see the marker's reason).
+  must leave the route, also with live members beside it (which took its messages: it is
+  probed until it answers or is evicted).
 
 Run as CI does (mDNS needs a private network namespace):
 
@@ -214,20 +214,10 @@ def dead_port() -> int:
 
 
 @pytest.mark.parametrize("alive", [0, 1, 2], ids=["alone", "with-1-alive", "with-2-alive"])
-async def test_sigkilled_queue_member_is_evicted(alive: int, request: pytest.FixtureRequest) -> None:
+async def test_sigkilled_queue_member_is_evicted(alive: int) -> None:
     """A queue member whose process was SIGKILLed is still "discovered" (mDNS keeps it ~19 min):
     here a registered node whose port refuses. Refused connections must evict it (``evicted``,
     out of ``route_count``) while its messages go to the live members; none is lost."""
-    if alive:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG (rust/worker.rs, rust/route.rs): one refused batch marks the member failing, "
-                "failover() moves its queue to a live member and pick() skips failing members, so it is "
-                "never sent to again, never reaches evict_after and stays in the route (route_count) for "
-                "as long as the registry lists it",
-            )
-        )
     registry = MemoryRegistry()
     pub = Broker(address=f"{LO}:0", registry=registry, **PUBLISHER)
     live: list[Broker] = []

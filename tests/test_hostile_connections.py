@@ -597,7 +597,9 @@ async def test_flow_keeps_its_rate_under_idle_and_garbage_connections(
     assert during >= before / 2, (before, during)
     # every idle connection was cut at header_read_timeout (not before, not much after)
     assert len(cut_times) == N_IDLE, f"{N_IDLE - len(cut_times)} idle connections were never closed"
-    assert cut_times[0] >= HEADER_TIMEOUT - 0.5 and cut_times[-1] <= HEADER_TIMEOUT + 2.5, (cut_times[0], cut_times[-1])
+    # the child measures from its own connect: on a loaded machine that starts late, so the
+    # lower bound is loose (the point is that they are cut, and not long after the timeout)
+    assert cut_times[0] >= HEADER_TIMEOUT - 1.5 and cut_times[-1] <= HEADER_TIMEOUT + 2.5, (cut_times[0], cut_times[-1])
     # the garbage got answers, all 4xx, and really ran during the flow
     answered = {int(k): v for k, v in statuses.items() if k.isdigit()}
     assert answered and all(400 <= s < 500 for s in answered), statuses
