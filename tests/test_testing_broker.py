@@ -26,6 +26,7 @@ from hyperbroker import (
     FlushTimeoutError,
     Message,
     NotConnectedError,
+    RequestError,
     RequestTimeoutError,
 )
 from hyperbroker.testing import (
@@ -385,14 +386,19 @@ async def test_request_returns_the_answer_as_a_message(
     assert reply == Message(header, body)
 
 
-async def test_request_takes_the_first_answer_that_is_not_none(tb: TestBroker) -> None:
-    await tb.subscribe("rpc", lambda ev: None)  # listens, does not answer
+async def test_request_asks_one_subscription_in_turn_and_none_is_an_empty_reply(tb: TestBroker) -> None:
+    await tb.subscribe("rpc", lambda ev: None)  # answers with an empty reply
     await tb.subscribe("rpc", lambda ev: ev.message.text().upper())
-    assert (await tb.request("rpc", "hi")).body == b"HI"
+    replies = {(await tb.request("rpc", "hi")).body for _ in range(4)}
+    assert replies == {b"", b"HI"}, "each request goes to one subscription, in turn"
 
 
-async def test_request_times_out_without_an_answer(tb: TestBroker) -> None:
-    await tb.subscribe("rpc", lambda ev: None)
+async def test_request_times_out_on_a_slow_handler(tb: TestBroker) -> None:
+    async def slow(ev: Event) -> bytes:
+        await asyncio.sleep(5)
+        return b"late"
+
+    await tb.subscribe("rpc", slow)
     t0 = time.monotonic()
     with pytest.raises(RequestTimeoutError, match="no answer") as info:
         await tb.request("rpc", b"?", timeout=0.1)
@@ -400,11 +406,25 @@ async def test_request_times_out_without_an_answer(tb: TestBroker) -> None:
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, BrokerError)
 
 
-async def test_request_without_subscriber_fails_at_once(tb: TestBroker) -> None:
+async def test_request_to_a_raising_handler_is_a_request_error(tb: TestBroker) -> None:
+    calls = 0
+
+    def boom(ev: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("bad question")
+
+    await tb.subscribe("rpc", boom)
+    with pytest.raises(RequestError, match="ValueError: bad question") as info:
+        await tb.request("rpc", b"?")
+    assert info.value.status == 500 and calls == 1, "a request is never retried"
+
+
+async def test_request_without_subscriber_waits_then_times_out(tb: TestBroker) -> None:
     t0 = time.monotonic()
     with pytest.raises(RequestTimeoutError, match="no subscriber"):
-        await tb.request("nobody", b"?", timeout=5)
-    assert time.monotonic() - t0 < 1
+        await tb.request("nobody", b"?", timeout=0.2)
+    assert time.monotonic() - t0 >= 0.19
 
 
 async def test_max_deliveries_then_on_undeliverable_and_dead_letter() -> None:

@@ -46,12 +46,12 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from .broker import Broker
-from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestTimeoutError
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions
 from .registry.memory import MemoryRegistry
-from .subscriber import Reply, Result, SubscribeOptions, SubscriptionBase
+from .subscriber import Reply, Result, SubscribeOptions, SubscriptionBase, describe
 
 __all__ = [
     "DELIVERIES_HEADER",
@@ -117,7 +117,6 @@ class _Delivery:
     topic: str
     header: dict[str, str] | None
     body: bytes
-    reply: asyncio.Future[Message] | None = None
     attempts: int = 0
     last_error: str | None = None
 
@@ -339,13 +338,11 @@ class TestBroker:
         """Never congested: returns at once."""
         self._need()
 
-    def _publish(
-        self, topic: str, header: dict[str, str] | None, body: bytes, reply: asyncio.Future[Message] | None = None
-    ) -> None:
+    def _publish(self, topic: str, header: dict[str, str] | None, body: bytes) -> None:
         header = dict(header) if header else None
         self.published.append((topic, Message(dict(header) if header else {}, body)))
         self._stats["published"] += 1
-        self._route(_Delivery(topic, header, body, reply))
+        self._route(_Delivery(topic, header, body))
 
     def _route(self, d: _Delivery) -> None:
         subs = [s for s in self._subs.values() if s.topic == d.topic]
@@ -390,10 +387,7 @@ class TestBroker:
             self._settled.set()
 
     def _drop(self, items: deque[_Delivery]) -> None:
-        """Forget queued deliveries (disconnect): counted as dropped; their requests fail."""
-        for d in items:
-            if d.reply is not None and not d.reply.done():
-                d.reply.set_exception(NotConnectedError("the broker disconnected before an answer came"))
+        """Forget queued deliveries (disconnect): counted as dropped."""
         self._stats["dropped"] += len(items)
         items.clear()
 
@@ -420,27 +414,44 @@ class TestBroker:
     async def request(
         self, topic: str, message: object, timeout: float = 5.0, header: dict[str, str] | None = None
     ) -> Message:
-        """Publish ``message`` and return the first handler return value that is not None, as a
-        :class:`Message` (bytes/str as the body, other values as JSON). Raises
-        :class:`RequestTimeoutError` when no subscriber of ``topic`` exists or none answers in
-        ``timeout`` seconds."""
+        """As :meth:`Broker.request`: ``message`` goes to ONE subscription of ``topic`` (in turn
+        over the topic's subscriptions with a handler, queue groups and broadcast alike), whose
+        handler's return value is the reply (None: an empty :class:`Message`). Waits up to
+        ``timeout`` for a subscriber; :class:`RequestTimeoutError` when none appears or the
+        handler is slower; :class:`RequestError` (status 500) when the handler raised. A request
+        is never retried and is not recorded in ``published``."""
         self._need()
         self._check_topic(topic)
         if not timeout > 0:
             raise BrokerError(f"timeout must be > 0, got {timeout!r}")
-        if not any(s.topic == topic for s in self._subs.values()):
-            raise RequestTimeoutError(f"no subscriber of {topic!r} to answer the request")
         h, body = to_wire(message, header)
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._publish(topic, h, body, reply=fut)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            subs = [s for s in self._subs.values() if s.topic == topic and s._handler is not None]
+            if subs:
+                break
+            if loop.time() >= deadline:
+                raise RequestTimeoutError(f"no subscriber of {topic!r} answered the request within {timeout}s")
+            await asyncio.sleep(0.005)
+        n = self._rr.get((topic, "\0request"), 0)
+        self._rr[(topic, "\0request")] = n + 1
+        sub = subs[n % len(subs)]
+        handler = sub._handler
+        assert handler is not None
+        event = Event(topic, Message(h, body))
+
+        async def call() -> object:
+            r = handler(event)
+            return await r if inspect.isawaitable(r) else r
+
         try:
-            return await asyncio.wait_for(fut, timeout)
+            value = await asyncio.wait_for(call(), max(deadline - loop.time(), 0.001))
         except TimeoutError:
-            raise RequestTimeoutError(
-                f"no answer to the request on {topic!r} within {timeout}s"
-                " (a handler answers by returning a value that is not None;"
-                f" last error: {self._last_error})"
-            ) from None
+            raise RequestTimeoutError(f"no answer to the request on {topic!r} within {timeout}s") from None
+        except Exception as e:
+            raise RequestError(f"the subscriber's handler raised: {describe(e)}", status=500) from e
+        return Message({}, b"") if value is None else _reply_message(value)
 
     def route_count(self, topic: str) -> int:
         """How many subscriptions of ``topic`` exist (the real broker counts subscriber nodes)."""
@@ -746,11 +757,6 @@ class TestBroker:
         if not sub.options.auto_ack and not ev.acked:
             self._stats["handler_errors"] += 1
             return _NOT_ACKED
-        if d.reply is not None and r is not None and not d.reply.done():
-            try:
-                d.reply.set_result(_reply_message(r))
-            except BrokerError as e:
-                d.reply.set_exception(e)
         return None
 
     async def _give_up(self, sub: TestSubscriber, d: _Delivery, reason: str) -> None:
