@@ -24,12 +24,12 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
 __all__ = [
     "LOCALHOST",
     "free_port",
-    "spawn_ctx",
-    "recv_with_timeout",
-    "stop_process",
     "new_runner",
-    "run_on_own_loop",
+    "recv_with_timeout",
     "run_child",
+    "run_on_own_loop",
+    "spawn_ctx",
+    "stop_process",
 ]
 
 T = TypeVar("T")
@@ -67,18 +67,13 @@ def recv_with_timeout(
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(
-                f"timed out after {timeout:.1f}s waiting for {what} from "
-                f"{_describe(proc)}"
-            )
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what} from {_describe(proc)}")
         try:
             # Poll in short slices so a dead child is noticed quickly.
             if conn.poll(min(remaining, 0.25)):
                 return conn.recv()
         except (EOFError, OSError) as e:
-            raise RuntimeError(
-                f"pipe closed while waiting for {what} from {_describe(proc)}: {e!r}"
-            ) from e
+            raise RuntimeError(f"pipe closed while waiting for {what} from {_describe(proc)}: {e!r}") from e
         if proc is not None and not proc.is_alive():
             # One last non-blocking look: the child may have sent and exited.
             try:
@@ -86,9 +81,7 @@ def recv_with_timeout(
                     return conn.recv()
             except (EOFError, OSError):
                 pass
-            raise RuntimeError(
-                f"{_describe(proc)} exited (exit code {proc.exitcode}) before sending {what}"
-            )
+            raise RuntimeError(f"{_describe(proc)} exited (exit code {proc.exitcode}) before sending {what}")
 
 
 def stop_process(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> int | None:

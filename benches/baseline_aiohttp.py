@@ -29,7 +29,7 @@ import importlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -49,10 +49,10 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on every platfo
     uvloop = None  # type: ignore[assignment]
 
 __all__ = [
-    "AiohttpPublisher",
-    "AiohttpSubscriber",
     "BENCH_NODE_ID",
     "BENCH_TOPIC",
+    "AiohttpPublisher",
+    "AiohttpSubscriber",
     "EnvelopeError",
     "PublishError",
     "decode_envelope",
@@ -72,7 +72,7 @@ BENCH_TOPIC = "bench.aiohttp"
 DEFAULT_DEADLINE_S = 120.0
 
 Handler = Callable[[str, dict[str, str], bytes], Any]
-Message = Union[bytes, bytearray, memoryview, tuple[Mapping[str, str] | None, bytes]]
+Message = bytes | bytearray | memoryview | tuple[Mapping[str, str] | None, bytes]
 T = TypeVar("T")
 
 _MISSING: Any = object()
@@ -85,9 +85,7 @@ class EnvelopeError(ValueError):
     """An envelope could not be decoded."""
 
 
-def encode_envelope(
-    topic: str, header: Mapping[str, str] | None, body: bytes | bytearray | memoryview
-) -> bytes:
+def encode_envelope(topic: str, header: Mapping[str, str] | None, body: bytes | bytearray | memoryview) -> bytes:
     """``{"Header": {":topic": topic, **header}, "Body": base64(body)}`` as compact JSON bytes.
 
     The ``topic`` argument is authoritative: a ``:topic`` key in ``header`` is overridden.
@@ -96,9 +94,7 @@ def encode_envelope(
     if header:
         hdr.update(header)
         hdr[TOPIC_HEADER] = topic
-    return orjson.dumps(
-        {"Header": hdr, "Body": binascii.b2a_base64(body, newline=False).decode("ascii")}
-    )
+    return orjson.dumps({"Header": hdr, "Body": binascii.b2a_base64(body, newline=False).decode("ascii")})
 
 
 def decode_envelope(raw: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -355,9 +351,7 @@ def run_subscriber_process(
     _procs.run_child(conn, _subscriber_main(conn, expected, deadline_s, node_id, topic))
 
 
-async def _subscriber_main(
-    conn: Connection, expected: int, deadline_s: float, node_id: str, topic: str
-) -> None:
+async def _subscriber_main(conn: Connection, expected: int, deadline_s: float, node_id: str, topic: str) -> None:
     count = 0
     first_ts: float | None = None
     last_ts: float | None = None
@@ -383,7 +377,7 @@ async def _subscriber_main(
         conn.send(address)
         try:
             await asyncio.wait_for(done.wait(), deadline_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass  # report what arrived
         conn.send(("done", count, first_ts, last_ts))
     finally:

@@ -158,11 +158,10 @@ class NatsServer:
         path = self.path
         assert path is not None  # start() checked
         port = _procs.free_port(self.host)
-        self._log = tempfile.TemporaryFile(prefix="nats-server-", suffix=".log")
+        # the server's log lives as long as the server; stop() closes it
+        self._log = tempfile.TemporaryFile(prefix="nats-server-", suffix=".log")  # noqa: SIM115
         cmd = [path, "-a", self.host, "-p", str(port), *self.extra_args]
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         self.port = port
         try:
             deadline = time.monotonic() + self.start_timeout
@@ -343,7 +342,7 @@ async def _subscriber_main(
             try:
                 await asyncio.wait_for(done.wait(), 0.05)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = time.monotonic()
             if now >= hard_deadline:
@@ -405,7 +404,7 @@ class _Subscribers:
                 self.procs.append(proc)
                 proc.start()
                 child_end.close()  # keep only the child's copy, so a dead child reads as EOF
-            for conn, proc in zip(self.conns, self.procs):
+            for conn, proc in zip(self.conns, self.procs, strict=False):
                 reply = _procs.recv_with_timeout(conn, READY_TIMEOUT_S, "'ready'", proc)
                 if reply != ("ready",):
                     raise RuntimeError(f"nats subscriber failed to start: {reply!r}")
@@ -424,7 +423,7 @@ class _Subscribers:
         """The ``done`` reports of every subscriber, in order (bounded by the deadline)."""
         reports = []
         end = time.monotonic() + self.deadline_s + 10.0
-        for conn, proc in zip(self.conns, self.procs):
+        for conn, proc in zip(self.conns, self.procs, strict=False):
             remaining = max(1.0, end - time.monotonic())
             report = _procs.recv_with_timeout(conn, remaining, "the 'done' report", proc)
             if not (isinstance(report, tuple) and report and report[0] == "done"):
@@ -612,9 +611,7 @@ def measure_nats_latency(
     count = int(rate_per_s * seconds)
     total = warmup + count
     with _Subscribers(url, 1, total, mode="latency", deadline_s=timeout) as subs:
-        t0, t_end = _procs.run_on_own_loop(
-            lambda: _publish_paced(url, total, rate_per_s, body_size, timeout)
-        )
+        t0, t_end = _procs.run_on_own_loop(lambda: _publish_paced(url, total, rate_per_s, body_size, timeout))
         subs.broadcast(("published",))
         (report,) = subs.wait_done()
     lat = sorted(report[4][warmup:])

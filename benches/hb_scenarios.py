@@ -188,7 +188,7 @@ class SubscriberNodes:
                 self.procs.append(proc)
                 proc.start()
                 child_end.close()  # keep only the child's copy, so a dead child reads as EOF
-            for conn, proc, k in zip(self.conns, self.procs, self.layout):
+            for conn, proc, k in zip(self.conns, self.procs, self.layout, strict=False):
                 reply = _procs.recv_with_timeout(conn, READY_TIMEOUT_S, "'ready'", proc)
                 if not (isinstance(reply, tuple) and len(reply) == 3 and reply[0] == "ready"):
                     raise RuntimeError(f"hyperbroker subscriber node failed to start: {reply!r}")
@@ -222,7 +222,7 @@ class SubscriberNodes:
             except (OSError, ValueError):  # already gone: its report (or EOF) tells
                 pass
         reports = []
-        for conn, proc in zip(self.conns, self.procs):
+        for conn, proc in zip(self.conns, self.procs, strict=False):
             report = _procs.recv_with_timeout(conn, 30.0, "the 'done' report", proc)
             if not (isinstance(report, tuple) and len(report) == 6 and report[0] == "done"):
                 raise RuntimeError(f"unexpected report from a subscriber node: {report!r}")
@@ -419,7 +419,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-async def _publish_paced(broker: Any, total: int, rate_per_s: float, body_size: int, timeout: float) -> tuple[float, float]:
+async def _publish_paced(
+    broker: Any, total: int, rate_per_s: float, body_size: int, timeout: float
+) -> tuple[float, float]:
     """Open loop, like the nats baseline: message i goes out at t0 + i / rate with ``publish``
     (one message per call), its body starting with the ``perf_counter()`` read just before."""
     pad = bench_body(max(0, body_size - _TS.size))

@@ -79,9 +79,7 @@ class SubscriberProcess:
     def __init__(self, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
         ctx = _procs.spawn_ctx()
         self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(
-            target=run_subscriber_process, args=(send, expected, batch, deadline_s), daemon=True
-        )
+        self.proc = ctx.Process(target=run_subscriber_process, args=(send, expected, batch, deadline_s), daemon=True)
         self.proc.start()
         send.close()
         reply = _procs.recv_with_timeout(self._recv, 60.0, "the subscriber address", self.proc)

@@ -70,7 +70,9 @@ def _subscriber_with_cpu(conn: Connection, url: str, expected: int, deadline_s: 
     baseline_nats.run_subscriber_process(_CpuConn(conn), url, expected, deadline_s=deadline_s)  # type: ignore[arg-type]
 
 
-def measure_nats_cpu(server: baseline_nats.NatsServer, n: int, body_size: int = 128, *, timeout: float = 120.0) -> dict[str, Any]:
+def measure_nats_cpu(
+    server: baseline_nats.NatsServer, n: int, body_size: int = 128, *, timeout: float = 120.0
+) -> dict[str, Any]:
     """1:1 through ``server`` (a started :class:`baseline_nats.NatsServer`): publish ``n``
     messages back to back, flush, wait for the subscriber's last message. Returns the rate (as
     ``measure_nats_throughput``), loss and CPU seconds of server, publisher and subscriber, and

@@ -57,7 +57,7 @@ def plot_throughput(results: dict[str, Any], out: str | Path = DEFAULT_OUT) -> P
         if not xs:
             continue
         ax.plot(xs, ys, label=label, linewidth=2, **style)
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=False):
             ax.annotate(f"{y:,.0f}", (x, y), textcoords="offset points", xytext=(0, dy), ha="center", fontsize=7)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -118,12 +118,12 @@ def markdown(results: dict[str, Any]) -> str:
         "| publisher → | deliveries/s (aggregate) | per subscription msg/s | CPU s per M deliveries |",
         "|---|---:|---:|---:|",
     ]
-    for key, f in (results.get("fanout") or {}).items():
+    for f in (results.get("fanout") or {}).values():
         lines.append(
             f"| hyperbroker: {f['subscriptions']} subscription(s) on {f['nodes']} node(s) | {_r(f['rate'])} | "
             f"{_r(f['per_subscription_rate'])} | {f['cpu_s_per_million']:.2f} |"
         )
-    for key, f in (results.get("fanout_nats") or {}).items():
+    for f in (results.get("fanout_nats") or {}).values():
         lines.append(
             f"| nats: {f['subscribers']} subscriber process(es) | {_r(f['rate'])} | {_r(f['rate_per_subscriber'])} | n/a |"
         )

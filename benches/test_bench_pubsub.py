@@ -10,6 +10,7 @@ import statistics
 from typing import Any
 
 import pytest
+from baseline_aiohttp import measure_aiohttp_throughput
 from conftest import report
 from hb_throughput import (
     TOPIC,
@@ -19,8 +20,6 @@ from hb_throughput import (
     connected_publisher,
     measure_hyperbroker_throughput,
 )
-
-from baseline_aiohttp import measure_aiohttp_throughput
 
 CALLS = 1000
 

@@ -151,13 +151,17 @@ def test_request_round_trips_vs_nats(benchmark: Any, measuring: bool) -> None:
     hb = measure_hyperbroker(sequential, concurrent)
     assert hb[0] > 0 and hb[1] > 0
     if reason:
-        report(f"request(): hyperbroker {hb[0]:,.0f}/s sequential, {hb[1]:,.0f}/s with {IN_FLIGHT} in flight"
-               f" (nats baseline skipped: {reason})")
+        report(
+            f"request(): hyperbroker {hb[0]:,.0f}/s sequential, {hb[1]:,.0f}/s with {IN_FLIGHT} in flight"
+            f" (nats baseline skipped: {reason})"
+        )
         return
     nt = measure_nats(sequential, concurrent)
     benchmark.extra_info.update(
-        hyperbroker_sequential_per_s=hb[0], hyperbroker_concurrent_per_s=hb[1],
-        nats_sequential_per_s=nt[0], nats_concurrent_per_s=nt[1],
+        hyperbroker_sequential_per_s=hb[0],
+        hyperbroker_concurrent_per_s=hb[1],
+        nats_sequential_per_s=nt[0],
+        nats_concurrent_per_s=nt[1],
     )
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the figures are in extra_info
     report(

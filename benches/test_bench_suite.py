@@ -33,10 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import report
-from hb_scenarios import measure_fanout, measure_latency, measure_queue_group
-from hb_throughput import measure_hyperbroker_throughput
-
 from baseline_aiohttp import measure_aiohttp_throughput
 from baseline_nats import (
     NatsServer,
@@ -46,6 +42,9 @@ from baseline_nats import (
     nats_server_path,
     skip_reason,
 )
+from conftest import report
+from hb_scenarios import measure_fanout, measure_latency, measure_queue_group
+from hb_throughput import measure_hyperbroker_throughput
 from nats_cpu import measure_nats_cpu
 
 HERE = Path(__file__).resolve().parent
@@ -210,7 +209,9 @@ def test_fanout(benchmark: Any, measuring: bool, subscriptions: int, nodes: int)
     s.update(subscriptions=subscriptions, nodes=nodes)
     FIGURES["fanout"][f"{subscriptions}x{nodes}"] = s
     benchmark.extra_info.update(
-        aggregate_rate=s["rate"], per_subscription_rate=s["per_subscription_rate"], cpu_s_per_million=s["cpu_s_per_million"]
+        aggregate_rate=s["rate"],
+        per_subscription_rate=s["per_subscription_rate"],
+        cpu_s_per_million=s["cpu_s_per_million"],
     )
     report(
         f"[2] fan-out {subscriptions:>3} subs on {nodes:>2} node(s), n={n:,}: {s['rate']:>9,.0f} deliveries/s "
@@ -297,7 +298,9 @@ def test_latency(benchmark: Any, measuring: bool, nats_server: NatsServer | None
     def line(d: dict[str, Any]) -> str:
         return f"p50 {d['p50_us']:.0f} / p99 {d['p99_us']:.0f} / p99.9 {d['p999_us']:.0f} us"
 
-    nats_txt = f"nats {line(nats)}" + (f" [nats LOST {nats['loss']}]" if nats["loss"] else "") if nats else "nats skipped"
+    nats_txt = (
+        f"nats {line(nats)}" + (f" [nats LOST {nats['loss']}]" if nats["loss"] else "") if nats else "nats skipped"
+    )
     report(
         f"[4] latency at {LATENCY_RATE} msg/s x {seconds:g} s (median of {len(runs)} rounds): "
         f"hyperbroker {line(hb)}; {nats_txt}{_smoke(measuring)}"
@@ -331,8 +334,7 @@ def test_cpu_per_million(benchmark: Any, measuring: bool, nats_server: NatsServe
         nats_txt = (
             f"nats {nats['cpu_s_per_million']:.2f} CPU s/M (server {nats['server_cpu']:.2f} + publisher "
             f"{nats['publisher_cpu']:.2f} + subscriber {nats['subscriber_cpu']:.2f} s) -> hyperbroker uses "
-            f"{hb['cpu_s_per_million'] / nats['cpu_s_per_million']:.2f}x nats' CPU"
-            + _loss_note("nats", nruns)
+            f"{hb['cpu_s_per_million'] / nats['cpu_s_per_million']:.2f}x nats' CPU" + _loss_note("nats", nruns)
         )
     else:
         nats_txt = "nats skipped"
@@ -414,7 +416,7 @@ def _meta(measuring: bool) -> dict[str, Any]:
     except OSError:
         pass
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "measuring": measuring,
         "rounds": _rounds(measuring),
         "cpus": os.cpu_count(),

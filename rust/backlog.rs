@@ -63,13 +63,7 @@ impl<T: Weighted> Backlog<T> {
         Backlog {
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
-            inner: Mutex::new(Inner {
-                topics: HashMap::new(),
-                total_bytes: 0,
-                total_len: 0,
-                next_seq: 0,
-                dropped_total: 0,
-            }),
+            inner: Mutex::new(Inner { topics: HashMap::new(), total_bytes: 0, total_len: 0, next_seq: 0, dropped_total: 0 }),
         }
     }
 
@@ -114,11 +108,7 @@ impl<T: Weighted> Backlog<T> {
         inner.total_len += 1;
         while inner.total_bytes > self.max_bytes {
             // Drop the globally oldest entry: the ring whose front has the smallest sequence.
-            let oldest = inner
-                .topics
-                .iter()
-                .filter_map(|(k, r)| r.items.front().map(|(s, _)| (*s, k.clone())))
-                .min_by_key(|(s, _)| *s);
+            let oldest = inner.topics.iter().filter_map(|(k, r)| r.items.front().map(|(s, _)| (*s, k.clone()))).min_by_key(|(s, _)| *s);
             let Some((_, key)) = oldest else { break };
             if let Some(ring) = inner.topics.get_mut(&key) {
                 if let Some((_, old)) = ring.items.pop_front() {
@@ -223,13 +213,7 @@ impl<T: Weighted> Backlog<T> {
 
     /// Topics that currently hold entries.
     pub fn topics(&self) -> Vec<String> {
-        self.inner
-            .lock()
-            .topics
-            .iter()
-            .filter(|(_, r)| !r.items.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.inner.lock().topics.iter().filter(|(_, r)| !r.items.is_empty()).map(|(k, _)| k.clone()).collect()
     }
 }
 

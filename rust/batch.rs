@@ -120,8 +120,7 @@ pub struct BatchResponse {
 /// The response to a batch: `replies` are (index, reply envelope) of the handlers that returned
 /// a value; each envelope is embedded as the JSON it already is.
 pub fn encode_response(received: usize, failed: Vec<Failure>, replies: &[(usize, Bytes)]) -> Bytes {
-    let mut out =
-        serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec());
+    let mut out = serde_json::to_vec(&BatchResponse { received: Some(received), failed }).unwrap_or_else(|_| b"{\"failed\":[]}".to_vec());
     if !replies.is_empty() && out.last() == Some(&b'}') {
         out.pop();
         out.extend_from_slice(b",\"replies\":[");
@@ -231,7 +230,10 @@ mod tests {
         assert_eq!((d.received, d.failed.len()), (Some(4), 1));
         let replies = decode_replies(&r).unwrap();
         assert_eq!(replies.len(), 2);
-        assert_eq!((replies[0].0, &replies[0].1.header, &replies[0].1.body[..]), (0, &vec![("k".to_string(), "v".to_string())], &b"first"[..]));
+        assert_eq!(
+            (replies[0].0, &replies[0].1.header, &replies[0].1.body[..]),
+            (0, &vec![("k".to_string(), "v".to_string())], &b"first"[..])
+        );
         assert_eq!((replies[1].0, &replies[1].1.body[..]), (3, &b""[..]));
         assert!(decode_replies(br#"{"replies":[{"index":0,"reply":{"Body":1}}]}"#).is_err());
     }

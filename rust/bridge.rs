@@ -36,14 +36,24 @@ pub enum Outcome {
 }
 
 pub enum Item {
-    Event { token: u64, sub_id: String, env: Envelope },
-    Flushed { token: u64, ok: bool },
+    Event {
+        token: u64,
+        sub_id: String,
+        env: Envelope,
+    },
+    Flushed {
+        token: u64,
+        ok: bool,
+    },
     /// a message this broker published was given up after `max_deliveries` handler failures
     DeadLetter(DeadLetter),
     /// the publisher's notice table went from empty to non-empty (`notices.rs`): take it
     Notices,
     /// the answer to the request this broker sent under `token`
-    Answered { token: u64, answer: Answer },
+    Answered {
+        token: u64,
+        answer: Answer,
+    },
 }
 
 struct Queue {

@@ -258,16 +258,10 @@ impl Transport {
             Ok(Ok(r)) => r,
         };
         let status = resp.status().as_u16();
-        let is_envelope = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(REPLY_CONTENT_TYPE));
+        let is_envelope = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(REPLY_CONTENT_TYPE));
         let body = match tokio::time::timeout_at(deadline, Limited::new(resp.into_body(), MAX_REPLY).collect()).await {
             Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => {
-                return Attempt::Done(Answer::Failed { status: 0, error: format!("{addr}: could not read the reply: {e}") })
-            }
+            Ok(Err(e)) => return Attempt::Done(Answer::Failed { status: 0, error: format!("{addr}: could not read the reply: {e}") }),
             Err(_) => return Attempt::Done(Answer::NoAnswer(format!("{addr}: the reply did not arrive in time"))),
         };
         match status {
@@ -342,7 +336,9 @@ mod tests {
             SendResult::Done { failed } => assert_eq!(failed, vec![(1, 500, "boom".to_string())]),
             SendResult::Unreachable(e) => panic!("{e}"),
         }
-        assert!(matches!(batch_result(&encode_response(2, Vec::new(), &[]), 3), SendResult::Unreachable(e) if e.contains("read 2 of the 3")));
+        assert!(
+            matches!(batch_result(&encode_response(2, Vec::new(), &[]), 3), SendResult::Unreachable(e) if e.contains("read 2 of the 3"))
+        );
         assert!(matches!(batch_result(b"not json", 3), SendResult::Unreachable(_)));
         // an older node that does not say how many it read
         assert!(matches!(batch_result(b"{\"failed\":[]}", 3), SendResult::Done { failed } if failed.is_empty()));

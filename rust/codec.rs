@@ -17,9 +17,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 /// Go's `base64.StdEncoding` decoder: padding required, non-zero trailing bits ignored.
 const GO_STD: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_allow_trailing_bits(true)
-        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true).with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
 );
 
 /// Header key that carries the topic in go-micro's HTTP broker.
@@ -72,10 +70,7 @@ impl fmt::Display for CodecError {
             CodecError::InvalidJson(e) => write!(f, "invalid JSON envelope: {e}"),
             CodecError::BadHeader(h) => write!(f, "invalid envelope Header: {h}"),
             CodecError::BadBody(b) => write!(f, "invalid envelope Body: {b}"),
-            CodecError::NoTopic => write!(
-                f,
-                "envelope has no topic: neither a ':topic' nor a 'Micro-Topic' header is set"
-            ),
+            CodecError::NoTopic => write!(f, "envelope has no topic: neither a ':topic' nor a 'Micro-Topic' header is set"),
         }
     }
 }
@@ -113,12 +108,7 @@ pub fn encoded_len_hint<'a>(topic: &str, header: impl Iterator<Item = (&'a str, 
 
 /// Encode one envelope into `out` (appending). A `:topic` key in `header` is ignored: the topic
 /// argument is authoritative.
-pub fn encode_into<'a>(
-    out: &mut Vec<u8>,
-    topic: &str,
-    header: impl Iterator<Item = (&'a str, &'a str)>,
-    body: &[u8],
-) {
+pub fn encode_into<'a>(out: &mut Vec<u8>, topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body: &[u8]) {
     out.extend_from_slice(b"{\"Header\":{\":topic\":");
     write_json_str(out, topic);
     for (k, v) in header {
@@ -144,11 +134,7 @@ pub fn encode_into<'a>(
 }
 
 /// Encode one envelope into a new buffer.
-pub fn encode<'a>(
-    topic: &str,
-    header: impl Iterator<Item = (&'a str, &'a str)> + Clone,
-    body: &[u8],
-) -> Vec<u8> {
+pub fn encode<'a>(topic: &str, header: impl Iterator<Item = (&'a str, &'a str)> + Clone, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(encoded_len_hint(topic, header.clone(), body.len()));
     encode_into(&mut out, topic, header, body);
     out
@@ -181,8 +167,7 @@ impl<'de> DeserializeSeed<'de> for HeaderSeed<'_> {
     type Value = Option<Vec<(String, String)>>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         let fault = self.fault;
-        d.deserialize_any(HeaderVisitor { fault })
-            .map_err(|_| fault.record(CodecError::BadHeader(HeaderFault::NotAnObject)))
+        d.deserialize_any(HeaderVisitor { fault }).map_err(|_| fault.record(CodecError::BadHeader(HeaderFault::NotAnObject)))
     }
 }
 
@@ -353,9 +338,7 @@ fn parse_slow(data: &[u8], first: ParseFailure) -> Result<Decoded, CodecError> {
         let lossy = go_lossy(data);
         return match parse(lossy.as_bytes()) {
             Ok(raw) => Ok(finish(raw)),
-            Err(e) => Err(parse_slow(lossy.as_bytes(), e)
-                .err()
-                .unwrap_or_else(|| CodecError::InvalidJson(first.json.to_string()))),
+            Err(e) => Err(parse_slow(lossy.as_bytes(), e).err().unwrap_or_else(|| CodecError::InvalidJson(first.json.to_string()))),
         };
     }
     let mut first = first;
@@ -439,11 +422,7 @@ pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
         None => String::new(),
     };
     let topic = if topic.is_empty() {
-        header
-            .iter()
-            .find(|(k, _)| k == MICRO_TOPIC_HEADER)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        header.iter().find(|(k, _)| k == MICRO_TOPIC_HEADER).map(|(_, v)| v.clone()).unwrap_or_default()
     } else {
         topic
     };

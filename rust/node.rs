@@ -7,9 +7,9 @@
 //! (`requeue_front*`). The workers that send those batches live in `worker.rs`.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::futures::Notified;

@@ -29,7 +29,15 @@ struct TestNode {
 
 impl TestNode {
     fn spec(&self, id: &str) -> NodeSpec {
-        NodeSpec { id: id.into(), address: self.addr.to_string(), batch: false, secure: false, h2: false, max_body: None, max_deliveries: None }
+        NodeSpec {
+            id: id.into(),
+            address: self.addr.to_string(),
+            batch: false,
+            secure: false,
+            h2: false,
+            max_body: None,
+            max_deliveries: None,
+        }
     }
 
     fn got(&self) -> Vec<String> {

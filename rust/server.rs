@@ -150,10 +150,9 @@ fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<Arc<TopicCo
     let subs = state.subs.read();
     match subs.get(id) {
         None => Err((StatusCode::NOT_FOUND, format!("no subscriber with id {id:?} here"))),
-        Some(s) if s.topic != topic => Err((
-            StatusCode::NOT_FOUND,
-            format!("subscriber {id:?} is subscribed to {:?}, not {topic:?}", s.topic),
-        )),
+        Some(s) if s.topic != topic => {
+            Err((StatusCode::NOT_FOUND, format!("subscriber {id:?} is subscribed to {:?}, not {topic:?}", s.topic)))
+        }
         Some(s) => Ok(s.counters.clone()),
     }
 }
@@ -327,11 +326,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
             return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {max} bytes"));
         }
     }
-    let is_batch = req
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with(batch::CONTENT_TYPE));
+    let is_batch = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(batch::CONTENT_TYPE));
     let Some(incoming) = pending.body.as_mut() else {
         return text(StatusCode::BAD_REQUEST, "the request body was already read");
     };
@@ -532,12 +527,7 @@ where
     let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true).half_close(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(timeout))
-        .keep_alive_timeout(timeout);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(timeout)).keep_alive_timeout(timeout);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
     tokio::select! {

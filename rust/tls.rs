@@ -56,10 +56,7 @@ pub fn self_signed(hosts: &[String]) -> Result<Identity> {
         }
     }
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| Error::tls(format!("could not generate a certificate: {e}")))?;
-    Ok(Identity {
-        certs: vec![ck.cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())),
-    })
+    Ok(Identity { certs: vec![ck.cert.der().clone()], key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der())) })
 }
 
 pub fn identity_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity> {
@@ -69,7 +66,8 @@ pub fn identity_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Identity> {
     if certs.is_empty() {
         return Err(Error::tls("the certificate file holds no PEM certificate"));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::tls(format!("cannot read the private key PEM: {}", pem_reason(&e))))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| Error::tls(format!("cannot read the private key PEM: {}", pem_reason(&e))))?;
     Ok(Identity { certs, key })
 }
 

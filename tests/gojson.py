@@ -23,7 +23,7 @@ def go_quote(s: str) -> str:
         if ch in _GO_SHORT_ESCAPES:
             out.append(_GO_SHORT_ESCAPES[ch])
         elif c < 0x20 or ch in "<>&" or c in (0x2028, 0x2029):
-            out.append("\\u%04x" % c)
+            out.append(f"\\u{c:04x}")
         else:
             out.append(ch)
     out.append('"')

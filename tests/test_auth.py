@@ -12,7 +12,6 @@ import asyncio
 
 import aiohttp
 import pytest
-
 from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, post, until
 
 from hyperbroker import BrokerError
@@ -123,7 +122,7 @@ async def test_publisher_without_token_or_with_wrong_token_loses_nothing(make_br
         assert_counters(st, delivered=10, failed=0, dropped=0, in_flight=0, backlog=0)
 
     # while refused, the reason was visible to the operator (stats()["last_error"])
-    for p, err in errors.items():
+    for err in errors.values():
         assert err is not None and "401" in err, f"last_error while every delivery got 401: {err!r}"
 
 
@@ -200,7 +199,9 @@ async def test_set_auth_tokens_rejects_invalid_tokens(make_broker: MakeBroker) -
     assert b.options.auth_tokens == ["tok"]  # unchanged by the refused calls
 
 
-async def test_set_auth_tokens_takes_a_bare_string_as_one_token(make_broker: MakeBroker, http: aiohttp.ClientSession) -> None:
+async def test_set_auth_tokens_takes_a_bare_string_as_one_token(
+    make_broker: MakeBroker, http: aiohttp.ClientSession
+) -> None:
     """``set_auth_tokens("secret")`` (a str, not a list) must not become ["s", "e", "c", ...]:
     that would make the endpoint accept one-character tokens. Like the ``auth_token`` option,
     a bare string is one token."""

@@ -289,7 +289,8 @@ def test_threads_every_item_accounted_for() -> None:
     assert all(0 <= p < n_pushers and 0 <= i < per_pusher for p, i in keys)
     for t_idx, t in enumerate(topics):
         per_topic = [
-            (p, i) for (p, i) in (tuple(int(x) for x in it.split(b":")[:2]) for it in drained + left[t])
+            (p, i)
+            for (p, i) in (tuple(int(x) for x in it.split(b":")[:2]) for it in drained + left[t])
             if (p + i) % len(topics) == t_idx
         ]
         for p in range(n_pushers):

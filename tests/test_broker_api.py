@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-
 from brokers import LOOPBACK, MakeBroker, until
 
 from hyperbroker import (
@@ -22,8 +21,8 @@ from hyperbroker import (
     Node,
     NotConnectedError,
     Service,
-    Subscriber,
     SubscribeOptions,
+    Subscriber,
 )
 from hyperbroker.registry.base import WatchEvent
 

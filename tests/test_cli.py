@@ -146,7 +146,9 @@ async def test_demo_summary_counts_what_was_delivered(run: Run) -> None:
     assert await c.finish(30) == 0, c.output()
     summary = [ln for ln in c.lines if ln.startswith("[demo] ")]
     assert len(summary) == 1, c.output()
-    m = re.fullmatch(r"\[demo\] 10/10 delivered; publisher stats: delivered=(\d+) dropped=(\d+) backlogged=(\d+)", summary[0])
+    m = re.fullmatch(
+        r"\[demo\] 10/10 delivered; publisher stats: delivered=(\d+) dropped=(\d+) backlogged=(\d+)", summary[0]
+    )
     assert m, summary[0]
     assert (int(m[1]), int(m[2])) == (10, 0), summary[0]
 
@@ -160,7 +162,7 @@ async def test_sub_and_pub(run: Run) -> None:
     assert await sub.finish(15) == 0, sub.output()
     received = [ln for ln in sub.lines if ln.startswith("[sub] received message: ")]
     assert len(received) == 3, sub.output()
-    for ln, body in zip(received, "abc"):
+    for ln, body in zip(received, "abc", strict=False):
         assert ln.startswith(f"[sub] received message: {body} header "), ln
         assert "'k': 'v'" in ln, ln
     assert [ln for ln in pub.lines if ln.startswith("[pub] pubbed message: ")] == [
@@ -180,7 +182,9 @@ async def test_browse_lists_a_running_subscription(run: Run) -> None:
     assert m
     browse = await run("browse", *LO)
     assert await browse.finish(20) == 0, browse.output()
-    assert browse.lines and browse.lines[0].split()[:5] == ["TOPIC", "QUEUE", "NODE", "ADDRESS", "SECURE"], browse.output()
+    assert browse.lines and browse.lines[0].split()[:5] == ["TOPIC", "QUEUE", "NODE", "ADDRESS", "SECURE"], (
+        browse.output()
+    )
     rows = [ln.split() for ln in browse.lines[1:]]
     assert [t, "workers", m["id"], m["addr"], "false"] in rows, browse.output()
     # SIGTERM: the subscriber unsubscribes (goodbye) and exits cleanly

@@ -38,6 +38,7 @@ from hyperbroker import BrokerError, CodecError, decode, encode
 
 # --- a Python model of Go's encoding/json for broker.Message -----------------------------------
 
+
 def go_marshal(header: dict[str, str] | None, body: bytes | None) -> bytes:
     """``json.Marshal(broker.Message{Header: header, Body: body})``; None is Go's nil."""
     if header is None:
@@ -345,7 +346,7 @@ def test_encode_header_is_not_mutated() -> None:
 
 
 def test_encode_special_characters_is_valid_json() -> None:
-    header = {"a<b>&": "\"\\\x00\x1f\u2028\u2029/ ü 😀", "\x7f": ""}
+    header = {"a<b>&": '"\\\x00\x1f\u2028\u2029/ ü 😀', "\x7f": ""}
     enc = encode("t<&>", header, _ALL_BYTES)
     assert json.loads(enc) == {
         "Header": {":topic": "t<&>", **header},
@@ -436,10 +437,14 @@ def test_decode_invalid_json(data: bytes) -> None:
         pytest.param(
             b'{"Header":{":topic":"t","obj":{"a":"b"}}}', r'value of header "obj" is not a string', id="value-object"
         ),
-        pytest.param(b'{"Header":{":topic":"t","arr":["x"]}}', r'value of header "arr" is not a string', id="value-array"),
+        pytest.param(
+            b'{"Header":{":topic":"t","arr":["x"]}}', r'value of header "arr" is not a string', id="value-array"
+        ),
         pytest.param(b'{"Header":{":topic":"t","b":true}}', r'value of header "b" is not a string', id="value-bool"),
         pytest.param(
-            '{"Header":{":topic":"t","件名":1}}'.encode(), r'value of header "件名" is not a string', id="value-non-ascii-key"
+            '{"Header":{":topic":"t","件名":1}}'.encode(),
+            r'value of header "件名" is not a string',
+            id="value-non-ascii-key",
         ),
         pytest.param(b'{"Header":[1]}', r"Header is not an object of strings", id="header-array"),
         pytest.param(b'{"Header":"s"}', r"Header is not an object of strings", id="header-string"),
@@ -461,16 +466,16 @@ def test_decode_bad_header(data: bytes, match: str) -> None:
         pytest.param(b'{"Header":{":topic":"t"},"Body":"QQ"}', r"not valid standard base64", id="missing-padding"),
         pytest.param(b'{"Header":{":topic":"t"},"Body":"Q"}', r"not valid standard base64", id="one-char"),
         pytest.param(b'{"Header":{":topic":"t"},"Body":"Q Q=="}', r"not valid standard base64", id="space-inside"),
-        pytest.param(
-            b'{"Header":{":topic":"t"},"Body":"-_8="}', r"not valid standard base64", id="url-safe-alphabet"
-        ),
+        pytest.param(b'{"Header":{":topic":"t"},"Body":"-_8="}', r"not valid standard base64", id="url-safe-alphabet"),
         pytest.param(
             b'{"Header":{":topic":"t"},"Body":"QQ==QQ=="}', r"not valid standard base64", id="padding-in-middle"
         ),
         pytest.param(b'{"Header":{":topic":"t"},"Body":5}', r"Body is not a base64 string", id="number"),
         pytest.param(b'{"Header":{":topic":"t"},"Body":[1,2]}', r"Body is not a base64 string", id="array"),
         pytest.param(b'{"Header":{":topic":"t"},"Body":true}', r"Body is not a base64 string", id="bool"),
-        pytest.param(b'{"Header":{":topic":"t"},"body":{"a":1}}', r"Body is not a base64 string", id="object-lower-case"),
+        pytest.param(
+            b'{"Header":{":topic":"t"},"body":{"a":1}}', r"Body is not a base64 string", id="object-lower-case"
+        ),
     ],
 )
 def test_decode_bad_body(data: bytes, match: str) -> None:
@@ -533,7 +538,9 @@ def mutated_envelopes(draw: st.DrawFn) -> bytes:
     topic = draw(st.text(min_size=1, max_size=12))
     header = draw(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4))
     body = draw(st.binary(max_size=48))
-    data = bytearray(go_marshal({**header, ":topic": topic}, body) if draw(st.booleans()) else encode(topic, header, body))
+    data = bytearray(
+        go_marshal({**header, ":topic": topic}, body) if draw(st.booleans()) else encode(topic, header, body)
+    )
     for _ in range(draw(st.integers(1, 6))):
         op = draw(st.sampled_from(["flip", "set", "truncate", "delete", "insert"]))
         if not data:
@@ -560,7 +567,12 @@ def _decode_or_codec_error(data: bytes) -> None:
     except CodecError as e:
         assert isinstance(e, BrokerError)
         assert str(e).startswith(
-            ("invalid JSON envelope: ", "invalid envelope Header: ", "invalid envelope Body: ", "envelope has no topic: ")
+            (
+                "invalid JSON envelope: ",
+                "invalid envelope Header: ",
+                "invalid envelope Body: ",
+                "envelope has no topic: ",
+            )
         ), str(e)
         return
     # any other exception propagates and fails the test

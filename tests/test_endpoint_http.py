@@ -124,7 +124,7 @@ async def refused(ep: Endpoint, http: aiohttp.ClientSession, url: str, data: byt
 async def test_valid_envelope_is_handled_before_the_response(ep: Endpoint, http: aiohttp.ClientSession) -> None:
     # the handler sleeps 0.2 s before recording the event: a 200 sent before it ran would
     # arrive with the sink still empty
-    status, text, headers = await post(http, ep.url, envelope(TOPIC, b"hello", {"slow": "0.2", "k": "v"}))
+    status, text, _headers = await post(http, ep.url, envelope(TOPIC, b"hello", {"slow": "0.2", "k": "v"}))
     assert status == 200, text
     assert ep.sink.bodies == [b"hello"]
     ev = ep.sink.events[0]
@@ -156,14 +156,21 @@ BAD_ENVELOPES = [
     pytest.param(b"", "invalid JSON", id="empty-body"),
     pytest.param(b'{"Header": {":topic": "orders.created"}, "Body": ""} trailing', "invalid JSON", id="trailing"),
     pytest.param(
-        b'{"Header": {":topic": "orders.created", "n": 3}, "Body": ""}', 'Header: value of header "n" is not a string',
+        b'{"Header": {":topic": "orders.created", "n": 3}, "Body": ""}',
+        'Header: value of header "n" is not a string',
         id="header-value-number",
     ),
     pytest.param(b'{"Header": ["orders.created"], "Body": ""}', "Header is not an object of strings", id="header-list"),
     pytest.param(b'{"Header": "orders.created", "Body": ""}', "Header is not an object of strings", id="header-string"),
-    pytest.param(b'{"Header": {":topic": "orders.created"}, "Body": "!!notb64"}', "Body is not valid standard base64", id="bad-base64"),
+    pytest.param(
+        b'{"Header": {":topic": "orders.created"}, "Body": "!!notb64"}',
+        "Body is not valid standard base64",
+        id="bad-base64",
+    ),
     pytest.param(b'{"Header": {":topic": "orders.created"}, "Body": "YWI"}', "base64", id="b64-no-padding"),
-    pytest.param(b'{"Header": {":topic": "orders.created"}, "Body": 12}', "Body is not a base64 string", id="body-number"),
+    pytest.param(
+        b'{"Header": {":topic": "orders.created"}, "Body": 12}', "Body is not a base64 string", id="body-number"
+    ),
     pytest.param(b'{"Header": {"k": "v"}, "Body": "aGk="}', "no topic", id="no-topic"),
     pytest.param(b'{"Header": {":topic": ""}, "Body": "aGk="}', "no topic", id="empty-topic"),
     pytest.param(b'{"Body": "aGk="}', "no topic", id="no-header"),
@@ -424,7 +431,7 @@ async def test_batch_over_max_body_is_413(make_endpoint: MakeEndpoint, http: aio
 
 
 def connect_outcome(address: str) -> str:
-    """"refused" when nothing listens at ``address`` any more, else what happened.
+    """ "refused" when nothing listens at ``address`` any more, else what happened.
 
     A plain blocking connect, made at once (no event-loop round trip in between): a listener
     that is closed late is caught in the act.
@@ -440,7 +447,9 @@ def connect_outcome(address: str) -> str:
     return "accepted"
 
 
-async def test_disconnected_endpoint_refuses_connections(make_endpoint: MakeEndpoint, http: aiohttp.ClientSession) -> None:
+async def test_disconnected_endpoint_refuses_connections(
+    make_endpoint: MakeEndpoint, http: aiohttp.ClientSession
+) -> None:
     reg = MemoryRegistry()
     eps = [await make_endpoint(registry=reg) for _ in range(3)]
     assert len({e.broker.address for e in eps}) == 3
@@ -485,8 +494,7 @@ async def test_endpoint_is_closed_when_disconnect_returns(make_endpoint: MakeEnd
         outcomes.append(connect_outcome(address))
     late = [o for o in outcomes if o != "refused"]
     assert not late, (
-        f"{len(late)} of {len(eps)} endpoints still took a connection right after disconnect() "
-        f"returned: {late[:3]}"
+        f"{len(late)} of {len(eps)} endpoints still took a connection right after disconnect() returned: {late[:3]}"
     )
 
 
@@ -496,4 +504,3 @@ async def test_unsubscribed_id_is_404(ep: Endpoint, http: aiohttp.ClientSession)
     status, text, _ = await post(http, ep.url, envelope(TOPIC, b"2"))
     assert status == 404, text
     assert ep.sink.bodies == [b"1"]
-

@@ -10,7 +10,6 @@ import types
 from typing import Any
 
 import pytest
-
 from brokers import MakeBroker, Sink, envelope, until
 
 from hyperbroker import BROADCAST_VERSION, BrokerError, BrokerOptions, MemoryRegistry, Node, Service, _core
@@ -58,19 +57,39 @@ def test_engine_refuses_what_is_not_broker_options(not_options: object) -> None:
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        pytest.param({"max_body": "4MiB"}, r"BrokerOptions\.max_body: 'str' object cannot be interpreted as an integer",
-                     id="str-for-int"),
-        pytest.param({"backlog": 1.5}, r"BrokerOptions\.backlog: 'float' object cannot be interpreted as an integer",
-                     id="float-for-int"),
-        pytest.param({"node_queue": -1}, r"BrokerOptions\.node_queue: can't convert negative int to unsigned",
-                     id="negative-for-unsigned"),
-        pytest.param({"evict_after": 1 << 40}, r"BrokerOptions\.evict_after: out of range integral type conversion", id="over-u32"),
-        pytest.param({"retry_min": "fast"}, r"BrokerOptions\.retry_min: must be real number, not str",
-                     id="str-for-seconds"),
-        pytest.param({"request_timeout": float("inf")}, r"BrokerOptions\.request_timeout: inf seconds is not a usable",
-                     id="infinite-seconds"),
-        pytest.param({"header_read_timeout": -2.0},
-                     r"BrokerOptions\.header_read_timeout: -2 seconds is not a usable duration", id="negative-seconds"),
+        pytest.param(
+            {"max_body": "4MiB"},
+            r"BrokerOptions\.max_body: 'str' object cannot be interpreted as an integer",
+            id="str-for-int",
+        ),
+        pytest.param(
+            {"backlog": 1.5},
+            r"BrokerOptions\.backlog: 'float' object cannot be interpreted as an integer",
+            id="float-for-int",
+        ),
+        pytest.param(
+            {"node_queue": -1},
+            r"BrokerOptions\.node_queue: can't convert negative int to unsigned",
+            id="negative-for-unsigned",
+        ),
+        pytest.param(
+            {"evict_after": 1 << 40},
+            r"BrokerOptions\.evict_after: out of range integral type conversion",
+            id="over-u32",
+        ),
+        pytest.param(
+            {"retry_min": "fast"}, r"BrokerOptions\.retry_min: must be real number, not str", id="str-for-seconds"
+        ),
+        pytest.param(
+            {"request_timeout": float("inf")},
+            r"BrokerOptions\.request_timeout: inf seconds is not a usable",
+            id="infinite-seconds",
+        ),
+        pytest.param(
+            {"header_read_timeout": -2.0},
+            r"BrokerOptions\.header_read_timeout: -2 seconds is not a usable duration",
+            id="negative-seconds",
+        ),
     ],
 )
 def test_engine_refuses_a_wrong_typed_option_naming_it(fields: dict[str, Any], match: str) -> None:
@@ -134,10 +153,9 @@ async def test_max_body_is_the_endpoint_413_threshold(make_broker: MakeBroker) -
         b = await make_broker(max_body=max_body)
         sink = Sink()
         sub = await b.subscribe("limits", sink)
-        async with ClientSession() as http:
-            async with http.post(f"http://{b.address}/_sub?id={sub.id}", data=body) as r:
-                text = await r.text()
-                assert r.status == expect, (max_body, text)
+        async with ClientSession() as http, http.post(f"http://{b.address}/_sub?id={sub.id}", data=body) as r:
+            text = await r.text()
+            assert r.status == expect, (max_body, text)
         if expect == 413:
             assert str(max_body) in text
             assert not sink.ran
@@ -150,10 +168,10 @@ async def test_max_topic_reaches_the_endpoint(make_broker: MakeBroker) -> None:
 
     b = await make_broker(max_topic=12)
     sub = await b.subscribe("twelve.bytes", Sink())
-    async with ClientSession() as http:
-        # the subscription's topic fits; a longer one in the envelope is refused before routing
-        async with http.post(f"http://{b.address}/_sub?id={sub.id}", data=envelope("thirteen.byte", b"")) as r:
-            assert r.status == 400 and "over the limit of 12 bytes" in await r.text()
+    # the subscription's topic fits; a longer one in the envelope is refused before routing
+    url = f"http://{b.address}/_sub?id={sub.id}"
+    async with ClientSession() as http, http.post(url, data=envelope("thirteen.byte", b"")) as r:
+        assert r.status == 400 and "over the limit of 12 bytes" in await r.text()
 
 
 async def test_evict_after_reaches_the_publisher(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
@@ -179,7 +197,9 @@ async def test_evict_after_reaches_the_publisher(make_broker: MakeBroker, regist
 
 
 def test_route_node_from_registry_metadata() -> None:
-    n = RouteNode.from_registry(Node("id1", "10.0.0.1:80", {"batch": "1", "secure": "true", "h2": "1", "max_body": "99"}))
+    n = RouteNode.from_registry(
+        Node("id1", "10.0.0.1:80", {"batch": "1", "secure": "true", "h2": "1", "max_body": "99"})
+    )
     assert n == RouteNode("id1", "10.0.0.1:80", batch=True, secure=True, h2=True, max_body=99)
     plain = RouteNode.from_registry(Node("id2", "10.0.0.2:80"))
     assert plain == RouteNode("id2", "10.0.0.2:80", batch=False, secure=False, h2=False, max_body=None)
@@ -218,4 +238,3 @@ async def test_routes_built_from_the_registry_deliver(make_broker: MakeBroker) -
     await pub.publish("seam.routes", b"over the seam")
     await asyncio.wait_for(pub.flush(), 5)
     assert sink.bodies == [b"over the seam"]
-

@@ -10,7 +10,6 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-
 from brokers import MakeBroker
 
 from hyperbroker import (
@@ -68,7 +67,9 @@ def test_codec_error(data: bytes, message: str) -> None:
         ({"self_signed_hosts": ["127.0.0.1"], "client_auth": True, "ca_pem": b""}, "the CA file holds no PEM"),
     ],
 )
-def test_bad_tls_material_is_a_readable_broker_error(engine: _core.Engine, kwargs: dict[str, object], message: str) -> None:
+def test_bad_tls_material_is_a_readable_broker_error(
+    engine: _core.Engine, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(BrokerError) as ei:
         engine.configure_tls(**kwargs)  # type: ignore[arg-type]
     assert type(ei.value) is BrokerError
@@ -79,8 +80,14 @@ def test_bad_tls_material_is_a_readable_broker_error(engine: _core.Engine, kwarg
     ("ca_pem", "message"),
     [
         (b"no PEM here\n", "the CA file holds no PEM certificate"),
-        (b"-----BEGIN CERTIFICATE-----\nMIIB\n", "cannot read the CA PEM: a PEM section has no end line (-----END CERTIFICATE-----)"),
-        (b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "cannot read the CA PEM: a PEM section is not valid base64"),
+        (
+            b"-----BEGIN CERTIFICATE-----\nMIIB\n",
+            "cannot read the CA PEM: a PEM section has no end line (-----END CERTIFICATE-----)",
+        ),
+        (
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+            "cannot read the CA PEM: a PEM section is not valid base64",
+        ),
     ],
 )
 def test_bad_ca_for_verification_is_a_readable_broker_error(engine: _core.Engine, ca_pem: bytes, message: str) -> None:

@@ -28,6 +28,7 @@ from etcd_util import (
     gw_range,
     start_cluster,
 )
+
 from hyperbroker import (
     BROADCAST_VERSION,
     Broker,
@@ -273,7 +274,10 @@ async def test_watch_sees_nodes_written_by_a_go_service(etcd_server: EtcdServer)
             b'{"name":"topic:go","version":"ff.http.broadcast","metadata":null,"endpoints":null,'
             b'"nodes":[{"id":"go-node-1","address":"127.0.0.1:9","metadata":{"broker":"http","secure":"false"}}]}'
         )
-        b64 = lambda b: base64.b64encode(b).decode()
+
+        def b64(b):
+            return base64.b64encode(b).decode()
+
         await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/kv/put", {"key": b64(key), "value": b64(value)})
         ev = await next_event(w)
         node = Node("go-node-1", "127.0.0.1:9", {"broker": "http", "secure": "false"})
@@ -478,12 +482,13 @@ async def test_brokers_in_two_processes_share_only_etcd(etcd_server: EtcdServer)
             for i in range(40):
                 await pub.publish("jobs", f"j{i}".encode())
             await pub.flush(timeout=10)
-            there_news = lambda: [
-                ln.split(": ", 1)[1].split(" header")[0] for ln in news.lines if "received message" in ln
-            ]
-            there_jobs = lambda: [
-                ln.split(": ", 1)[1].split(" header")[0] for ln in jobs.lines if "received message" in ln
-            ]
+
+            def there_news():
+                return [ln.split(": ", 1)[1].split(" header")[0] for ln in news.lines if "received message" in ln]
+
+            def there_jobs():
+                return [ln.split(": ", 1)[1].split(" header")[0] for ln in jobs.lines if "received message" in ln]
+
             await until(lambda: len(there_news()) == 20 and len(here_news) == 20, 10, "broadcast to both")
             await until(lambda: len(there_jobs()) + len(here_jobs) == 40, 10, "the queue group")
             assert sorted(there_news()) == sorted(here_news) == sorted(f"n{i}" for i in range(20))
@@ -608,14 +613,17 @@ async def test_cli_browse_with_etcd(etcd_server: EtcdServer) -> None:
         # the old words still work, and the environment variable is read
         r = await asyncio.to_thread(_cli, "browse", "--registry", "memory", "--wait", "0")
         assert r.returncode == 0 and "TOPIC" in r.stdout and "node-a" not in r.stdout
-        env_run = lambda: subprocess.run(
-            [sys.executable, "-m", "hyperbroker", "browse", "--wait", "0"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-            env={**os.environ, "HYPERBROKER_REGISTRY": f"etcd://{etcd_server.endpoint}"},
-        )
+
+        def env_run():
+            return subprocess.run(
+                [sys.executable, "-m", "hyperbroker", "browse", "--wait", "0"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+                env={**os.environ, "HYPERBROKER_REGISTRY": f"etcd://{etcd_server.endpoint}"},
+            )
+
         r = await asyncio.to_thread(env_run)
         assert r.returncode == 0 and "node-a" in r.stdout, r.stderr
     finally:
@@ -711,7 +719,7 @@ async def test_etcd_with_user_and_password(etcd_server: EtcdServer) -> None:
     bad = EtcdRegistry([e], username="app", password="wrong", timeout=1)
     try:
         t0 = time.monotonic()
-        with pytest.raises(RegistryError, match="refused this client.*authentication failed"):
+        with pytest.raises(RegistryError, match=r"refused this client.*authentication failed"):
             await bad.register(svc("topic:x", "n"), ttl=5)
         assert time.monotonic() - t0 < 0.9  # at once, not after the timeout
     finally:
@@ -719,7 +727,7 @@ async def test_etcd_with_user_and_password(etcd_server: EtcdServer) -> None:
     # without the right to write outside its prefix
     other = EtcdRegistry([e], prefix="/elsewhere/", username="app", password="app pw", timeout=1)
     try:
-        with pytest.raises(RegistryError, match="refused this client.*permission denied"):
+        with pytest.raises(RegistryError, match=r"refused this client.*permission denied"):
             await other.register(svc("topic:x", "n"), ttl=5)
     finally:
         await other.close()
@@ -729,6 +737,7 @@ async def test_etcd_over_tls_with_client_certificates(tmp_path: Path) -> None:
     if etcd_binary() is None:
         pytest.skip("etcd is not installed (Debian: apt-get install etcd-server)")
     from certs_util import make_ca
+
     from hyperbroker import TLSConfig
 
     ca = make_ca(tmp_path, "etcd-ca")

@@ -29,10 +29,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
+from brokers import MakeBroker, Sink, envelope, post_status, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from brokers import MakeBroker, Sink, envelope, post_status, until
 
 from hyperbroker import Broker, Event, MemoryRegistry
 
@@ -107,7 +106,7 @@ def exchange(address: str, data: bytes, *, finish: str = "read", timeout: float 
             except ConnectionResetError:
                 break
             except TimeoutError:
-                raise AssertionError(f"no end of response within {timeout}s; got {b''.join(chunks)[:200]!r}")
+                raise AssertionError(f"no end of response within {timeout}s; got {b''.join(chunks)[:200]!r}") from None
             if not chunk:
                 break
             chunks.append(chunk)
@@ -116,7 +115,9 @@ def exchange(address: str, data: bytes, *, finish: str = "read", timeout: float 
         s.close()
 
 
-def http_request(method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, chunks: list[int] | None = None) -> bytes:
+def http_request(
+    method: str, target: str, headers: list[tuple[str, str]], body: bytes, *, chunks: list[int] | None = None
+) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1"]
     lines += [f"{k}: {v}" for k, v in headers]
     if chunks is None:
@@ -216,8 +217,18 @@ PCHAR = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@%/"
 QCHAR = PCHAR + "?"
 VALUE = "".join(chr(c) for c in range(0x21, 0x7F)) + " \t"
 RESERVED_HEADERS = {
-    "content-length", "transfer-encoding", "connection", "host", "expect", "upgrade", "te",
-    "trailer", "keep-alive", "proxy-connection", "http2-settings", "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "host",
+    "expect",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+    "content-type",
 }
 
 header_names = st.text(TOKEN, min_size=1, max_size=24).filter(lambda n: n.lower() not in RESERVED_HEADERS)
@@ -362,7 +373,9 @@ def cases(draw: st.DrawFn, sub_id: str) -> Case:
     if kind == "truncated":
         extra = draw(st.integers(1, 4096))
         cut = draw(st.integers(0, len(body)))
-        return Case(kind, "POST", target, headers, body[:cut], None, extra, draw(st.sampled_from(["half_close", "close"])))
+        return Case(
+            kind, "POST", target, headers, body[:cut], None, extra, draw(st.sampled_from(["half_close", "close"]))
+        )
     return Case(kind, "POST", target, headers, body, chunks)
 
 
@@ -448,8 +461,10 @@ def test_fuzz_endpoint_keeps_serving(fuzz_target: tuple[LoopThread, Target]) -> 
     assert {"envelope", "batch", "random", "truncated", "garbage"} <= set(kinds), kinds
     # the run reached the handler, the decoder, the router and the HTTP layer
     assert {200, 400, 404} <= set(statuses), statuses
-    print(f"\nfuzz: {sum(kinds.values())} requests {kinds}; statuses {dict(sorted(statuses.items()))}; "
-          f"{len(target.sent_probes)} probes delivered; handler ran {target.calls} times")
+    print(
+        f"\nfuzz: {sum(kinds.values())} requests {kinds}; statuses {dict(sorted(statuses.items()))}; "
+        f"{len(target.sent_probes)} probes delivered; handler ran {target.calls} times"
+    )
 
 
 async def _stats(b: Broker) -> dict[str, Any]:
@@ -459,7 +474,9 @@ async def _stats(b: Broker) -> dict[str, Any]:
 # --- slowloris --------------------------------------------------------------------------------------
 
 
-async def _dribble(address: str, first: bytes, rest: bytes, period: float, offset: float, limit: float) -> tuple[str, float]:
+async def _dribble(
+    address: str, first: bytes, rest: bytes, period: float, offset: float, limit: float
+) -> tuple[str, float]:
     """Send ``first``, then one byte of ``rest`` every ``period`` seconds (starting at ``offset``)
     for at most ``limit`` seconds, reading all the while. Returns how it ended and when."""
     host, port = hostport(address)
@@ -550,7 +567,7 @@ async def test_silent_and_slow_preface_connections_are_closed_too(make_broker: M
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     tasks = [asyncio.create_task(_dribble(sub_b.address, b"", b"", 1.0, 0.5, 5.0)) for _ in range(10)]
     tasks += [asyncio.create_task(_dribble(sub_b.address, preface[:1], preface[1:], 1.0, 0.5, 5.0)) for _ in range(10)]
-    done, pending = await asyncio.wait(tasks, timeout=10)
+    _done, pending = await asyncio.wait(tasks, timeout=10)
     assert not pending
     silent = [t.result() for t in tasks[:10]]
     preface_r = [t.result() for t in tasks[10:]]
@@ -616,8 +633,14 @@ async def test_topic_over_max_topic_is_400(make_broker: MakeBroker, http: aiohtt
     sub = await b.subscribe(topic, sink)
     url = f"http://{b.address}/_sub?id={sub.id}"
     assert await post_status(http, url, envelope(topic, b"ok")) == (200, "")
-    assert await post_status(http, url, envelope("t" * 17, b"no")) == (400, "topic of 17 bytes is over the limit of 16 bytes")
-    assert await post_status(http, url, envelope("é" * 9, b"no")) == (400, "topic of 18 bytes is over the limit of 16 bytes")
+    assert await post_status(http, url, envelope("t" * 17, b"no")) == (
+        400,
+        "topic of 17 bytes is over the limit of 16 bytes",
+    )
+    assert await post_status(http, url, envelope("é" * 9, b"no")) == (
+        400,
+        "topic of 18 bytes is over the limit of 16 bytes",
+    )
     # in a batch only the offending envelope is refused
     batch = b"\n".join([envelope(topic, b"b1"), envelope("t" * 40, b"no"), envelope(topic, b"b2")])
     status, text = await post_status(http, url, batch, "application/x-ndjson")
@@ -639,12 +662,18 @@ async def test_message_header_limits_are_400(make_broker: MakeBroker, http: aioh
     four = {f"k{i}": "v" for i in range(4)}
     five = {f"k{i}": "v" for i in range(5)}
     assert await post_status(http, url, envelope(TOPIC, b"4", four)) == (200, "")
-    assert await post_status(http, url, envelope(TOPIC, b"5", five)) == (400, "5 header entries are over the limit of 4")
+    assert await post_status(http, url, envelope(TOPIC, b"5", five)) == (
+        400,
+        "5 header entries are over the limit of 4",
+    )
 
     at = {"k": "v" * 63}  # 64 bytes of keys and values
     over = {"k": "v" * 64}
     assert await post_status(http, url, envelope(TOPIC, b"64", at)) == (200, "")
-    assert await post_status(http, url, envelope(TOPIC, b"65", over)) == (400, "header of 65 bytes is over the limit of 64 bytes")
+    assert await post_status(http, url, envelope(TOPIC, b"65", over)) == (
+        400,
+        "header of 65 bytes is over the limit of 64 bytes",
+    )
     assert sink.bodies == [b"4", b"64"]
     st = b.stats()
     assert (st["rejected"], st["received"]) == (2, 2)

@@ -21,9 +21,10 @@ async def test_many_in_flight_deliver_each_message_once(registry: MemoryRegistry
         got.append(ev.message.body)
 
     n = 5000
-    async with Broker(address="127.0.0.1:0", registry=registry, h2=h2, max_batch=16) as sub, Broker(
-        address="127.0.0.1:0", registry=registry, node_inflight=4
-    ) as pub:
+    async with (
+        Broker(address="127.0.0.1:0", registry=registry, h2=h2, max_batch=16) as sub,
+        Broker(address="127.0.0.1:0", registry=registry, node_inflight=4) as pub,
+    ):
         await sub.subscribe("inflight", slowish)
         await pub.wait_for_route("inflight")
         await pub.publish_many("inflight", [str(i).encode() for i in range(n)])

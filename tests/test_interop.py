@@ -103,7 +103,12 @@ async def test_go_encoding_json_message_is_received(make_broker: MakeBroker, htt
         pytest.param({":topic": "go.topic"}, None, id="nil-body"),
         pytest.param({":topic": "go.topic"}, b"", id="empty-body"),
         pytest.param(
-            {":topic": "go.topic", "Content-Type": "application/json", "Micro-Id": str(uuid.uuid4()), "ünï": "çødé ☃ \"q\" \\"},
+            {
+                ":topic": "go.topic",
+                "Content-Type": "application/json",
+                "Micro-Id": str(uuid.uuid4()),
+                "ünï": 'çødé ☃ "q" \\',
+            },
             b'{"name":"John"}',
             id="go-micro-headers-unicode",
         ),
@@ -374,7 +379,9 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
     assert decode_envelope(node.seen[3].body)[1] == b"next"
 
 
-async def test_404_drops_the_node_from_the_route(registry: MemoryRegistry, make_broker: MakeBroker, go_nodes: Any) -> None:
+async def test_404_drops_the_node_from_the_route(
+    registry: MemoryRegistry, make_broker: MakeBroker, go_nodes: Any
+) -> None:
     topic = "vanished"
     answer = {"status": 404}
 
@@ -414,7 +421,9 @@ async def test_queue_group_fails_over_from_a_dead_node(
 ) -> None:
     topic = "work"
     live = await go_nodes()
-    dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
+    dead = Node(
+        id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"}
+    )
     pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead)
 
     expected = [f"job-{i}".encode() for i in range(40)]
@@ -436,8 +445,12 @@ async def test_queue_group_failover_does_not_wait_for_the_dead_nodes_backoff(
     # had queued must move to the live member, not trickle over one message per back-off step
     topic = "work.defaults"
     live = await go_nodes()
-    dead = Node(id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"})
-    pub = await routed_publisher(registry, make_broker, topic, "workers", live.node(), dead, retry_min=0.01, retry_max=2.0)
+    dead = Node(
+        id=f"go.micro.http.broker-{uuid.uuid4()}", address=f"127.0.0.1:{closed_port()}", metadata={"secure": "false"}
+    )
+    pub = await routed_publisher(
+        registry, make_broker, topic, "workers", live.node(), dead, retry_min=0.01, retry_max=2.0
+    )
 
     for i in range(40):
         await pub.publish(topic, f"job-{i}".encode())

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from brokers import MakeBroker, publish_each
 
 from hyperbroker import Broker
 from hyperbroker.registry.mdns import MdnsRegistry
 
 sys.path.insert(0, str(Path(__file__).with_name("helpers")))
-from hb_nodeclient import NodeProc  # noqa: E402
+from hb_nodeclient import NodeProc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,11 +105,11 @@ async def wait_route_count(b: Broker, t: str, n: int, timeout: float) -> float:
 
 def describe(got: list[str], want: list[str]) -> str:
     """What differs between two lists of bodies, briefly."""
-    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), min(len(got), len(want)))
     dup = sorted({x for x in got if got.count(x) > 1})
     return (
         f"{len(got)} received, {len(want)} expected; first difference at index {first}: "
-        f"got {got[first:first + 5]} expected {want[first:first + 5]}; missing "
+        f"got {got[first : first + 5]} expected {want[first : first + 5]}; missing "
         f"{sorted(set(want) - set(got))[:10]}; unexpected {sorted(set(got) - set(want))[:10]}; "
         f"duplicated {dup[:10]}"
     )
@@ -162,7 +161,7 @@ async def test_thousand_in_order_then_goodbye_then_backlog(start_node: StartNode
     await sub_node.call("subscribe", broker="b", sub="s2", topic=t)
     await pub.publish(t, b"after")
     got2 = await sub_node.call("wait_received", sub="s2", count=51, timeout=SEEN_WITHIN)
-    assert got2 == later + ["after"], describe(got2, later + ["after"])
+    assert got2 == [*later, "after"], describe(got2, [*later, "after"])
     await pub.flush(timeout=5)
     st = pub.stats()
     assert st["backlog"] == 0 and st["delivered"] == 1051, st

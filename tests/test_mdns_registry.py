@@ -25,8 +25,8 @@ from hyperbroker.registry.base import (
     Node,
     Registry,
     Service,
-    WatchEvent,
     Watcher,
+    WatchEvent,
 )
 from hyperbroker.registry.mdns import MdnsRegistry
 
@@ -55,9 +55,7 @@ def uid(prefix: str = "n") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-async def next_event(
-    watcher: Watcher, pred: Callable[[WatchEvent], bool], timeout: float
-) -> WatchEvent:
+async def next_event(watcher: Watcher, pred: Callable[[WatchEvent], bool], timeout: float) -> WatchEvent:
     """The first event matching pred, within timeout seconds."""
 
     async def scan() -> WatchEvent:

@@ -104,7 +104,10 @@ async def test_deregister_removes_nodes_and_the_service_goes_with_its_last(reg: 
     await reg.register(svc("topic:t", "v", A, B, C))
     await reg.register(svc("topic:t", "w", A))
     await reg.deregister(svc("topic:t", "v", A))
-    assert summary(await reg.get_service("topic:t")) == [("topic:t", "v", ["node-b", "node-c"]), ("topic:t", "w", ["node-a"])]
+    assert summary(await reg.get_service("topic:t")) == [
+        ("topic:t", "v", ["node-b", "node-c"]),
+        ("topic:t", "w", ["node-a"]),
+    ]
     await reg.deregister(svc("topic:t", "v", B, C))
     assert summary(await reg.get_service("topic:t")) == [("topic:t", "w", ["node-a"])]
     await reg.deregister(svc("topic:t", "w", A))
@@ -149,7 +152,12 @@ async def test_watch_sees_create_update_delete(reg: MemoryRegistry) -> None:
         await no_event(w)
         await reg.register(svc("topic:t", "v", A))
         ev = await next_event(w)
-        assert (ev.action, ev.service.name, ev.service.version, ids(ev.service)) == ("create", "topic:t", "v", ["node-a"])
+        assert (ev.action, ev.service.name, ev.service.version, ids(ev.service)) == (
+            "create",
+            "topic:t",
+            "v",
+            ["node-a"],
+        )
 
         await reg.register(svc("topic:t", "v", B))
         ev = await next_event(w)
@@ -189,8 +197,7 @@ async def test_watch_stop_ends_iteration(reg: MemoryRegistry) -> None:
     seen: list[WatchEvent] = []
 
     async def consume() -> None:
-        async for ev in w:
-            seen.append(ev)
+        seen.extend([ev async for ev in w])
 
     task = asyncio.create_task(consume())
     await reg.register(svc("topic:t", "v", A))

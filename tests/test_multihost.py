@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).with_name("helpers")))
-from hb_nodeclient import NEW_NETNS, NodeError, NodeProc  # noqa: E402
+from hb_nodeclient import NEW_NETNS, NodeError, NodeProc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,7 +92,23 @@ async def hosts(tmp_path: Path) -> AsyncIterator[Hosts]:
             NodeProc.start("hostA", tmp_path, prefix=NEW_NETNS), NodeProc.start("hostB", tmp_path, prefix=NEW_NETNS)
         )
         started += [a, b]
-        _run("nsenter", "-t", str(a.pid), "-n", "ip", "link", "add", "hbA", "type", "veth", "peer", "name", "hbB", "netns", str(b.pid))
+        _run(
+            "nsenter",
+            "-t",
+            str(a.pid),
+            "-n",
+            "ip",
+            "link",
+            "add",
+            "hbA",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "hbB",
+            "netns",
+            str(b.pid),
+        )
         _run("nsenter", "-t", str(a.pid), "-n", "ip", "addr", "add", f"{A_IP}/24", "dev", "hbA")
         _run("nsenter", "-t", str(b.pid), "-n", "ip", "addr", "add", f"{B_IP}/24", "dev", "hbB")
         _run("nsenter", "-t", str(a.pid), "-n", "ip", "link", "set", "hbA", "up")

@@ -12,7 +12,6 @@ import time
 
 import orjson
 import pytest
-
 from brokers import MakeBroker, Sink, assert_counters, publish_each, until
 
 from hyperbroker import (
@@ -47,7 +46,7 @@ async def three_subscribers(
     subs = [await make_broker() for _ in range(3)]
     pub = await make_broker()
     sinks = [Sink() for _ in subs]
-    for s, sink in zip(subs, sinks):
+    for s, sink in zip(subs, sinks, strict=False):
         sub = await s.subscribe(topic, sink, queue=queue)
         assert sub.options.queue == queue
     await wait_routes(pub, topic, 3)
@@ -218,7 +217,9 @@ def dead_node_service(topic: str, queue: str | None = None) -> Service:
     return Service(f"topic:{topic}", queue or BROADCAST_VERSION, (node,))
 
 
-async def test_hard_stopped_subscriber_broadcast_nothing_lost(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
+async def test_hard_stopped_subscriber_broadcast_nothing_lost(
+    make_broker: MakeBroker, registry: MemoryRegistry
+) -> None:
     """A broadcast subscriber died without deregistering (its node stays in the registry, its
     port refuses connections). What is published while no live subscriber exists must reach
     the one that comes up, each message once and in order."""
@@ -243,7 +244,9 @@ async def test_hard_stopped_subscriber_broadcast_nothing_lost(make_broker: MakeB
     assert_counters(st, delivered=n, dropped=0, backlog=0)
 
 
-async def test_dead_broadcast_node_does_not_duplicate_to_live_one(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
+async def test_dead_broadcast_node_does_not_duplicate_to_live_one(
+    make_broker: MakeBroker, registry: MemoryRegistry
+) -> None:
     """Broadcast to a live node and a dead one (still registered): the live node gets each
     message exactly once, whatever happens to the dead node's own copies (each node has its
     own queue and retry state)."""
@@ -537,7 +540,9 @@ async def test_publish_kinds_and_publish_many(make_broker: MakeBroker) -> None:
     assert e[3].message.header == {"x": "1", "y": "two"} and e[3].message.body == b"msg"
     assert e[4].message.header == {"k": "v"} and e[4].message.body == b"with-header"
 
-    count = await pub.publish_many("kinds", ["s", b"b", [1, 2], Message({"h": "1"}, b"m")] + [str(i) for i in range(100)])
+    count = await pub.publish_many(
+        "kinds", ["s", b"b", [1, 2], Message({"h": "1"}, b"m")] + [str(i) for i in range(100)]
+    )
     assert count == 104
     await pub.flush(timeout=5)
     assert len(got.events) == 109

@@ -47,8 +47,12 @@ class Harness:
         self.complete_calls = 0
         self.unsubscribed: list[Subscriber] = []
         self.sub = Subscriber(
-            "hb-test", "t", handler, SubscribeOptions(auto_ack=auto_ack),
-            complete=self._complete, unsubscribe=self._unsubscribe,
+            "hb-test",
+            "t",
+            handler,
+            SubscribeOptions(auto_ack=auto_ack),
+            complete=self._complete,
+            unsubscribe=self._unsubscribe,
         )
 
     def _complete(self, results: list[Result]) -> None:
@@ -276,7 +280,11 @@ async def test_fail_pending_fails_the_queue_and_stops_the_runner() -> None:
     await asyncio.wait_for(started.wait(), 5)
     h.sub.fail_pending("subscriber unsubscribed")
     settled = await h.settled(3)
-    assert sorted(settled) == [(1, "subscriber closing"), (2, "subscriber unsubscribed"), (3, "subscriber unsubscribed")]
+    assert sorted(settled) == [
+        (1, "subscriber closing"),
+        (2, "subscriber unsubscribed"),
+        (3, "subscriber unsubscribed"),
+    ]
     release.set()
     await asyncio.sleep(0.01)
     assert seen == []

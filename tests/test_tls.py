@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from certs_util import CA, Leaf, make_ca
-
 from brokers import MakeBroker, Sink, assert_counters, deliver_numbered, envelope, pick, publish_each, until
+from certs_util import CA, Leaf, make_ca
 
 from hyperbroker import Broker, BrokerError, MemoryRegistry, Subscriber, TLSConfig
 
@@ -105,7 +104,7 @@ async def test_secure_endpoint_serves_https_to_curl_and_refuses_plain_http(
     sub = await sub_b.subscribe(TOPIC, sink)
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
-    rc, code, body, err = await curl(
+    rc, code, _body, err = await curl(
         "-k", "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"via-curl").decode()
     )
     assert (rc, code) == (0, "200"), err
@@ -117,8 +116,13 @@ async def test_secure_endpoint_serves_https_to_curl_and_refuses_plain_http(
 
     # plain HTTP to the HTTPS port: no HTTP response, the handler does not run
     rc, code, _, err = await curl(
-        "-X", "POST", url.replace("https://", "http://"), "-H", "Content-Type: application/json",
-        "-d", envelope(TOPIC, b"plain").decode(),
+        "-X",
+        "POST",
+        url.replace("https://", "http://"),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        envelope(TOPIC, b"plain").decode(),
     )
     assert rc != 0 and code == "000", (rc, code, err)
     assert sink.bodies == [b"via-curl"]
@@ -170,11 +174,15 @@ async def test_ca_verified_delivery(make_broker: MakeBroker, pki: dict[str, Any]
     assert sub_b.stats()["tls_handshake_failures"] == 0
 
     # curl agrees: the server certificate verifies against CA A for 127.0.0.1
-    rc, code, _, err = await curl("--cacert", str(ca.cert), "-X", "POST", f"https://{sub_b.address}/_sub?id=x", "-d", "{}")
+    rc, code, _, err = await curl(
+        "--cacert", str(ca.cert), "-X", "POST", f"https://{sub_b.address}/_sub?id=x", "-d", "{}"
+    )
     assert (rc, code) == (0, "400"), err  # TLS fine; the envelope is not
 
 
-async def _wrong_ca_setup(make_broker: MakeBroker, pki: dict[str, Any], n: int) -> tuple[Broker, Broker, Sink, list[bytes]]:
+async def _wrong_ca_setup(
+    make_broker: MakeBroker, pki: dict[str, Any], n: int
+) -> tuple[Broker, Broker, Sink, list[bytes]]:
     """A subscriber whose certificate is signed by CA B, a publisher that trusts only CA A."""
     srv_b: Leaf = pki["srv_b"]
     ca_a: CA = pki["ca_a"]
@@ -216,7 +224,7 @@ async def test_wrong_ca_is_reported_and_messages_wait_in_backlog(make_broker: Ma
 async def test_wrong_ca_publisher_backs_off(make_broker: MakeBroker, pki: dict[str, Any]) -> None:
     """With retry_max=0.2 s a peer whose certificate never verifies is tried a few times a second,
     not hammered with a fresh TLS handshake every few milliseconds."""
-    sub_b, pub_b, sink, _ = await _wrong_ca_setup(make_broker, pki, 10)
+    sub_b, _pub_b, sink, _ = await _wrong_ca_setup(make_broker, pki, 10)
     await asyncio.sleep(0.5)  # past the first back-off ramp
     h0 = sub_b.stats()["tls_handshake_failures"]
     t0 = time.monotonic()
@@ -281,12 +289,23 @@ async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBro
     url = f"https://{sub_b.address}/_sub?id={sub.id}"
 
     # curl without a client certificate: the handshake is refused
-    rc, code, _, err = await curl("--cacert", str(ca.cert), "-X", "POST", url, "-d", envelope(TOPIC, b"no-cert").decode())
+    rc, code, _, err = await curl(
+        "--cacert", str(ca.cert), "-X", "POST", url, "-d", envelope(TOPIC, b"no-cert").decode()
+    )
     assert rc != 0 and code == "000", (rc, code, err)
     # a certificate from another CA is refused too
     rc, code, _, err = await curl(
-        "--cacert", str(ca.cert), "--cert", str(cli_b.cert), "--key", str(cli_b.key),
-        "-X", "POST", url, "-d", envelope(TOPIC, b"other-ca").decode(),
+        "--cacert",
+        str(ca.cert),
+        "--cert",
+        str(cli_b.cert),
+        "--key",
+        str(cli_b.key),
+        "-X",
+        "POST",
+        url,
+        "-d",
+        envelope(TOPIC, b"other-ca").decode(),
     )
     assert rc != 0 and code == "000", (rc, code, err)
     assert sink.bodies == []
@@ -294,8 +313,19 @@ async def test_mtls_requires_a_client_certificate_of_the_ca(make_broker: MakeBro
 
     # with a certificate signed by the CA: 200 and the handler ran
     rc, code, body, err = await curl(
-        "--cacert", str(ca.cert), "--cert", str(cli.cert), "--key", str(cli.key),
-        "-X", "POST", url, "-H", "Content-Type: application/json", "-d", envelope(TOPIC, b"with-cert").decode(),
+        "--cacert",
+        str(ca.cert),
+        "--cert",
+        str(cli.cert),
+        "--key",
+        str(cli.key),
+        "-X",
+        "POST",
+        url,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        envelope(TOPIC, b"with-cert").decode(),
     )
     assert (rc, code) == (0, "200"), (body, err)
     assert sink.bodies == [b"with-cert"]
@@ -356,48 +386,114 @@ def _bad_configs(pki: dict[str, Any]) -> list[tuple[str, Callable[[], Any], str]
     empty.write_bytes(b"")
     missing = d / "does-not-exist.pem"
     return [
-        ("missing cert file", lambda: TLSConfig(cert_file=missing, key_file=srv.key, ca_file=ca.cert),
-         r"cannot read the certificate file '.*does-not-exist\.pem': No such file"),
-        ("missing key file", lambda: TLSConfig(cert_file=srv.cert, key_file=missing, ca_file=ca.cert),
-         r"cannot read the private key file '.*does-not-exist\.pem': No such file"),
-        ("missing CA file", lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=missing),
-         r"cannot read the CA file '.*does-not-exist\.pem': No such file"),
-        ("missing CA file, verify only", lambda: TLSConfig(ca_file=missing, verify=True),
-         r"cannot read the CA file '.*does-not-exist\.pem'"),
-        ("cert without key", lambda: TLSConfig(cert_file=srv.cert, ca_file=ca.cert),
-         r"needs both cert_file and key_file"),
-        ("key without cert", lambda: TLSConfig(key_file=srv.key, ca_file=ca.cert),
-         r"needs both cert_file and key_file"),
-        ("verify without ca_file", lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, verify=True),
-         r"verify=True or client_auth=True needs ca_file"),
-        ("client_auth without ca_file", lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, verify=False, client_auth=True),
-         r"needs ca_file"),
-        ("client_auth without cert", lambda: TLSConfig(ca_file=ca.cert, client_auth=True),
-         r"client_auth=True needs cert_file and key_file"),
-        ("garbage cert PEM", lambda: TLSConfig(cert_file=garbage, key_file=srv.key, ca_file=ca.cert),
-         r"TLS configuration: the certificate file holds no PEM certificate"),
-        ("empty cert file", lambda: TLSConfig(cert_file=empty, key_file=srv.key, ca_file=ca.cert),
-         r"TLS configuration: the certificate file holds no PEM certificate"),
-        ("corrupt cert PEM", lambda: TLSConfig(cert_file=corrupt, key_file=srv.key, ca_file=ca.cert),
-         r"TLS configuration: cannot read the certificate PEM"),
-        ("garbage key PEM", lambda: TLSConfig(cert_file=srv.cert, key_file=garbage, ca_file=ca.cert),
-         r"TLS configuration: cannot read the private key PEM"),
-        ("cert as key", lambda: TLSConfig(cert_file=srv.cert, key_file=srv.cert, ca_file=ca.cert),
-         r"TLS configuration: cannot read the private key PEM"),
-        ("garbage CA PEM", lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=garbage),
-         r"TLS configuration: the CA file holds no PEM certificate"),
-        ("corrupt CA PEM, verify only", lambda: TLSConfig(ca_file=corrupt, verify=True),
-         r"TLS configuration: cannot read the CA PEM"),
-        ("key of another certificate", lambda: TLSConfig(cert_file=srv.cert, key_file=other.key, ca_file=ca.cert),
-         r"TLS configuration: certificate and key do not fit together"),
+        (
+            "missing cert file",
+            lambda: TLSConfig(cert_file=missing, key_file=srv.key, ca_file=ca.cert),
+            r"cannot read the certificate file '.*does-not-exist\.pem': No such file",
+        ),
+        (
+            "missing key file",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=missing, ca_file=ca.cert),
+            r"cannot read the private key file '.*does-not-exist\.pem': No such file",
+        ),
+        (
+            "missing CA file",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=missing),
+            r"cannot read the CA file '.*does-not-exist\.pem': No such file",
+        ),
+        (
+            "missing CA file, verify only",
+            lambda: TLSConfig(ca_file=missing, verify=True),
+            r"cannot read the CA file '.*does-not-exist\.pem'",
+        ),
+        (
+            "cert without key",
+            lambda: TLSConfig(cert_file=srv.cert, ca_file=ca.cert),
+            r"needs both cert_file and key_file",
+        ),
+        (
+            "key without cert",
+            lambda: TLSConfig(key_file=srv.key, ca_file=ca.cert),
+            r"needs both cert_file and key_file",
+        ),
+        (
+            "verify without ca_file",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, verify=True),
+            r"verify=True or client_auth=True needs ca_file",
+        ),
+        (
+            "client_auth without ca_file",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, verify=False, client_auth=True),
+            r"needs ca_file",
+        ),
+        (
+            "client_auth without cert",
+            lambda: TLSConfig(ca_file=ca.cert, client_auth=True),
+            r"client_auth=True needs cert_file and key_file",
+        ),
+        (
+            "garbage cert PEM",
+            lambda: TLSConfig(cert_file=garbage, key_file=srv.key, ca_file=ca.cert),
+            r"TLS configuration: the certificate file holds no PEM certificate",
+        ),
+        (
+            "empty cert file",
+            lambda: TLSConfig(cert_file=empty, key_file=srv.key, ca_file=ca.cert),
+            r"TLS configuration: the certificate file holds no PEM certificate",
+        ),
+        (
+            "corrupt cert PEM",
+            lambda: TLSConfig(cert_file=corrupt, key_file=srv.key, ca_file=ca.cert),
+            r"TLS configuration: cannot read the certificate PEM",
+        ),
+        (
+            "garbage key PEM",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=garbage, ca_file=ca.cert),
+            r"TLS configuration: cannot read the private key PEM",
+        ),
+        (
+            "cert as key",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=srv.cert, ca_file=ca.cert),
+            r"TLS configuration: cannot read the private key PEM",
+        ),
+        (
+            "garbage CA PEM",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=srv.key, ca_file=garbage),
+            r"TLS configuration: the CA file holds no PEM certificate",
+        ),
+        (
+            "corrupt CA PEM, verify only",
+            lambda: TLSConfig(ca_file=corrupt, verify=True),
+            r"TLS configuration: cannot read the CA PEM",
+        ),
+        (
+            "key of another certificate",
+            lambda: TLSConfig(cert_file=srv.cert, key_file=other.key, ca_file=ca.cert),
+            r"TLS configuration: certificate and key do not fit together",
+        ),
         ("not a TLSConfig", lambda: {"cert_file": str(srv.cert)}, r"tls must be a TLSConfig, got dict"),
     ]
 
 
 _BAD_IDS = [
-    "missing-cert", "missing-key", "missing-ca", "missing-ca-verify-only", "cert-no-key", "key-no-cert",
-    "verify-no-ca", "client-auth-no-ca", "client-auth-no-cert", "garbage-cert", "empty-cert", "corrupt-cert",
-    "garbage-key", "cert-as-key", "garbage-ca", "corrupt-ca-verify-only", "mismatched-key", "not-a-tlsconfig",
+    "missing-cert",
+    "missing-key",
+    "missing-ca",
+    "missing-ca-verify-only",
+    "cert-no-key",
+    "key-no-cert",
+    "verify-no-ca",
+    "client-auth-no-ca",
+    "client-auth-no-cert",
+    "garbage-cert",
+    "empty-cert",
+    "corrupt-cert",
+    "garbage-key",
+    "cert-as-key",
+    "garbage-ca",
+    "corrupt-ca-verify-only",
+    "mismatched-key",
+    "not-a-tlsconfig",
 ]
 
 

@@ -40,7 +40,6 @@ from .sync import SyncBroker, SyncSubscriber
 from .tls import TLSConfig
 
 __all__ = [
-    "__version__",
     "BROADCAST_VERSION",
     "Backlog",
     "Broker",
@@ -62,11 +61,12 @@ __all__ = [
     "RequestTimeoutError",
     "Service",
     "SubscribeOptions",
+    "Subscriber",
     "SyncBroker",
     "SyncSubscriber",
     "TLSConfig",
-    "Subscriber",
     "WatchEvent",
+    "__version__",
     "decode",
     "encode",
 ]

@@ -21,6 +21,7 @@ class CodecError(BrokerError):
 
 def encode(topic: str, header: dict[str, str] | None, body: bytes) -> bytes:
     """Encode a go-micro envelope; CodecError for an empty topic or a non-str header entry."""
+
 def decode(data: bytes) -> tuple[str, dict[str, str], bytes]:
     """Decode a go-micro envelope; CodecError saying what is wrong with bad input."""
 
@@ -48,7 +49,9 @@ class Backlog:
 class Message:
     """A message: string headers and a bytes body (go-micro's ``broker.Message``)."""
 
-    def __new__(cls, header: dict[str, str] | None = None, body: bytes | bytearray | memoryview | None = None) -> Message: ...
+    def __new__(
+        cls, header: dict[str, str] | None = None, body: bytes | bytearray | memoryview | None = None
+    ) -> Message: ...
     @property
     def header(self) -> dict[str, str]: ...
     @header.setter

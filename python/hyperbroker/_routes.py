@@ -65,6 +65,4 @@ class RouteGroup:
 
 def route_groups(services: Iterable[Service]) -> list[RouteGroup]:
     """The route of a topic from its registry services (services without nodes are left out)."""
-    return [
-        RouteGroup(s.version, tuple(RouteNode.from_registry(n) for n in s.nodes)) for s in services if s.nodes
-    ]
+    return [RouteGroup(s.version, tuple(RouteNode.from_registry(n) for n in s.nodes)) for s in services if s.nodes]

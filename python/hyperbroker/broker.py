@@ -138,7 +138,9 @@ class Broker:
         await self.connect()
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.disconnect()
 
     async def connect(self) -> None:
@@ -248,8 +250,10 @@ class Broker:
                 await self._deregister(sub)
             except Exception as e:  # the registry may be gone; still drain
                 log.warning("drain: could not deregister %s: %s", sub.id, e)
-        while engine.pending_deliveries() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        while loop.time() < deadline:
+            if not engine.pending_deliveries():
+                break
+            await asyncio.sleep(0.01)  # the outcomes arrive through the engine: poll its count
         if engine.pending_deliveries():
             log.warning("drain: %d handler call(s) still running at the deadline", engine.pending_deliveries())
         await self._disconnect(max(deadline - loop.time(), 0.0), deregister=False)
@@ -555,9 +559,7 @@ class Broker:
         else:
             if self._tracing is not None:
                 handler = self._tracing.wrap(topic, queue, handler)
-            sub = Subscriber(
-                sub_id, topic, handler, options, complete=self._complete, unsubscribe=self._unsubscribe
-            )
+            sub = Subscriber(sub_id, topic, handler, options, complete=self._complete, unsubscribe=self._unsubscribe)
         engine.add_subscriber(sub_id, topic)
         self._subs[sub_id] = sub
         try:
@@ -819,21 +821,22 @@ def dispatch(
         groups = [(sub_ids[0], events)]
     else:
         by_sub: dict[str, list[Event]] = {}
-        for sub_id, ev in zip(sub_ids, events):
+        for sub_id, ev in zip(sub_ids, events, strict=False):
             run = by_sub.get(sub_id)
             if run is None:
                 by_sub[sub_id] = [ev]
             else:
                 run.append(ev)
         groups = list(by_sub.items())
-    i = 0
+    done = 0
     try:
-        for i, (sub_id, batch) in enumerate(groups):
+        for sub_id, batch in groups:
             sub = subs.get(sub_id)
             if sub is None:
                 failures.extend((ev._token, "subscriber is gone") for ev in batch)
             else:
                 sub.deliver_batch(batch, failures, deferred, replies)
+            done += 1
     except BaseException:
-        failures.extend((ev._token, "handler interrupted") for _, later in groups[i + 1 :] for ev in later)
+        failures.extend((ev._token, "handler interrupted") for _, later in groups[done + 1 :] for ev in later)
         raise

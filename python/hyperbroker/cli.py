@@ -73,9 +73,10 @@ async def _demo(count: int, interval: float, topic: str, registry_url: str = "me
         if received == count:
             done.set()
 
-    async with Broker(address="127.0.0.1:0", registry=registry) as sub_broker, Broker(
-        address="127.0.0.1:0", registry=registry
-    ) as pub_broker:
+    async with (
+        Broker(address="127.0.0.1:0", registry=registry) as sub_broker,
+        Broker(address="127.0.0.1:0", registry=registry) as pub_broker,
+    ):
         await sub_broker.subscribe(topic, on_message)
         for i in range(count):
             msg = Message(header={"id": str(i)}, body=f"{i}: hello from hyperbroker".encode())
@@ -104,7 +105,9 @@ async def _sub(args: argparse.Namespace) -> int:
     def on_message(ev: Event) -> None:
         nonlocal received
         received += 1
-        print(f"[sub] received message: {ev.message.body.decode(errors='replace')} header {ev.message.header}", flush=True)
+        print(
+            f"[sub] received message: {ev.message.body.decode(errors='replace')} header {ev.message.header}", flush=True
+        )
         if args.count and received >= args.count:
             stop.set()
 
@@ -301,7 +304,9 @@ def _net_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hyperbroker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hyperbroker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     cmds = parser.add_subparsers(dest="cmd", required=True)
     demo = cmds.add_parser("demo", help="publish and subscribe in one process (in-memory registry)")
     demo.add_argument("--count", type=int, default=10)

@@ -7,4 +7,4 @@ from __future__ import annotations
 
 from ._core import decode, encode
 
-__all__ = ["encode", "decode"]
+__all__ = ["decode", "encode"]

@@ -7,11 +7,11 @@ from ._core import BrokerError, CodecError
 __all__ = [
     "BrokerError",
     "CodecError",
-    "NotConnectedError",
     "FlushTimeoutError",
+    "NotConnectedError",
     "RegistryError",
-    "RequestTimeoutError",
     "RequestError",
+    "RequestTimeoutError",
 ]
 
 BrokerError.__module__ = "hyperbroker"

@@ -25,7 +25,7 @@ import orjson
 from ._core import Event, Message
 from .errors import BrokerError
 
-__all__ = ["Message", "Event", "decode_body", "to_wire"]
+__all__ = ["Event", "Message", "decode_body", "to_wire"]
 
 T = TypeVar("T")
 

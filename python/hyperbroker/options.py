@@ -196,7 +196,9 @@ class BrokerOptions:
                 raise BrokerError(f"{name} must be callable, got {type(fn).__name__}")
         if not isinstance(self.tracing, bool):
             raise BrokerError(f"tracing must be True or False, got {self.tracing!r}")
-        if self.dead_letter_topic is not None and (not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic):
+        if self.dead_letter_topic is not None and (
+            not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic
+        ):
             raise BrokerError("dead_letter_topic must be a non-empty string or None")
         if isinstance(self.registry, str):
             from .registry.url import parse_url

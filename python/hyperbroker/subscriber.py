@@ -132,7 +132,7 @@ class Subscriber(SubscriptionBase):
         super().__init__(id, topic, options, complete=complete, unsubscribe=unsubscribe)
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)
+            type(handler).__call__  # an object whose __call__ is `async def`
         )
         #: a plain function with auto-ack: it runs right in deliver_batch's loop
         self._inline = not self._is_async and options.auto_ack

@@ -532,9 +532,7 @@ class TestBroker:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         limit = self._max_deliveries if max_deliveries is _UNSET else _check_max_deliveries(max_deliveries)
-        options = SubscribeOptions(
-            queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending
-        )
+        options = SubscribeOptions(queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending)
         sub = TestSubscriber(self, f"hb-test-{self._id}-{next(self._ids)}", topic, handler, options, limit)
         result: TestSubscriber | IterSubscriber = sub
         if handler is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import BrokerError
 
-__all__ = ["TLSConfig", "read_pem", "local_hosts"]
+__all__ = ["TLSConfig", "local_hosts", "read_pem"]
 
 
 @dataclass(frozen=True, slots=True)

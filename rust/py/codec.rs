@@ -57,7 +57,10 @@ fn encode<'py>(py: Python<'py>, topic: &str, header: Option<&Bound<'py, PyDict>>
 }
 
 /// Build the Python `(topic, header, body)` triple of a decoded envelope.
-pub fn envelope_to_py<'py>(py: Python<'py>, env: &codec::Envelope) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>, Bound<'py, PyBytes>)> {
+pub fn envelope_to_py<'py>(
+    py: Python<'py>,
+    env: &codec::Envelope,
+) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>, Bound<'py, PyBytes>)> {
     let h = PyDict::new(py);
     for (k, v) in &env.header {
         h.set_item(k, v)?;

@@ -170,7 +170,15 @@ impl RouteGroup {
         let specs = self
             .nodes
             .into_iter()
-            .map(|n| NodeSpec { id: n.id, address: n.address, batch: n.batch, secure: n.secure, h2: n.h2, max_body: n.max_body, max_deliveries: n.max_deliveries })
+            .map(|n| NodeSpec {
+                id: n.id,
+                address: n.address,
+                batch: n.batch,
+                secure: n.secure,
+                h2: n.h2,
+                max_body: n.max_body,
+                max_deliveries: n.max_deliveries,
+            })
             .collect();
         (self.version, specs)
     }

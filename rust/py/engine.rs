@@ -18,19 +18,18 @@ use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
 use crate::client::Answer;
 use crate::codec;
-use crate::notices;
 use crate::error::Error;
+use crate::metrics::Exporter;
+use crate::notices;
 use crate::publisher::Publisher;
 use crate::runtime;
 use crate::server::{self, ServerHandle, ServerState, Subscription};
-use crate::metrics::Exporter;
 use crate::stats::Stats;
-use crate::topic_stats::TopicStats;
 use crate::tls;
+use crate::topic_stats::TopicStats;
 
 /// What `take()` returns: six parallel-purpose lists (see `take`).
-type Taken<'py> =
-    (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
+type Taken<'py> = (Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>);
 
 #[pyclass(module = "hyperbroker._core", frozen)]
 pub struct Engine {
@@ -144,10 +143,7 @@ impl Engine {
     /// with status 200, else status 0 for no answer in time, or the node's status (500: the
     /// handler raised; 1: the exchange broke after the request went out).
     #[allow(clippy::type_complexity)]
-    fn take<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<Taken<'py>> {
+    fn take<'py>(&self, py: Python<'py>) -> PyResult<Taken<'py>> {
         let items = self.bridge.take();
         let mut taken = self.taken.lock();
         let sub_ids = PyList::empty(py);
@@ -299,8 +295,7 @@ impl Engine {
         py.detach(move || {
             let _g = rt.enter();
             p.set_routes(&topic, groups)
-        })
-        ?;
+        })?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyAny, PyBytes, PyByteArray, PyDict, PyMemoryView, PyString};
+use pyo3::types::{PyAny, PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
 
 /// Message(header=None, body=b"")
 ///
@@ -72,9 +72,8 @@ fn json_of<'py>(py: Python<'py>, body: &Bound<'py, PyBytes>) -> PyResult<Bound<'
 
 /// `hyperbroker.message.decode_body(model, body)`: the typed-body rules live in Python.
 fn decode_of<'py>(py: Python<'py>, model: &Bound<'py, PyAny>, body: &Bound<'py, PyBytes>) -> PyResult<Bound<'py, PyAny>> {
-    let f = DECODE_BODY.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("hyperbroker.message")?.getattr("decode_body")?.unbind())
-    })?;
+    let f = DECODE_BODY
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import("hyperbroker.message")?.getattr("decode_body")?.unbind()) })?;
     f.bind(py).call1((model, body))
 }
 
@@ -213,12 +212,7 @@ impl Event {
         let m = self.message.borrow(py);
         let b = m.body.bind(py);
         let shown = PyBytes::new(py, &b.as_bytes()[..b.as_bytes().len().min(64)]);
-        Ok(format!(
-            "Event(topic={}, header={}, body={})",
-            self.topic.bind(py).repr()?,
-            m.header.bind(py).repr()?,
-            shown.repr()?
-        ))
+        Ok(format!("Event(topic={}, header={}, body={})", self.topic.bind(py).repr()?, m.header.bind(py).repr()?, shown.repr()?))
     }
 }
 

@@ -4,8 +4,8 @@ mod backlog;
 mod codec;
 mod conversion;
 mod engine;
-mod message;
 pub mod errors;
+mod message;
 
 use pyo3::prelude::*;
 

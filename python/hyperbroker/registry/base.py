@@ -15,11 +15,11 @@ __all__ = [
     "BROADCAST_VERSION",
     "SERVICE_PREFIX",
     "Node",
+    "QueueWatcher",
+    "Registry",
     "Service",
     "WatchEvent",
     "Watcher",
-    "QueueWatcher",
-    "Registry",
     "service_name",
     "topic_of",
 ]

@@ -106,10 +106,11 @@ def decode_service(value: bytes) -> tuple[_Key, list[Node]] | None:
     if not isinstance(doc, dict) or not isinstance(doc.get("name"), str) or not doc["name"]:
         return None
     version = doc.get("version")
-    nodes: list[Node] = []
-    for n in doc.get("nodes") or ():
-        if isinstance(n, dict) and isinstance(n.get("id"), str) and isinstance(n.get("address"), str):
-            nodes.append(Node(n["id"], n["address"], _str_map(n.get("metadata"))))
+    nodes = [
+        Node(n["id"], n["address"], _str_map(n.get("metadata")))
+        for n in doc.get("nodes") or ()
+        if isinstance(n, dict) and isinstance(n.get("id"), str) and isinstance(n.get("address"), str)
+    ]
     return (doc["name"], version if isinstance(version, str) else ""), nodes
 
 

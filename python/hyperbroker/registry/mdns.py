@@ -116,9 +116,7 @@ def _split_host_port(address: str) -> tuple[str, int]:
     else:
         host, _, port_text = address.rpartition(":")
         if ":" in host:
-            raise RegistryError(
-                f"node address {address!r}: write an IPv6 address in brackets, e.g. '[::1]:8080'"
-            )
+            raise RegistryError(f"node address {address!r}: write an IPv6 address in brackets, e.g. '[::1]:8080'")
     try:
         port = int(port_text)
     except ValueError:
@@ -283,9 +281,7 @@ class MdnsRegistry:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            raise RegistryError(
-                "MdnsRegistry must first be used inside a running asyncio event loop"
-            ) from None
+            raise RegistryError("MdnsRegistry must first be used inside a running asyncio event loop") from None
         where = "every interface" if self._interfaces is None else f"interfaces={self._interfaces}"
         try:
             self._aiozc = AsyncZeroconf(
@@ -375,9 +371,7 @@ class MdnsRegistry:
                 candidates = [h.split("%", 1)[0]]
             else:
                 try:
-                    infos = await asyncio.get_running_loop().getaddrinfo(
-                        h, None, type=socket.SOCK_STREAM
-                    )
+                    infos = await asyncio.get_running_loop().getaddrinfo(h, None, type=socket.SOCK_STREAM)
                 except OSError as e:
                     raise RegistryError(f"node {node.id!r}: cannot resolve host {h!r}: {e}") from e
                 candidates = [str(i[4][0]).split("%", 1)[0] for i in infos]
@@ -553,9 +547,7 @@ class MdnsRegistry:
             return
         aiozc = await self._ready()
         key = (service.name, service.version)
-        results = await asyncio.gather(
-            *(self._register_node(aiozc, key, *p) for p in planned), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._register_node(aiozc, key, *p) for p in planned), return_exceptions=True)
         self._refresh(node.id.lower() for node, *_ in planned)
         for r in results:
             if isinstance(r, BaseException):
@@ -639,9 +631,7 @@ class MdnsRegistry:
                     "responder; node ids must be unique"
                 ) from e
             except ServiceNameAlreadyRegistered as e:
-                raise RegistryError(
-                    f"node id {node.id!r} is already registered on this zeroconf instance"
-                ) from e
+                raise RegistryError(f"node id {node.id!r} is already registered on this zeroconf instance") from e
             except (ZeroconfError, ValueError, AssertionError) as e:
                 raise RegistryError(f"cannot announce node {node.id!r} over mDNS: {e!r}") from e
             self._withdrawn.discard(lid)
