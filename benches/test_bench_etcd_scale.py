@@ -20,10 +20,10 @@ import pytest
 from conftest import report
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from etcd_util import EtcdServer, etcd_binary  # noqa: E402
+from etcd_util import EtcdServer, etcd_binary
 
-from hyperbroker import Broker, Event  # noqa: E402
-from hyperbroker.registry.etcd import EtcdRegistry  # noqa: E402
+from hyperbroker import Broker, Event
+from hyperbroker.registry.etcd import EtcdRegistry
 
 pytestmark = pytest.mark.timeout(600)
 
