@@ -40,7 +40,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,7 @@ from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import RegistryError
-from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, topic_of
+from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, diff_views, service_of, topic_of
 from .mdns_announce import Announcer
 from .mdns_resolve import Resolver
 
@@ -401,9 +401,7 @@ class MdnsRegistry:
         versions = self._view.get(key[0])
         return None if versions is None else versions.get(key[1])
 
-    @staticmethod
-    def _service(key: _Key, nodes: Mapping[str, Node]) -> Service:
-        return Service(key[0], key[1], tuple(sorted(nodes.values(), key=lambda n: n.id)))
+    _service = staticmethod(service_of)
 
     def _refresh(self, lids: Iterable[str]) -> None:
         """Bring the given nodes' places in the view up to date and tell the watchers what
@@ -431,16 +429,7 @@ class MdnsRegistry:
                 key, node = entry
                 self._view.setdefault(key[0], {}).setdefault(key[1], {})[lid] = node
                 self._placed[lid] = key
-        events: list[WatchEvent] = []
-        for key, old in before.items():
-            new = self._nodes(key)
-            if old is None and new is not None:
-                events.append(WatchEvent("create", self._service(key, new)))
-            elif old is not None and new is None:
-                events.append(WatchEvent("delete", self._service(key, old)))
-            elif old is not None and new is not None and old != new:
-                events.append(WatchEvent("update", self._service(key, new)))
-        for ev in events:
+        for ev in diff_views(before, {key: self._nodes(key) for key in before}):
             for w in list(self._watchers):
                 w.put(ev)
 
