@@ -29,7 +29,7 @@ struct TestNode {
 
 impl TestNode {
     fn spec(&self, id: &str) -> NodeSpec {
-        NodeSpec { id: id.into(), address: self.addr.to_string(), batch: false, secure: false, h2: false, max_body: None, max_deliveries: None }
+        NodeSpec { id: id.into(), address: self.addr.to_string(), batch: false, secure: false, h2: false, max_body: None, max_deliveries: None, path: String::new() }
     }
 
     fn got(&self) -> Vec<String> {
@@ -73,7 +73,7 @@ fn refusing_port() -> (TcpSocket, NodeSpec) {
     let s = TcpSocket::new_v4().unwrap();
     s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = s.local_addr().unwrap().to_string();
-    (s, NodeSpec { id: "a".into(), address, batch: false, secure: false, h2: false, max_body: None, max_deliveries: None })
+    (s, NodeSpec { id: "a".into(), address, batch: false, secure: false, h2: false, max_body: None, max_deliveries: None, path: String::new() })
 }
 
 async fn node(script: &[u16]) -> TestNode {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import itertools
 import logging
@@ -12,11 +13,20 @@ from types import TracebackType
 from typing import Any
 
 from . import _core
-from ._routes import route_groups
+from ._routes import route_groups, topics_of
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
-from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
+from .registry.base import (
+    BROADCAST_VERSION,
+    MICRO_SERVICE,
+    Node,
+    Registry,
+    Service,
+    WatchEvent,
+    service_name,
+    topic_of,
+)
 from .subscriber import SubscribeOptions, Subscriber
 from .tls import local_hosts, read_pem
 
@@ -55,6 +65,8 @@ class Broker:
         self._address: str | None = None
         self._advertised: str | None = None
         self._subs: dict[str, Subscriber] = {}
+        #: topics of the micro.http.broker nodes last seen, per version (see _on_registry_event)
+        self._micro_topics: dict[str, set[str]] = {}
         self._flushes: dict[int, asyncio.Future[bool]] = {}
         self._tokens = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,6 +164,7 @@ class Broker:
         loop.add_reader(engine.wake_fd, self._on_wake)
         try:
             registry = self.registry
+            self._micro_topics.clear()
             self._watcher = registry.watch()
             self._tasks.append(loop.create_task(self._watch_loop(self._watcher), name="hyperbroker-watch"))
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="hyperbroker-heartbeat"))
@@ -426,6 +439,8 @@ class Broker:
         if queue is not None and (not isinstance(queue, str) or not queue):
             raise BrokerError("queue must be a non-empty string or None")
         sub_id = f"hb-{uuid.uuid4().hex}"
+        if self._options.dialect == "micro":
+            sub_id = f"{topic}-{sub_id}"  # current go-micro's node id: <topic>-<broker id>
         sub = Subscriber(
             sub_id,
             topic,
@@ -447,7 +462,7 @@ class Broker:
 
     def _service(self, sub: Subscriber) -> Service:
         assert self._advertised is not None
-        meta = {"secure": "true" if self.secure else "false", "broker": "http"}
+        meta = {"secure": "true" if self.secure else "false", "broker": "http", "topic": sub.topic}
         if self._options.batch:
             meta["batch"] = "1"
         if self._options.h2:
@@ -456,7 +471,8 @@ class Broker:
         if sub.options.max_deliveries is not None:
             meta["max_deliveries"] = str(sub.options.max_deliveries)
         node = Node(sub.id, self._advertised, meta)
-        return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
+        name = MICRO_SERVICE if self._options.dialect == "micro" else service_name(sub.topic)
+        return Service(name, sub.options.queue or BROADCAST_VERSION, (node,))
 
     async def _deregister(self, sub: Subscriber) -> None:
         if self._advertised is None:
@@ -562,16 +578,27 @@ class Broker:
             log.exception("registry watch failed; routes are no longer updated")
 
     async def _on_registry_event(self, ev: WatchEvent) -> None:
-        topic = topic_of(ev.service.name)
-        if topic is None:
+        if ev.service.name == MICRO_SERVICE:
+            # an update carries the new nodes only: the topics of nodes that left are remembered
+            version = ev.service.version
+            now = topics_of(ev.service)
+            changed = self._micro_topics.pop(version, set()) | now
+            if ev.action != "delete":
+                self._micro_topics[version] = now
+            for t in sorted(changed):
+                await self._refresh_topic(t)
             return
-        await self._refresh_topic(topic)
+        topic = topic_of(ev.service.name)
+        if topic is not None:
+            await self._refresh_topic(topic)
 
     async def _refresh_topic(self, topic: str) -> None:
         engine = self._engine
         if engine is None:
             return
-        groups = route_groups(await self.registry.get_service(service_name(topic)))
+        v1 = await self.registry.get_service(service_name(topic))
+        micro = await self.registry.get_service(MICRO_SERVICE)
+        groups = route_groups(v1, micro, topic)
         if self._engine is engine:
             engine.set_routes(topic, groups)
 

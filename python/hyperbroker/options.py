@@ -8,7 +8,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import BrokerError
 from .tls import TLSConfig
@@ -17,13 +17,15 @@ if TYPE_CHECKING:
     from .message import Message
     from .registry.base import Registry
 
-__all__ = ["BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
+__all__ = ["DIALECTS", "BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
 
 #: inclusive upper bounds of the integer options (what their Rust fields can hold, or sensible)
 _INT_MAX = {"evict_after": (1 << 32) - 1, "node_inflight": 256}
 _INT_DEFAULT_MAX = (1 << 63) - 1
 #: longest accepted duration, in seconds (about 31 years: any deadline stays representable)
 _MAX_SECONDS = 1e9
+#: The registry layouts a broker can register its subscriptions in (``BrokerOptions.dialect``).
+DIALECTS = ("v1", "micro")
 
 
 def validate_tokens(tokens: Sequence[str] | None) -> None:
@@ -116,6 +118,11 @@ class BrokerOptions:
         for each message given up after ``max_deliveries``; an exception in it is logged.
     dead_letter_topic: publish each message given up after ``max_deliveries`` to this topic,
         with headers ``X-Hyperbroker-Original-Topic``, ``-Node``, ``-Error``, ``-Deliveries``.
+    dialect: the go-micro registry layout this broker's subscriptions are REGISTERED in:
+        ``"v1"`` (service ``topic:<topic>``, endpoint ``/_sub``; what go-micro v1 and every
+        hyperbroker read) or ``"micro"`` (current go-micro: service ``micro.http.broker``, node
+        id ``<topic>-<id>``, endpoint ``/``). Publishers always read both layouts and the
+        endpoint serves both paths; only current go-micro publishers need ``"micro"``.
     """
 
     address: str = ":0"
@@ -150,6 +157,7 @@ class BrokerOptions:
     max_deliveries: int | None = 10
     on_undeliverable: Callable[[str, Message, str], object] | None = None
     dead_letter_topic: str | None = None
+    dialect: Literal["v1", "micro"] = "v1"
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -166,6 +174,8 @@ class BrokerOptions:
             raise BrokerError(f"on_undeliverable must be callable, got {type(self.on_undeliverable).__name__}")
         if self.dead_letter_topic is not None and (not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic):
             raise BrokerError("dead_letter_topic must be a non-empty string or None")
+        if self.dialect not in DIALECTS:
+            raise BrokerError(f"dialect must be one of {', '.join(map(repr, DIALECTS))}, got {self.dialect!r}")
         if isinstance(self.registry, str):
             from .registry.url import parse_url
 

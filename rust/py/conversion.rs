@@ -144,6 +144,8 @@ struct RouteNode {
     max_body: Option<usize>,
     #[pyo3(attribute)]
     max_deliveries: Option<u32>,
+    #[pyo3(attribute)]
+    path: String,
 }
 
 /// `hyperbroker._routes.RouteGroup`: the nodes of one registry version (a queue group, or the
@@ -162,7 +164,7 @@ impl RouteGroup {
         let specs = self
             .nodes
             .into_iter()
-            .map(|n| NodeSpec { id: n.id, address: n.address, batch: n.batch, secure: n.secure, h2: n.h2, max_body: n.max_body, max_deliveries: n.max_deliveries })
+            .map(|n| NodeSpec { id: n.id, address: n.address, batch: n.batch, secure: n.secure, h2: n.h2, max_body: n.max_body, max_deliveries: n.max_deliveries, path: n.path })
             .collect();
         (self.version, specs)
     }

@@ -6,8 +6,9 @@ carries the service model::
 
     name=topic:orders  topic=orders  version=ff.http.broadcast  path=/_sub  secure=true ...
 
-(``name`` is always present, ``topic`` only for ``topic:`` services; every node metadata entry
-follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
+(``name`` is always present, ``topic`` for ``topic:`` services and nodes with metadata
+``topic``, which it is read back into; ``path`` is ``/`` for ``micro.http.broker``; every other
+node metadata entry follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
 keeps a local cache ``node id -> (name, version, Node)``; ``get_service``/``list_services``
 answer from it and ``watch`` turns its changes into :class:`~.base.WatchEvent` s.
 
@@ -60,7 +61,17 @@ from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import RegistryError
-from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, diff_views, service_of, topic_of
+from .base import (
+    MICRO_SERVICE,
+    SERVICE_PREFIX,
+    Node,
+    QueueWatcher,
+    Service,
+    WatchEvent,
+    diff_views,
+    service_of,
+    topic_of,
+)
 from .mdns_announce import Announcer
 from .mdns_resolve import Resolver
 
@@ -161,8 +172,11 @@ def _txt_properties(service: Service, node: Node) -> dict[str, str]:
     if topic is not None:
         props["topic"] = topic
     props["version"] = service.version
-    props["path"] = _SUB_PATH
+    props["path"] = "/" if service.name == MICRO_SERVICE else _SUB_PATH
     for key, value in node.metadata.items():
+        if key == "topic" and props.get("topic", value) == value:
+            props["topic"] = value  # the broker's metadata topic=<topic> (the TXT topic entry)
+            continue
         if key in _RESERVED_KEYS:
             raise RegistryError(
                 f"node {node.id!r}: metadata key {key!r} is reserved by the mDNS registry "
@@ -515,6 +529,8 @@ class MdnsRegistry:
         if not port or not ips:
             return None
         metadata = {k: v or "" for k, v in props.items() if k not in _RESERVED_KEYS}
+        if props.get("topic"):
+            metadata["topic"] = props["topic"]
         node = Node(info.get_name(), _best_address(ips, port), metadata)
         return (name, version), node
 
