@@ -195,3 +195,18 @@ async def test_endpoint_serves_both_paths_and_topic_keys(make_broker: MakeBroker
     # a Micro-Topic from a current go-micro publisher stays a header, as go-micro hands it on
     assert sink.events[1].message.header == {"Micro-Topic": "paths", "a": "2"}
     assert sink.events[0].message.header == {"a": "1"}
+
+
+def test_mdns_txt_carries_the_topic_metadata() -> None:
+    """The mDNS registry's TXT ``topic`` entry is the node's ``topic`` metadata (read back into
+    it), for both layouts; a conflicting one is refused."""
+    from hyperbroker import RegistryError
+    from hyperbroker.registry.mdns import _txt_properties
+
+    node = micro_node("t-1", "127.0.0.1:1", "t")
+    props = _txt_properties(Service(MICRO_SERVICE, BROADCAST_VERSION, (node,)), node)
+    assert (props["name"], props["topic"], props["path"], props["broker"]) == (MICRO_SERVICE, "t", "/", "http")
+    props = _txt_properties(Service("topic:t", BROADCAST_VERSION, (node,)), node)
+    assert (props["topic"], props["path"]) == ("t", "/_sub")
+    with pytest.raises(RegistryError, match="reserved"):
+        _txt_properties(Service("topic:other", BROADCAST_VERSION, (node,)), node)
