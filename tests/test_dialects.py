@@ -210,3 +210,31 @@ def test_mdns_txt_carries_the_topic_metadata() -> None:
     assert (props["topic"], props["path"]) == ("t", "/_sub")
     with pytest.raises(RegistryError, match="reserved"):
         _txt_properties(Service("topic:other", BROADCAST_VERSION, (node,)), node)
+
+
+async def test_micro_dialect_over_mdns() -> None:
+    """Two brokers on separate MdnsRegistry instances (loopback multicast; run inside
+    ``unshare -rn`` as the other mDNS tests): a micro-layout subscription is found through the
+    node's ``topic`` metadata, which the TXT record carries, and gets what a v1 broker publishes."""
+    from hyperbroker.registry.mdns import MdnsRegistry
+
+    regs = [MdnsRegistry(interfaces=["127.0.0.1"]), MdnsRegistry(interfaces=["127.0.0.1"])]
+    sub_b = Broker(address="127.0.0.1:0", registry=regs[0], dialect="micro", disconnect_timeout=0)
+    pub_b = Broker(address="127.0.0.1:0", registry=regs[1], disconnect_timeout=0)
+    try:
+        await sub_b.connect()
+        await pub_b.connect()
+        sink = Sink()
+        sub = await sub_b.subscribe("mdns.micro", sink)
+        assert await pub_b.wait_for_route("mdns.micro", timeout=10) == 1
+        (svc,) = await regs[1].get_service(MICRO_SERVICE)
+        (node,) = svc.nodes
+        assert node.id == sub.id and node.metadata["topic"] == "mdns.micro" and node.metadata["broker"] == "http"
+        await pub_b.publish("mdns.micro", b"over mdns")
+        await sink.wait(1)
+        assert sink.bodies == [b"over mdns"]
+    finally:
+        await pub_b.disconnect()
+        await sub_b.disconnect()
+        for r in regs:
+            await r.close()

@@ -6,9 +6,10 @@ carries the service model::
 
     name=topic:orders  topic=orders  version=ff.http.broadcast  path=/_sub  secure=true ...
 
-(``name`` is always present, ``topic`` for ``topic:`` services and nodes with metadata
-``topic``, which it is read back into; ``path`` is ``/`` for ``micro.http.broker``; every other
-node metadata entry follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
+(``name`` is always present; ``topic`` for ``topic:`` services and for nodes with metadata
+``topic``, read back into the metadata only for other services such as ``micro.http.broker``
+(a ``topic:`` service's name says it); ``path`` is ``/`` for ``micro.http.broker``; every
+other node metadata entry follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
 keeps a local cache ``node id -> (name, version, Node)``; ``get_service``/``list_services``
 answer from it and ``watch`` turns its changes into :class:`~.base.WatchEvent` s.
 
@@ -529,8 +530,9 @@ class MdnsRegistry:
         if not port or not ips:
             return None
         metadata = {k: v or "" for k, v in props.items() if k not in _RESERVED_KEYS}
-        if props.get("topic"):
-            metadata["topic"] = props["topic"]
+        topic = props.get("topic")
+        if topic and topic_of(name) is None:
+            metadata["topic"] = topic  # a micro.http.broker node's topic: only in its metadata
         node = Node(info.get_name(), _best_address(ips, port), metadata)
         return (name, version), node
 
