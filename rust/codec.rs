@@ -106,13 +106,28 @@ pub fn encoded_len_hint<'a>(topic: &str, header: impl Iterator<Item = (&'a str, 
     32 + topic.len() + h + body_len.div_ceil(3) * 4
 }
 
-/// Encode one envelope into `out` (appending). A `:topic` key in `header` is ignored: the topic
-/// argument is authoritative.
+/// Encode one envelope into `out` (appending), as go-micro v1 writes it (`hyperbroker.encode`).
+/// A `:topic` key in `header` is ignored: the topic argument is authoritative.
 pub fn encode_into<'a>(out: &mut Vec<u8>, topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body: &[u8]) {
+    encode_with(out, topic, header, body, false)
+}
+
+/// Encode one envelope as the publisher sends it: the topic under both `:topic` (go-micro v1
+/// reads it) and `Micro-Topic` (current go-micro reads only that one; v1 passes it on as a
+/// header). `:topic` and `Micro-Topic` keys in `header` are ignored.
+pub fn encode_message_into<'a>(out: &mut Vec<u8>, topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body: &[u8]) {
+    encode_with(out, topic, header, body, true)
+}
+
+fn encode_with<'a>(out: &mut Vec<u8>, topic: &str, header: impl Iterator<Item = (&'a str, &'a str)>, body: &[u8], micro_topic: bool) {
     out.extend_from_slice(b"{\"Header\":{\":topic\":");
     write_json_str(out, topic);
+    if micro_topic {
+        out.extend_from_slice(b",\"Micro-Topic\":");
+        write_json_str(out, topic);
+    }
     for (k, v) in header {
-        if k == TOPIC_HEADER {
+        if k == TOPIC_HEADER || (micro_topic && k == MICRO_TOPIC_HEADER) {
             continue;
         }
         out.push(b',');
@@ -412,6 +427,16 @@ fn replace_lone_surrogates(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Decode one envelope. The returned header no longer contains `:topic`.
 pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
+    decode_with(data, false)
+}
+
+/// Decode an envelope delivered to this broker: as [`decode`], and a `Micro-Topic` that only
+/// repeats `:topic` (what [`encode_message_into`] writes) is not a user header either.
+pub fn decode_message(data: &[u8]) -> Result<Envelope, CodecError> {
+    decode_with(data, true)
+}
+
+fn decode_with(data: &[u8], drop_echo: bool) -> Result<Envelope, CodecError> {
     let decoded = match parse(data) {
         Ok(raw) => finish(raw),
         Err(e) => parse_slow(data, e)?,
@@ -424,6 +449,9 @@ pub fn decode(data: &[u8]) -> Result<Envelope, CodecError> {
     let topic = if topic.is_empty() {
         header.iter().find(|(k, _)| k == MICRO_TOPIC_HEADER).map(|(_, v)| v.clone()).unwrap_or_default()
     } else {
+        if drop_echo {
+            header.retain(|(k, v)| !(k == MICRO_TOPIC_HEADER && *v == topic));
+        }
         topic
     };
     if topic.is_empty() {
@@ -475,6 +503,27 @@ mod tests {
     fn null_or_missing_body_is_empty() {
         assert!(decode(br#"{"Header":{":topic":"t"},"Body":null}"#).unwrap().body.is_empty());
         assert!(decode(br#"{"Header":{":topic":"t"}}"#).unwrap().body.is_empty());
+    }
+
+    #[test]
+    fn message_encoding_carries_both_topic_keys() {
+        let mut out = Vec::new();
+        encode_message_into(&mut out, "t", [("Micro-Topic", "x"), (":topic", "y"), ("k", "v")].into_iter(), b"a");
+        assert_eq!(out, br#"{"Header":{":topic":"t","Micro-Topic":"t","k":"v"},"Body":"YQ=="}"#);
+        // what the endpoint hands on: no echo of the topic
+        let env = decode_message(&out).unwrap();
+        assert_eq!((env.topic.as_str(), env.header), ("t", hdr(&[("k", "v")])));
+        // plain decode keeps what Go's json.Unmarshal keeps
+        assert_eq!(decode(&out).unwrap().header, hdr(&[("Micro-Topic", "t"), ("k", "v")]));
+        // a Micro-Topic that differs from :topic, or stands alone, stays a header
+        let env = decode_message(br#"{"Header":{":topic":"a","Micro-Topic":"b"}}"#).unwrap();
+        assert_eq!((env.topic.as_str(), env.header), ("a", hdr(&[("Micro-Topic", "b")])));
+        let env = decode_message(br#"{"Header":{"Micro-Topic":"new"}}"#).unwrap();
+        assert_eq!((env.topic.as_str(), env.header), ("new", hdr(&[("Micro-Topic", "new")])));
+        // v1 encoding is unchanged
+        let mut v1 = Vec::new();
+        encode_into(&mut v1, "t", [("Micro-Topic", "x")].into_iter(), b"");
+        assert_eq!(v1, br#"{"Header":{":topic":"t","Micro-Topic":"x"},"Body":""}"#);
     }
 
     #[test]

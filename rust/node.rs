@@ -33,6 +33,8 @@ pub struct NodeSpec {
     /// failed handler attempts after which a message is undeliverable for this subscription
     /// (registry metadata `max_deliveries`; None: the publisher's own setting)
     pub max_deliveries: Option<u32>,
+    /// the endpoint path the node serves: `/_sub` (go-micro v1 layout) or `/` (current go-micro)
+    pub path: String,
 }
 
 #[derive(Default)]
@@ -91,7 +93,8 @@ impl NodeLink {
     pub fn new(spec: NodeSpec, topic: Arc<str>, queue_group: Option<String>, batch_cap: usize) -> Result<Self, Error> {
         let scheme = if spec.secure { "https" } else { "http" };
         let id = percent_encode(&spec.id);
-        let uri: hyper::Uri = format!("{scheme}://{}{}?id={id}", spec.address, crate::server::PATH)
+        let path = if spec.path.is_empty() { crate::server::PATH } else { spec.path.as_str() };
+        let uri: hyper::Uri = format!("{scheme}://{}{path}?id={id}", spec.address)
             .parse()
             .map_err(|e| Error::node(format!("node {:?} has an unusable address {:?}: {e}", spec.id, spec.address)))?;
         Ok(NodeLink {
@@ -430,7 +433,16 @@ pub(crate) mod tests {
     use bytes::Bytes;
 
     pub(crate) fn spec(id: &str, batch: bool) -> NodeSpec {
-        NodeSpec { id: id.into(), address: "127.0.0.1:1".into(), batch, secure: false, h2: false, max_body: None, max_deliveries: None }
+        NodeSpec {
+            id: id.into(),
+            address: "127.0.0.1:1".into(),
+            batch,
+            secure: false,
+            h2: false,
+            max_body: None,
+            max_deliveries: None,
+            path: String::new(),
+        }
     }
 
     pub(crate) fn link(id: &str, batch: bool, cap: usize) -> NodeLink {
@@ -452,6 +464,9 @@ pub(crate) mod tests {
     fn uri_names_the_node_percent_encoded() {
         let l = NodeLink::new(spec("a b/ü", false), Arc::from("t"), None, 1).unwrap();
         assert_eq!(l.uri.to_string(), format!("http://127.0.0.1:1{}?id=a%20b%2F%C3%BC", crate::server::PATH));
+        let micro = NodeSpec { path: crate::server::MICRO_PATH.into(), ..spec("t-1", false) };
+        let l = NodeLink::new(micro, Arc::from("t"), None, 1).unwrap();
+        assert_eq!(l.uri.to_string(), "http://127.0.0.1:1/?id=t-1");
         let bad = NodeSpec { address: "no spaces here".into(), ..spec("x", false) };
         assert!(matches!(NodeLink::new(bad, Arc::from("t"), None, 1), Err(Error::Node(_))));
     }

@@ -37,6 +37,7 @@ impl TestNode {
             h2: false,
             max_body: None,
             max_deliveries: None,
+            path: String::new(),
         }
     }
 
@@ -81,7 +82,19 @@ fn refusing_port() -> (TcpSocket, NodeSpec) {
     let s = TcpSocket::new_v4().unwrap();
     s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = s.local_addr().unwrap().to_string();
-    (s, NodeSpec { id: "a".into(), address, batch: false, secure: false, h2: false, max_body: None, max_deliveries: None })
+    (
+        s,
+        NodeSpec {
+            id: "a".into(),
+            address,
+            batch: false,
+            secure: false,
+            h2: false,
+            max_body: None,
+            max_deliveries: None,
+            path: String::new(),
+        },
+    )
 }
 
 async fn node(script: &[u16]) -> TestNode {

@@ -1,4 +1,5 @@
-//! The subscriber endpoint: `POST /_sub?id=<node id>` with a go-micro envelope (or a batch).
+//! The subscriber endpoint: `POST /_sub?id=<node id>` (go-micro v1) or `POST /?id=<node id>`
+//! (current go-micro) with a go-micro envelope (or a batch).
 //!
 //! It answers after the handler ran: 200 handled (with the reply envelope as the body, typed
 //! `REPLY_CONTENT_TYPE`, when the handler returned a value; else empty, as go-micro answers);
@@ -42,9 +43,12 @@ use crate::metrics::Exporter;
 use crate::stats::Stats;
 use crate::topic_stats::TopicCounters;
 
+/// go-micro v1's endpoint path (the `topic:<topic>` registry layout).
 pub const PATH: &str = "/_sub";
 /// Content type of a 200 answer carrying a handler's reply: a go-micro JSON envelope.
 pub const REPLY_CONTENT_TYPE: &str = "application/vnd.hyperbroker.reply+json";
+/// Current go-micro's endpoint path (the `micro.http.broker` registry layout).
+pub const MICRO_PATH: &str = "/";
 
 /// A subscription this endpoint serves (its queue group lives in the registry record only).
 #[derive(Debug, Clone)]
@@ -306,8 +310,8 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
             _ => {}
         }
     }
-    if req.uri.path() != PATH {
-        return text(StatusCode::NOT_FOUND, format!("unknown path {:?}; the endpoint is {PATH}", req.uri.path()));
+    if req.uri.path() != PATH && req.uri.path() != MICRO_PATH {
+        return text(StatusCode::NOT_FOUND, format!("unknown path {:?}; the endpoint is {PATH} or {MICRO_PATH}", req.uri.path()));
     }
     if req.method != Method::POST {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use POST");
@@ -353,7 +357,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     if is_batch {
         return handle_batch(state, id, &body).await;
     }
-    let env = match codec::decode(&body) {
+    let env = match codec::decode_message(&body) {
         Ok(env) => env,
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -396,7 +400,7 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let lines = batch::split(body);
     let received = lines.len();
     for (index, line) in lines.into_iter().enumerate() {
-        match codec::decode(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
+        match codec::decode_message(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
             Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
             Ok(env) => match route_check(state, &id, &env.topic) {
                 Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),

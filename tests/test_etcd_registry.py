@@ -13,8 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from brokers import until
@@ -47,6 +48,8 @@ from hyperbroker.registry.etcd import decode_service, encode_service
 from hyperbroker.registry.url import parse_url
 
 pytestmark = pytest.mark.timeout(90)
+
+T = TypeVar("T")
 
 PREFIX = b"/micro/registry/"
 LOOP = "127.0.0.1:0"
@@ -339,28 +342,45 @@ async def test_keepalive_holds_keys_beyond_the_ttl(etcd_server: EtcdServer) -> N
         await reg.close()
 
 
+async def bounded(aw: Awaitable[T], seconds: float, what: str) -> T:
+    """Await ``aw`` for at most ``seconds``; fail the test naming ``what`` otherwise."""
+    try:
+        return await asyncio.wait_for(aw, seconds)
+    except TimeoutError:
+        pytest.fail(f"timed out after {seconds}s: {what}")
+
+
+async def gw(endpoint: str, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+    return await bounded(asyncio.to_thread(gw_post, endpoint, path, body), 10, what)
+
+
 async def test_lease_lost_is_granted_again_and_keys_put_back(etcd_server: EtcdServer) -> None:
-    """As after a partition longer than the TTL: the lease is gone, the keys come back."""
+    """As after a partition longer than the TTL: the lease is gone, the keys come back.
+
+    Every wait is bounded and names what it waited for (this test once hung in a loaded full run
+    with no clue which await; the one unbounded await was close() awaiting its session task)."""
+    import base64
+
     reg = EtcdRegistry([etcd_server.endpoint])
     reg.watch()  # with a watch running, a key deleted behind its back is noticed
     try:
-        await reg.register(svc("topic:p", "n1"), ttl=3)
-        await reg.register(svc("topic:p", "n2"), ttl=3)
-        (lease,) = {kv["lease"] for kv in (await akeys(etcd_server.endpoint)).values()}
-        await asyncio.to_thread(gw_post, etcd_server.endpoint, "/v3/lease/revoke", {"ID": str(lease)})
-        k = await wait_keys(etcd_server.endpoint, lambda k: len(k) == 2, what="both keys back")
-        (new_lease,) = {kv["lease"] for kv in k.values()}
-        assert new_lease not in (0, lease)
-        # and a key deleted behind its back is put back too
-        import base64
-
-        key = b"/micro/registry/topic:p/n1"
-        await asyncio.to_thread(
-            gw_post, etcd_server.endpoint, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode()}
+        await bounded(reg.register(svc("topic:p", "n1"), ttl=3), 10, "register n1")
+        await bounded(reg.register(svc("topic:p", "n2"), ttl=3), 10, "register n2")
+        k = await wait_keys(etcd_server.endpoint, lambda k: len(k) == 2, what="both keys stored")
+        (lease,) = {kv["lease"] for kv in k.values()}
+        await gw(etcd_server.endpoint, "/v3/lease/revoke", {"ID": str(lease)}, "revoking the lease")
+        k = await wait_keys(
+            etcd_server.endpoint,
+            lambda k: len(k) == 2 and all(kv["lease"] not in (0, lease) for kv in k.values()),
+            what="both keys back under a new lease",
         )
+        assert len({kv["lease"] for kv in k.values()}) == 1
+        # and a key deleted behind its back is put back too
+        key = b"/micro/registry/topic:p/n1"
+        await gw(etcd_server.endpoint, "/v3/kv/deleterange", {"key": base64.b64encode(key).decode()}, "deleting n1")
         await wait_keys(etcd_server.endpoint, lambda k: key in k, what="n1 back")
     finally:
-        await reg.close()
+        await bounded(reg.close(), 15, "EtcdRegistry.close()")
 
 
 async def test_ttl_change_moves_keys_to_a_new_lease(etcd_server: EtcdServer) -> None:

@@ -5,7 +5,9 @@ POSTed to a hyperbroker subscriber. Outbound: an aiohttp web server plays a go-m
 subscriber, registered by hand in the MemoryRegistry the way go-micro registers itself
 (service ``topic:<t>``, version ``ff.http.broadcast`` or the queue name, node
 ``go.micro.http.broker-<uuid>`` with ``secure=false`` and no ``batch`` metadata); it checks
-exactly what our publisher sends and answers what a Go node would (or worse).
+exactly what our publisher sends and answers what a Go node would (or worse). Our publisher
+writes the topic under both ``:topic`` (v1) and ``Micro-Topic`` (current go-micro): a v1 node
+reads the first and hands the second on as a header.
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ async def test_go_subscriber_gets_one_envelope_per_post_in_order(
         assert s.query == {"id": [node.id]}
         assert s.content_type == "application/json"
         header, body = decode_envelope(s.body)
-        assert header == {":topic": topic, "seq": str(i), "Micro-Id": f"id<{i}>&"}
+        assert header == {":topic": topic, "Micro-Topic": topic, "seq": str(i), "Micro-Id": f"id<{i}>&"}
         assert body == f"order-{i}".encode()
     st = pub.stats()
     assert (st["published"], st["delivered"], st["failed"], st["retried"], st["in_flight"]) == (100, 100, 0, 0, 0)
@@ -292,10 +294,10 @@ async def test_go_subscriber_gets_message_headers_and_json_bodies(
     await pub.flush(timeout=10)
     assert len(node.seen) == 2
     h0, b0 = decode_envelope(node.seen[0].body)
-    assert h0 == {":topic": topic, "a": "1"}
+    assert h0 == {":topic": topic, "Micro-Topic": topic, "a": "1"}
     assert b0 == b"\x00\xff binary"
     h1, b1 = decode_envelope(node.seen[1].body)
-    assert h1 == {":topic": topic, "Content-Type": "application/json"}
+    assert h1 == {":topic": topic, "Micro-Topic": topic, "Content-Type": "application/json"}
     assert json.loads(b1) == {"name": "John", "n": [1, 2]}
 
 
@@ -321,7 +323,7 @@ async def test_batch_capable_node_gets_ndjson_batches(
         assert s.content_type == "application/x-ndjson"
         for line in s.body.split(b"\n"):
             header, body = decode_envelope(line)
-            assert header == {":topic": topic, "i": body.decode()[2:]}
+            assert header == {":topic": topic, "Micro-Topic": topic, "i": body.decode()[2:]}
             got.append(body)
     assert got == [f"b-{i}".encode() for i in range(100)]
     assert len(node.seen) < 100, "no POST carried more than one envelope"
@@ -369,7 +371,7 @@ async def test_500_twice_then_200_is_retried(registry: MemoryRegistry, make_brok
 
     assert len(node.seen) == 3
     assert len({s.body for s in node.seen}) == 1
-    assert decode_envelope(node.seen[0].body) == ({":topic": topic, "k": "v"}, b"at-least-once")
+    assert decode_envelope(node.seen[0].body) == ({":topic": topic, "Micro-Topic": topic, "k": "v"}, b"at-least-once")
     st = pub.stats()
     assert_counters(st, delivered=1, retried=2, remote_handler_errors=2, failed=0, in_flight=0)
     # and it keeps working afterwards

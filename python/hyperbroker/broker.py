@@ -12,13 +12,22 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from . import _core
-from ._routes import route_groups
+from ._routes import route_groups, topics_of
 from .callbacks import Events
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
-from .registry.base import BROADCAST_VERSION, Node, Registry, Service, WatchEvent, service_name, topic_of
+from .registry.base import (
+    BROADCAST_VERSION,
+    MICRO_SERVICE,
+    Node,
+    Registry,
+    Service,
+    WatchEvent,
+    service_name,
+    topic_of,
+)
 from .subscriber import Reply, SubscribeOptions, Subscriber, SubscriptionBase
 from .tls import local_hosts, read_pem
 from .tracing import Tracing
@@ -63,6 +72,8 @@ class Broker:
         self._subs: dict[str, SubscriptionBase] = {}
         #: what ``@broker.subscriber(...)`` registered: (topic, handler, subscribe keyword args)
         self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
+        #: topics of the micro.http.broker nodes last seen, per version (see _on_registry_event)
+        self._micro_topics: dict[str, set[str]] = {}
         self._flushes: dict[int, asyncio.Future[bool]] = {}
         self._requests: dict[int, asyncio.Future[Message]] = {}
         self._tokens = itertools.count(1)
@@ -176,6 +187,7 @@ class Broker:
         loop.add_reader(engine.wake_fd, self._on_wake)
         try:
             registry = self.registry
+            self._micro_topics.clear()
             self._watcher = registry.watch()
             self._tasks.append(loop.create_task(self._watch_loop(self._watcher), name="hyperbroker-watch"))
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="hyperbroker-heartbeat"))
@@ -553,6 +565,8 @@ class Broker:
             max_pending=max_pending,
         )
         sub_id = f"hb-{uuid.uuid4().hex}"
+        if self._options.dialect == "micro":
+            sub_id = f"{topic}-{sub_id}"  # current go-micro's node id: <topic>-<broker id>
         sub: Subscriber | IterSubscriber
         if handler is None:
             sub = IterSubscriber(sub_id, topic, options, complete=self._complete, unsubscribe=self._unsubscribe)
@@ -633,7 +647,7 @@ class Broker:
 
     def _service(self, sub: SubscriptionBase) -> Service:
         assert self._advertised is not None
-        meta = {"secure": "true" if self.secure else "false", "broker": "http"}
+        meta = {"secure": "true" if self.secure else "false", "broker": "http", "topic": sub.topic}
         if self._options.batch:
             meta["batch"] = "1"
         if self._options.h2:
@@ -642,7 +656,8 @@ class Broker:
         if sub.options.max_deliveries is not None:
             meta["max_deliveries"] = str(sub.options.max_deliveries)
         node = Node(sub.id, self._advertised, meta)
-        return Service(service_name(sub.topic), sub.options.queue or BROADCAST_VERSION, (node,))
+        name = MICRO_SERVICE if self._options.dialect == "micro" else service_name(sub.topic)
+        return Service(name, sub.options.queue or BROADCAST_VERSION, (node,))
 
     async def _deregister(self, sub: SubscriptionBase) -> None:
         if self._advertised is None:
@@ -760,16 +775,27 @@ class Broker:
             self._events.error(RegistryError(f"registry watch failed; routes are no longer updated: {e}"))
 
     async def _on_registry_event(self, ev: WatchEvent) -> None:
-        topic = topic_of(ev.service.name)
-        if topic is None:
+        if ev.service.name == MICRO_SERVICE:
+            # an update carries the new nodes only: the topics of nodes that left are remembered
+            version = ev.service.version
+            now = topics_of(ev.service)
+            changed = self._micro_topics.pop(version, set()) | now
+            if ev.action != "delete":
+                self._micro_topics[version] = now
+            for t in sorted(changed):
+                await self._refresh_topic(t)
             return
-        await self._refresh_topic(topic)
+        topic = topic_of(ev.service.name)
+        if topic is not None:
+            await self._refresh_topic(topic)
 
     async def _refresh_topic(self, topic: str) -> None:
         engine = self._engine
         if engine is None:
             return
-        groups = route_groups(await self.registry.get_service(service_name(topic)))
+        v1 = await self.registry.get_service(service_name(topic))
+        micro = await self.registry.get_service(MICRO_SERVICE)
+        groups = route_groups(v1, micro, topic)
         if self._engine is engine:
             engine.set_routes(topic, groups)
 

@@ -8,7 +8,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import BrokerError
 from .tls import TLSConfig
@@ -18,13 +18,15 @@ if TYPE_CHECKING:
     from .message import Message
     from .registry.base import Registry
 
-__all__ = ["BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
+__all__ = ["DIALECTS", "BrokerOptions", "check_max_deliveries", "parse_address", "validate_tokens"]
 
 #: inclusive upper bounds of the integer options (what their Rust fields can hold, or sensible)
 _INT_MAX = {"evict_after": (1 << 32) - 1, "node_inflight": 256}
 _INT_DEFAULT_MAX = (1 << 63) - 1
 #: longest accepted duration, in seconds (about 31 years: any deadline stays representable)
 _MAX_SECONDS = 1e9
+#: The registry layouts a broker can register its subscriptions in (``BrokerOptions.dialect``).
+DIALECTS = ("v1", "micro")
 
 
 def validate_tokens(tokens: Sequence[str] | None) -> None:
@@ -137,6 +139,11 @@ class BrokerOptions:
         Per-topic counters (:meth:`Broker.topic_stats`) and ``GET /healthz`` are always there.
     metrics_max_topics: topics with counters of their own; the others are summed under the
         topic ``"_other"`` (bounds the memory and the label cardinality).
+    dialect: the go-micro registry layout this broker's subscriptions are REGISTERED in:
+        ``"v1"`` (service ``topic:<topic>``, endpoint ``/_sub``; what go-micro v1 and every
+        hyperbroker read) or ``"micro"`` (current go-micro: service ``micro.http.broker``, node
+        id ``<topic>-<id>``, endpoint ``/``). Publishers always read both layouts and the
+        endpoint serves both paths; only current go-micro publishers need ``"micro"``.
     """
 
     address: str = ":0"
@@ -178,6 +185,7 @@ class BrokerOptions:
     on_evict: Callable[[str, str], object] | None = None
     metrics: bool = False
     metrics_max_topics: int = 1000
+    dialect: Literal["v1", "micro"] = "v1"
 
     @property
     def auth_tokens(self) -> list[str]:
@@ -200,6 +208,8 @@ class BrokerOptions:
             not isinstance(self.dead_letter_topic, str) or not self.dead_letter_topic
         ):
             raise BrokerError("dead_letter_topic must be a non-empty string or None")
+        if self.dialect not in DIALECTS:
+            raise BrokerError(f"dialect must be one of {', '.join(map(repr, DIALECTS))}, got {self.dialect!r}")
         if isinstance(self.registry, str):
             from .registry.url import parse_url
 

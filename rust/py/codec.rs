@@ -30,15 +30,24 @@ pub fn header_pairs<'py>(header: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(B
     Ok(out)
 }
 
-/// Encode appending to `out`, reading the header straight from a Python dict.
+/// Encode a published message appending to `out` (the topic under `:topic` and `Micro-Topic`,
+/// `codec::encode_message_into`), reading the header straight from a Python dict.
 pub fn encode_py_into(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<()> {
+    encode_py_with(out, topic, header, body, true)
+}
+
+fn encode_py_with(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8], both_keys: bool) -> PyResult<()> {
     let pairs = header_pairs(header)?;
     let mut strs: Vec<(&str, &str)> = Vec::with_capacity(pairs.len());
     for (k, v) in &pairs {
         strs.push((k.to_str()?, v.to_str()?));
     }
-    out.reserve(codec::encoded_len_hint(topic, strs.iter().copied(), body.len()));
-    codec::encode_into(out, topic, strs.iter().copied(), body);
+    out.reserve(codec::encoded_len_hint(topic, strs.iter().copied(), body.len()) + if both_keys { topic.len() + 16 } else { 0 });
+    if both_keys {
+        codec::encode_message_into(out, topic, strs.iter().copied(), body);
+    } else {
+        codec::encode_into(out, topic, strs.iter().copied(), body);
+    }
     Ok(())
 }
 
@@ -52,7 +61,7 @@ fn encode<'py>(py: Python<'py>, topic: &str, header: Option<&Bound<'py, PyDict>>
         return Err(super::errors::CodecError::new_err("topic must not be empty"));
     }
     let mut out = Vec::new();
-    encode_py_into(&mut out, topic, header, body)?;
+    encode_py_with(&mut out, topic, header, body, false)?;
     Ok(PyBytes::new(py, &out))
 }
 

@@ -152,6 +152,8 @@ struct RouteNode {
     max_body: Option<usize>,
     #[pyo3(attribute)]
     max_deliveries: Option<u32>,
+    #[pyo3(attribute)]
+    path: String,
 }
 
 /// `hyperbroker._routes.RouteGroup`: the nodes of one registry version (a queue group, or the
@@ -178,6 +180,7 @@ impl RouteGroup {
                 h2: n.h2,
                 max_body: n.max_body,
                 max_deliveries: n.max_deliveries,
+                path: n.path,
             })
             .collect();
         (self.version, specs)

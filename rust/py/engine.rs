@@ -189,7 +189,7 @@ impl Engine {
                 Item::DeadLetter(d) => {
                     // it was encoded by this broker: it decodes (a failure would be a bug; the
                     // letter is then reported with the raw envelope as its body)
-                    let (header, body) = match codec::decode(&d.envelope) {
+                    let (header, body) = match codec::decode_message(&d.envelope) {
                         Ok(env) => (env.header, env.body),
                         Err(_) => (Vec::new(), d.envelope.to_vec()),
                     };

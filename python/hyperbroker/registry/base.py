@@ -1,7 +1,15 @@
 """The registry model (go-micro's): services, nodes, watch events, and the Registry protocol.
 
-A subscription is announced as the service ``topic:<topic>`` whose version is the queue name (or
-``ff.http.broadcast`` for a broadcast subscription) with one node ``{id, address, metadata}``.
+A subscription is announced in one of go-micro's two HTTP-broker layouts, its version being the
+queue name (or ``ff.http.broadcast`` for a broadcast subscription), with one node
+``{id, address, metadata}``:
+
+- v1: the service ``topic:<topic>``, endpoint path ``/_sub``;
+- current go-micro: the service ``micro.http.broker`` for every topic, node id
+  ``<topic>-<id>``, node metadata ``broker=http`` and ``topic=<topic>``, endpoint path ``/``.
+
+This module also owns how a registry's view (service key -> nodes) becomes watch events
+(:func:`diff_views`).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "BROADCAST_VERSION",
+    "MICRO_SERVICE",
     "SERVICE_PREFIX",
     "Node",
     "QueueWatcher",
@@ -20,14 +29,18 @@ __all__ = [
     "Service",
     "WatchEvent",
     "Watcher",
+    "diff_views",
     "service_name",
+    "service_of",
     "topic_of",
 ]
 
 #: The version go-micro gives a broadcast (non-queue) subscription.
 BROADCAST_VERSION = "ff.http.broadcast"
-#: Every subscription service is named ``topic:<topic>``.
+#: In go-micro v1's layout every subscription service is named ``topic:<topic>``.
 SERVICE_PREFIX = "topic:"
+#: In current go-micro's layout every subscription is a node of this one service.
+MICRO_SERVICE = "micro.http.broker"
 
 
 def service_name(topic: str) -> str:
@@ -36,7 +49,7 @@ def service_name(topic: str) -> str:
 
 
 def topic_of(name: str) -> str | None:
-    """The topic of a subscription service name, or None for other services."""
+    """The topic of a v1 subscription service name, or None for other services."""
     if name.startswith(SERVICE_PREFIX):
         return name[len(SERVICE_PREFIX) :]
     return None
@@ -70,6 +83,33 @@ class WatchEvent:
 
     action: Literal["create", "update", "delete"]
     service: Service
+
+
+ServiceKey = tuple[str, str]
+"""A service's (name, version)."""
+
+
+def service_of(key: ServiceKey, nodes: Mapping[str, Node]) -> Service:
+    """The service ``key`` with ``nodes`` (by node id), its nodes sorted by id."""
+    return Service(key[0], key[1], tuple(sorted(nodes.values(), key=lambda n: n.id)))
+
+
+def diff_views(
+    old: Mapping[ServiceKey, Mapping[str, Node] | None], new: Mapping[ServiceKey, Mapping[str, Node] | None]
+) -> list[WatchEvent]:
+    """The watch events that turn the view ``old`` into ``new`` (service key -> nodes by id; a
+    key absent or None has no service): "create", "update" with the new nodes, or "delete"
+    with the old ones, one per service that changed."""
+    events: list[WatchEvent] = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        before, after = old.get(key), new.get(key)
+        if before is None and after is not None:
+            events.append(WatchEvent("create", service_of(key, after)))
+        elif before is not None and after is None:
+            events.append(WatchEvent("delete", service_of(key, before)))
+        elif before is not None and after is not None and before != after:
+            events.append(WatchEvent("update", service_of(key, after)))
+    return events
 
 
 @runtime_checkable

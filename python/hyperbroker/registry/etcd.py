@@ -55,7 +55,7 @@ import orjson
 
 from ..errors import RegistryError
 from ..tls import TLSConfig, read_pem
-from .base import Node, QueueWatcher, Service, WatchEvent
+from .base import Node, QueueWatcher, Service, WatchEvent, diff_views, service_of
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "EtcdRegistry", "decode_service", "encode_service"]
 
@@ -452,25 +452,12 @@ class EtcdRegistry:
             view.setdefault(skey, {})[node.id] = node
         return view
 
-    @staticmethod
-    def _service(key: _Key, nodes: Mapping[str, Node]) -> Service:
-        return Service(key[0], key[1], tuple(sorted(nodes.values(), key=lambda n: n.id)))
+    _service = staticmethod(service_of)
 
     def _refresh(self) -> None:
         """Recompute the view; tell the watchers what changed (a delete carries the old nodes)."""
-        old, new = self._view, self._compute_view()
-        self._view = new
-        events: list[WatchEvent] = []
-        for key, nodes in new.items():
-            before = old.get(key)
-            if before is None:
-                events.append(WatchEvent("create", self._service(key, nodes)))
-            elif before != nodes:
-                events.append(WatchEvent("update", self._service(key, nodes)))
-        for key, nodes in old.items():
-            if key not in new:
-                events.append(WatchEvent("delete", self._service(key, nodes)))
-        for ev in events:
+        old, self._view = self._view, self._compute_view()
+        for ev in diff_views(old, self._view):
             for w in list(self._watchers):
                 w.put(ev)
 
@@ -579,6 +566,11 @@ class EtcdRegistry:
         try:
             while True:
                 wake.clear()
+                if self._closed:
+                    # close() cancelled this task, but a cancellation can be lost: on Python
+                    # <= 3.11 asyncio.wait_for returns the inner result instead of raising
+                    # CancelledError when the inner call completes as it is cancelled
+                    return
                 if self._lost is not None:
                     raise _SessionLost(str(self._lost))
                 if self._want_watch and watch is None:
@@ -897,8 +889,13 @@ class EtcdRegistry:
         session, self._session = self._session, None
         if session is not None:
             session.cancel()
-            with contextlib.suppress(BaseException):
-                await session
+            self._kick()  # a session that lost the cancellation sees _closed at its next turn
+            done, _ = await asyncio.wait([session], timeout=self._timeout + 2.0)
+            if done:
+                with contextlib.suppress(BaseException):
+                    session.result()
+            else:
+                log.warning("closing the etcd registry: its session did not stop within %ss", self._timeout + 2.0)
         client, self._client = self._client, None
         if client is None:
             return

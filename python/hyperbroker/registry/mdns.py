@@ -6,8 +6,10 @@ carries the service model::
 
     name=topic:orders  topic=orders  version=ff.http.broadcast  path=/_sub  secure=true ...
 
-(``name`` is always present, ``topic`` only for ``topic:`` services; every node metadata entry
-follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
+(``name`` is always present; ``topic`` for ``topic:`` services and for nodes with metadata
+``topic``, read back into the metadata only for other services such as ``micro.http.broker``
+(a ``topic:`` service's name says it); ``path`` is ``/`` for ``micro.http.broker``; every
+other node metadata entry follows.) Discovery runs an :class:`~zeroconf.asyncio.AsyncServiceBrowser` on the same type and
 keeps a local cache ``node id -> (name, version, Node)``; ``get_service``/``list_services``
 answer from it and ``watch`` turns its changes into :class:`~.base.WatchEvent` s.
 
@@ -40,7 +42,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +62,17 @@ from zeroconf import Error as ZeroconfError
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from ..errors import RegistryError
-from .base import SERVICE_PREFIX, Node, QueueWatcher, Service, WatchEvent, topic_of
+from .base import (
+    MICRO_SERVICE,
+    SERVICE_PREFIX,
+    Node,
+    QueueWatcher,
+    Service,
+    WatchEvent,
+    diff_views,
+    service_of,
+    topic_of,
+)
 from .mdns_announce import Announcer
 from .mdns_resolve import Resolver
 
@@ -159,8 +171,11 @@ def _txt_properties(service: Service, node: Node) -> dict[str, str]:
     if topic is not None:
         props["topic"] = topic
     props["version"] = service.version
-    props["path"] = _SUB_PATH
+    props["path"] = "/" if service.name == MICRO_SERVICE else _SUB_PATH
     for key, value in node.metadata.items():
+        if key == "topic" and props.get("topic", value) == value:
+            props["topic"] = value  # the broker's metadata topic=<topic> (the TXT topic entry)
+            continue
         if key in _RESERVED_KEYS:
             raise RegistryError(
                 f"node {node.id!r}: metadata key {key!r} is reserved by the mDNS registry "
@@ -395,9 +410,7 @@ class MdnsRegistry:
         versions = self._view.get(key[0])
         return None if versions is None else versions.get(key[1])
 
-    @staticmethod
-    def _service(key: _Key, nodes: Mapping[str, Node]) -> Service:
-        return Service(key[0], key[1], tuple(sorted(nodes.values(), key=lambda n: n.id)))
+    _service = staticmethod(service_of)
 
     def _refresh(self, lids: Iterable[str]) -> None:
         """Bring the given nodes' places in the view up to date and tell the watchers what
@@ -425,16 +438,7 @@ class MdnsRegistry:
                 key, node = entry
                 self._view.setdefault(key[0], {}).setdefault(key[1], {})[lid] = node
                 self._placed[lid] = key
-        events: list[WatchEvent] = []
-        for key, old in before.items():
-            new = self._nodes(key)
-            if old is None and new is not None:
-                events.append(WatchEvent("create", self._service(key, new)))
-            elif old is not None and new is None:
-                events.append(WatchEvent("delete", self._service(key, old)))
-            elif old is not None and new is not None and old != new:
-                events.append(WatchEvent("update", self._service(key, new)))
-        for ev in events:
+        for ev in diff_views(before, {key: self._nodes(key) for key in before}):
             for w in list(self._watchers):
                 w.put(ev)
 
@@ -520,6 +524,9 @@ class MdnsRegistry:
         if not port or not ips:
             return None
         metadata = {k: v or "" for k, v in props.items() if k not in _RESERVED_KEYS}
+        topic = props.get("topic")
+        if topic and topic_of(name) is None:
+            metadata["topic"] = topic  # a micro.http.broker node's topic: only in its metadata
         node = Node(info.get_name(), _best_address(ips, port), metadata)
         return (name, version), node
 

@@ -1,5 +1,5 @@
-// Command etcdpeer is a go-micro v1 HTTP-broker peer that finds its peers through etcd's v3 JSON
-// gateway, written with Go's standard library only. tests/test_go_etcd_interop.py builds it and
+// Command etcdpeer is a go-micro HTTP-broker peer (v1, or with -dialect micro the current one)
+// that finds its peers through etcd's v3 JSON gateway, written with Go's standard library only. tests/test_go_etcd_interop.py builds it and
 // checks that hyperbroker (EtcdRegistry) and it see each other and exchange messages both ways.
 //
 // This file owns the command protocol and the broker (subscribe, publish, the /_sub endpoint);
@@ -17,7 +17,18 @@
 //   - serves POST /_sub: 405 for another method, 500 for an unreadable body or no ":topic",
 //     otherwise 200 (whether or not a subscription has that id), and records what it got.
 //
-// Usage: etcdpeer -etcd http://127.0.0.1:2379 [-prefix /micro/registry/] [-listen 127.0.0.1:0] [-ttl 10]
+// With -dialect micro it does what current go-micro's broker/http.go does instead:
+//
+//   - subscribe: registers the service "micro.http.broker" (for every topic), version as above,
+//     one node {id: <topic>-<broker id>, address, metadata: {"secure": "false", "broker":
+//     "http", "topic": <topic>}};
+//   - publish: reads every node of "micro.http.broker", keeps those whose metadata has
+//     broker=http and topic=<topic>, and POSTs http://<address>/?id=<node id> with
+//     {"Header": {..., "Micro-Topic": <topic>}, "Body": <base64>};
+//   - serves POST / (every path): as above, but the topic is read from "Micro-Topic" (and left
+//     in the header, as go-micro does).
+//
+// Usage: etcdpeer -etcd http://127.0.0.1:2379 [-prefix /micro/registry/] [-listen 127.0.0.1:0] [-ttl 10] [-dialect v1|micro]
 //
 // It reads one JSON command per line on stdin and answers each with one line on stdout
 // ({"seq": n, "ok": true, ...} or {"seq": n, "ok": false, "error": "..."}); events are lines
@@ -51,7 +62,10 @@ import (
 	"time"
 )
 
-const broadcastVersion = "ff.http.broadcast"
+const (
+	broadcastVersion = "ff.http.broadcast"
+	microService     = "micro.http.broker"
+)
 
 // Message is go-micro's broker.Message (no json tags: the fields are "Header" and "Body").
 type Message struct {
@@ -64,6 +78,7 @@ type subscription struct {
 }
 
 type peer struct {
+	micro    bool // current go-micro's dialect instead of v1's
 	reg      *registry
 	brokerID string
 	address  string
@@ -94,7 +109,7 @@ func newUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-// ServeHTTP is go-micro v1's httpBroker.ServeHTTP.
+// ServeHTTP is go-micro's httpBroker.ServeHTTP (v1's, or the current one with -dialect micro).
 func (p *peer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.Method != "POST" {
 		p.emit(map[string]interface{}{"event": "rejected", "status": 405, "reason": "method " + req.Method})
@@ -119,10 +134,16 @@ func (p *peer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		http.Error(w, "Error parsing request body: "+reason, http.StatusInternalServerError)
 		return
 	}
-	topic := m.Header[":topic"]
-	delete(m.Header, ":topic")
+	topicKey := ":topic"
+	if p.micro {
+		topicKey = "Micro-Topic" // and left in the header
+	}
+	topic := m.Header[topicKey]
+	if !p.micro {
+		delete(m.Header, ":topic")
+	}
 	if len(topic) == 0 {
-		p.emit(map[string]interface{}{"event": "rejected", "status": 500, "reason": "no :topic"})
+		p.emit(map[string]interface{}{"event": "rejected", "status": 500, "reason": "no " + topicKey})
 		http.Error(w, "Topic not found", http.StatusInternalServerError)
 		return
 	}
@@ -138,7 +159,7 @@ func (p *peer) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	p.emit(map[string]interface{}{
 		"event": "received", "id": id, "matched": matched, "topic": topic, "header": m.Header, "body": m.Body,
-		"content_type": req.Header.Get("Content-Type"),
+		"content_type": req.Header.Get("Content-Type"), "path": req.URL.Path,
 	})
 	// go-micro v1 answers 200 whatever the handler did
 }
@@ -149,15 +170,22 @@ func (p *peer) subscribe(topic, queue string) (string, error) {
 		version = broadcastVersion
 	}
 	id := p.brokerID + "." + newUUID()
+	name := "topic:" + topic
+	meta := map[string]string{"secure": "false"}
+	if p.micro {
+		id = topic + "-" + p.brokerID
+		name = microService
+		meta = map[string]string{"secure": "false", "broker": "http", "topic": topic}
+	}
 	svc := &Service{
-		Name:      "topic:" + topic,
+		Name:      name,
 		Version:   version,
 		Metadata:  map[string]string{},
 		Endpoints: []*Endpoint{},
 		Nodes: []*Node{{
 			Id:       id,
 			Address:  p.address,
-			Metadata: map[string]string{"secure": "false"},
+			Metadata: meta,
 		}},
 	}
 	if err := p.reg.Register(svc); err != nil {
@@ -177,6 +205,9 @@ func (p *peer) unsubscribe(id string) error {
 	if !ok {
 		return fmt.Errorf("no subscription %q", id)
 	}
+	if p.micro {
+		return p.reg.Deregister(microService, id)
+	}
 	return p.reg.Deregister("topic:"+s.topic, id)
 }
 
@@ -187,18 +218,51 @@ type post struct {
 	Error   string `json:"error,omitempty"`
 }
 
-// publish is go-micro v1's httpBroker.Publish, synchronous so that the caller learns each status.
+// services returns the services of a topic in this peer's dialect, keeping (for the current
+// dialect) only the nodes tagged broker=http and topic=<topic>, as go-micro's Publish does.
+func (p *peer) services(topic string) ([]*Service, error) {
+	if !p.micro {
+		return p.reg.GetService("topic:" + topic)
+	}
+	all, err := p.reg.GetService(microService)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Service
+	for _, s := range all {
+		var nodes []*Node
+		for _, n := range s.Nodes {
+			if n.Metadata["broker"] == "http" && n.Metadata["topic"] == topic {
+				nodes = append(nodes, n)
+			}
+		}
+		if len(nodes) > 0 {
+			c := *s
+			c.Nodes = nodes
+			out = append(out, &c)
+		}
+	}
+	return out, nil
+}
+
+// publish is go-micro's httpBroker.Publish, synchronous so that the caller learns each status.
 func (p *peer) publish(topic string, header map[string]string, body []byte) ([]post, error) {
 	m := &Message{Header: map[string]string{}, Body: body}
 	for k, v := range header {
 		m.Header[k] = v
 	}
-	m.Header[":topic"] = topic
+	path := "/_sub"
+	if p.micro {
+		m.Header["Micro-Topic"] = topic
+		path = "/"
+	} else {
+		m.Header[":topic"] = topic
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
-	services, err := p.reg.GetService("topic:" + topic)
+	services, err := p.services(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +286,7 @@ func (p *peer) publish(topic string, header map[string]string, body []byte) ([]p
 		}
 		vals := url.Values{}
 		vals.Add("id", node.Id)
-		uri := fmt.Sprintf("%s://%s/_sub?%s", scheme, node.Address, vals.Encode())
+		uri := fmt.Sprintf("%s://%s%s?%s", scheme, node.Address, path, vals.Encode())
 		res := post{ID: node.Id, Address: node.Address}
 		r, err := p.client.Post(uri, "application/json", bytes.NewReader(b))
 		if err != nil {
@@ -255,7 +319,7 @@ func (p *peer) run(c command) (map[string]interface{}, error) {
 	case "unsubscribe":
 		return map[string]interface{}{}, p.unsubscribe(c.ID)
 	case "nodes":
-		services, err := p.reg.GetService("topic:" + c.Topic)
+		services, err := p.services(c.Topic)
 		if err != nil {
 			return nil, err
 		}
@@ -280,7 +344,12 @@ func main() {
 	prefix := flag.String("prefix", "/micro/registry/", "go-micro's etcd registry prefix")
 	listen := flag.String("listen", "127.0.0.1:0", "address of the /_sub endpoint")
 	ttl := flag.Int("ttl", 10, "registration lease TTL in seconds")
+	dialect := flag.String("dialect", "v1", `"v1" (topic:<topic>, /_sub, :topic) or "micro" (micro.http.broker, /, Micro-Topic)`)
 	flag.Parse()
+	if *dialect != "v1" && *dialect != "micro" {
+		fmt.Fprintln(os.Stderr, "etcdpeer: -dialect must be v1 or micro")
+		os.Exit(2)
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -288,6 +357,7 @@ func main() {
 		os.Exit(1)
 	}
 	p := &peer{
+		micro:    *dialect == "micro",
 		reg:      newRegistry(*endpoint, *prefix, int64(*ttl)),
 		brokerID: "go.micro.http.broker-" + newUUID(),
 		address:  ln.Addr().String(),
@@ -296,7 +366,11 @@ func main() {
 		out:      json.NewEncoder(os.Stdout),
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/_sub", p)
+	if p.micro {
+		mux.Handle("/", p) // go-micro's DefaultPath: a ServeMux "/" pattern matches every path
+	} else {
+		mux.Handle("/_sub", p)
+	}
 	go http.Serve(ln, mux)
 	p.emit(map[string]interface{}{"event": "ready", "address": p.address, "broker_id": p.brokerID})
 
