@@ -396,3 +396,17 @@ async def test_v1_go_peer_ignores_micro_layout(go_peer: StartPeer, micro_broker:
     await micro_broker.subscribe(t, lambda ev: None)
     go = await go_peer("v1")
     assert (await go.call("nodes", topic=t))["nodes"] == []
+
+
+@pytest.mark.parametrize("dialect", ["v1", "micro"])
+async def test_request_to_a_go_peer_is_an_empty_reply(go_peer: StartPeer, broker: Broker, dialect: str) -> None:
+    """A go-micro subscriber answers 200 with no body: ``request`` returns an empty Message."""
+    t = topic()
+    go = await go_peer(dialect)
+    go_id = (await go.call("subscribe", topic=t, queue=""))["id"]
+    await broker.wait_for_route(t, timeout=10)
+    reply = await broker.request(t, b"question", header={"h": "1"}, timeout=10)
+    assert reply.body == b"" and dict(reply.header) == {}
+    await until(lambda: len(go.received(go_id)) == 1, 10, "the request at the Go peer")
+    (e,) = go.received(go_id)
+    assert base64.b64decode(e["body"] or "") == b"question" and e["header"].get("h") == "1"
