@@ -36,6 +36,12 @@ pub fn encode_py_into(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, 
     encode_py_with(out, topic, header, body, true)
 }
 
+/// Encode a reply envelope appending to `out`: go-micro v1's shape, the topic under `:topic`
+/// only (a reply is not routed by topic, so `Micro-Topic` would only show up in its header).
+pub fn encode_reply_py_into(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<()> {
+    encode_py_with(out, topic, header, body, false)
+}
+
 fn encode_py_with(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8], both_keys: bool) -> PyResult<()> {
     let pairs = header_pairs(header)?;
     let mut strs: Vec<(&str, &str)> = Vec::with_capacity(pairs.len());

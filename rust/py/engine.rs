@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use super::codec::encode_py_into;
+use super::codec::{encode_py_into, encode_reply_py_into};
 use super::conversion::{self, seconds};
 use super::errors::BrokerError;
 use super::message::{Event, Message};
@@ -500,7 +500,7 @@ fn encode_replies(replies: Option<&Bound<'_, PyList>>) -> PyResult<HashMap<u64, 
     for r in replies.iter() {
         let (token, topic, header, body): (u64, Bound<'_, PyString>, Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = r.extract()?;
         let mut env = Vec::new();
-        let outcome = match encode_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes()) {
+        let outcome = match encode_reply_py_into(&mut env, topic.to_str()?, header.as_ref(), body.as_bytes()) {
             Ok(()) => Outcome::Replied(Bytes::from(env)),
             Err(e) => Outcome::Failed(format!("the handler's reply cannot be sent: {e}")),
         };
