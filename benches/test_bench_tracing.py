@@ -41,6 +41,12 @@ def _install_counting_provider() -> Any:
             self.ended += 1
 
     counter = Count()
+    installed = trace.get_tracer_provider()
+    if isinstance(installed, TracerProvider):
+        # a provider is already installed in this process (the tracing tests ran first): count
+        # on it too; its other processors (an in-memory exporter) add their cost to the figure
+        installed.add_span_processor(counter)
+        return counter
     provider = TracerProvider()
     provider.add_span_processor(counter)
     trace.set_tracer_provider(provider)
@@ -142,11 +148,6 @@ def measure_1to1(n: int, tracing: bool) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def counter() -> Any:
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-
-    if isinstance(trace.get_tracer_provider(), TracerProvider):
-        pytest.skip("a tracer provider is already installed in this process")
     return _install_counting_provider()
 
 
@@ -215,8 +216,10 @@ def test_publish_call_cost_tracing_off_and_on(benchmark: Any, measuring: bool, c
         f" ({(out['off'] / out['before'] - 1) * 100:+.1f}%), {out['on']:.2f} us tracing on (SDK, counting"
         f" processor){'' if measuring else ' [smoke sizes]'}"
     )
-    # the off path is the old one plus one attribute test: within noise
-    assert out["off"] < out["before"] * 1.5 + 0.2
+    # the off path is the old one plus one attribute test: within noise (checked when measuring;
+    # a smoke run's 5 rounds on a busy CI machine are no measurement)
+    if measuring:
+        assert out["off"] < out["before"] * 1.5 + 0.2
 
 
 @pytest.mark.benchmark(group="tracing")
