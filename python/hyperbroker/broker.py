@@ -8,10 +8,10 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from . import _core
+from ._api import ConnectsInContext, wait_for_count
 from ._routes import route_groups, topics_of
 from .callbacks import Events
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
@@ -54,7 +54,7 @@ def _is_unspecified(host: str) -> bool:
         return False
 
 
-class Broker:
+class Broker(ConnectsInContext):
     """A peer-to-peer publish/subscribe broker speaking go-micro's HTTP broker protocol.
 
     ``Broker(**options)`` (see :class:`BrokerOptions`), then ``await connect()``; or use
@@ -144,15 +144,6 @@ class Broker:
     def __repr__(self) -> str:
         state = f"address={self._address!r}" if self._engine else "disconnected"
         return f"<Broker http {state} subscriptions={len(self._subs)}>"
-
-    async def __aenter__(self) -> Broker:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.disconnect()
 
     async def connect(self) -> None:
         """Bind the endpoint, start routing from the registry and the heartbeat. Idempotent."""
@@ -473,15 +464,7 @@ class Broker:
         take a moment with mDNS). Returns the node count; raises :class:`BrokerError` on
         timeout. Publishing does not need this: without a route messages wait in the backlog."""
         engine = self._need()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            n = engine.route_count(topic)
-            if n:
-                return n
-            if loop.time() >= deadline:
-                raise BrokerError(f"no subscriber of {topic!r} appeared within {timeout}s")
-            await asyncio.sleep(0.02)
+        return await wait_for_count(lambda: engine.route_count(topic), topic, timeout, 0.02)
 
     def stats(self) -> dict[str, Any]:
         """Counters: published, delivered, failed, retried, backlogged, dropped, received,

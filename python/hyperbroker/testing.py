@@ -42,9 +42,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from ._api import ConnectsInContext, wait_for_count
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
@@ -166,7 +166,7 @@ class TestSubscriber:
         return f"TestSubscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
 
 
-class TestBroker:
+class TestBroker(ConnectsInContext):
     """The Broker API routed in-process, for tests: no endpoint, no registry, no sockets.
 
     ``TestBroker(**options)`` accepts the Broker's options (network ones are validated and
@@ -253,15 +253,6 @@ class TestBroker:
     def __repr__(self) -> str:
         state = "connected" if self._connected else "disconnected"
         return f"<TestBroker {state} subscriptions={len(self._subs)} pending={self._pending}>"
-
-    async def __aenter__(self) -> TestBroker:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.disconnect()
 
     async def connect(self) -> None:
         """Idempotent; there is nothing to bind. Subscribes what ``@subscriber`` registered."""
@@ -460,15 +451,7 @@ class TestBroker:
 
     async def wait_for_route(self, topic: str, timeout: float = 5.0) -> int:
         """The subscription count of ``topic``; waits up to ``timeout`` for a first one."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            n = self.route_count(topic)
-            if n:
-                return n
-            if loop.time() >= deadline:
-                raise BrokerError(f"no subscriber of {topic!r} appeared within {timeout}s")
-            await asyncio.sleep(0.005)
+        return await wait_for_count(lambda: self.route_count(topic), topic, timeout, 0.005)
 
     def stats(self) -> dict[str, Any]:
         """The real broker's counters (publisher and subscriber sides in one) plus
