@@ -6,11 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from .errors import BrokerError
+from .message import Handler
+from .subscriber import SubscribeOptions
 
-__all__ = ["ConnectsInContext", "wait_for_count"]
+__all__ = ["ConnectsInContext", "decorator", "decorator_kwargs", "wait_for_count"]
+
+H = TypeVar("H", bound=Callable[..., Any])
 
 
 class ConnectsInContext:
@@ -44,3 +48,30 @@ async def wait_for_count(count: Callable[[], int], topic: str, timeout: float, t
         if loop.time() >= deadline:
             raise BrokerError(f"no subscriber of {topic!r} appeared within {timeout}s")
         await asyncio.sleep(tick)
+
+
+def decorator_kwargs(queue: str | None, auto_ack: bool, max_deliveries: object, concurrency: int) -> dict[str, Any]:
+    """``@subscriber``'s arguments, checked now (not at connect), as ``subscribe()``'s keywords."""
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise BrokerError("queue must be a non-empty string or None")
+    SubscribeOptions(concurrency=concurrency)  # checks it
+    return {"queue": queue, "auto_ack": auto_ack, "max_deliveries": max_deliveries, "concurrency": concurrency}
+
+
+def decorator(
+    topic: str,
+    kw: dict[str, Any],
+    registered: list[tuple[str, Handler, dict[str, Any]]],
+    now: Callable[[Handler], None],
+) -> Callable[[H], H]:
+    """The ``@subscriber`` decorator: records the function (subscribed at every connect), calls
+    ``now(function)`` (which subscribes it at once when connected) and returns it unchanged."""
+
+    def register(handler: H) -> H:
+        if not callable(handler):
+            raise BrokerError(f"@subscriber needs a function, got {type(handler).__name__}")
+        registered.append((topic, handler, kw))
+        now(handler)
+        return handler
+
+    return register

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from . import _core
-from ._api import ConnectsInContext, wait_for_count
+from ._api import ConnectsInContext, decorator, decorator_kwargs, wait_for_count
 from ._routes import route_groups, topics_of
 from .callbacks import Events
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
@@ -582,26 +582,14 @@ class Broker(ConnectsInContext):
         (scheduled on the broker's loop) when the broker is already connected. The function is
         returned unchanged."""
         self._check_topic(topic)
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise BrokerError("queue must be a non-empty string or None")
         check_max_deliveries(max_deliveries)
-        SubscribeOptions(concurrency=concurrency)  # validates it now, not at connect
-        kw: dict[str, Any] = {
-            "queue": queue,
-            "auto_ack": auto_ack,
-            "max_deliveries": max_deliveries,
-            "concurrency": concurrency,
-        }
+        kw = decorator_kwargs(queue, auto_ack, max_deliveries, concurrency)
 
-        def register(handler: H) -> H:
-            if not callable(handler):
-                raise BrokerError(f"@subscriber needs a function, got {type(handler).__name__}")
-            self._decorated.append((topic, handler, kw))
+        def now(handler: Handler) -> None:
             if self._engine is not None and self._loop is not None:
                 self._subscribe_soon(topic, handler, kw)
-            return handler
 
-        return register
+        return decorator(topic, kw, self._decorated, now)
 
     def _subscribe_soon(self, topic: str, handler: Handler, kw: dict[str, Any]) -> None:
         """Subscribe a decorated handler on the broker's loop (from any thread); a failure is logged."""

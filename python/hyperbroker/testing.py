@@ -44,7 +44,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from ._api import ConnectsInContext, wait_for_count
+from ._api import ConnectsInContext, decorator, decorator_kwargs, wait_for_count
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
@@ -541,29 +541,17 @@ class TestBroker(ConnectsInContext):
         """Decorator, as :meth:`Broker.subscriber`: the function is subscribed at ``connect()``,
         or at once (a task on the running loop) when connected; it is returned unchanged."""
         self._check_topic(topic)
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise BrokerError("queue must be a non-empty string or None")
         if max_deliveries is not _UNSET:
             _check_max_deliveries(max_deliveries)
-        SubscribeOptions(concurrency=concurrency)  # validates it now
-        kw: dict[str, Any] = {
-            "queue": queue,
-            "auto_ack": auto_ack,
-            "max_deliveries": max_deliveries,
-            "concurrency": concurrency,
-        }
+        kw = decorator_kwargs(queue, auto_ack, max_deliveries, concurrency)
 
-        def register(handler: H) -> H:
-            if not callable(handler):
-                raise BrokerError(f"@subscriber needs a function, got {type(handler).__name__}")
-            self._decorated.append((topic, handler, kw))
+        def now(handler: Handler) -> None:
             if self._connected:
                 t = asyncio.get_running_loop().create_task(self.subscribe(topic, handler, **kw))
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
-            return handler
 
-        return register
+        return decorator(topic, kw, self._decorated, now)
 
     async def _unsubscribe_iter(self, it: SubscriptionBase) -> None:
         sub = self._subs.get(it.id)
