@@ -44,9 +44,9 @@ struct LinkState {
     deferred: Vec<(Instant, Msg)>,
     /// lowest sequence number of the request each worker has on the wire, if any
     inflight: Vec<Option<u64>>,
-    /// set when the node left the route; `graceful` when the registry said so
+    /// set when the node left the route (how it left does not matter: `Publisher::leftovers`
+    /// treats every way alike)
     removed: bool,
-    graceful: bool,
 }
 
 /// One subscriber node of one topic. `spec`, `topic`, `queue_group` and `uri` never change.
@@ -85,7 +85,7 @@ pub enum Take {
     /// the next batch (empty: nothing to send now, wait for `notified`)
     Batch(Vec<Msg>),
     /// the node left its route: everything it still had queued, for `leftovers`
-    Removed { left: Vec<Msg>, graceful: bool },
+    Removed { left: Vec<Msg> },
 }
 
 impl NodeLink {
@@ -240,8 +240,7 @@ impl NodeLink {
     pub fn take_batch(&self, slot: usize, max_count: usize) -> Take {
         let mut st = self.state.lock();
         if st.removed {
-            let graceful = st.graceful;
-            return Take::Removed { left: st.take_everything(), graceful };
+            return Take::Removed { left: st.take_everything() };
         }
         let mut out = Vec::new();
         if self.is_evicted() {
@@ -366,25 +365,14 @@ impl NodeLink {
 
     // --- leaving ---
 
-    /// The node left its route (`graceful`: the registry said so); its workers stop.
-    pub fn mark_removed(&self, graceful: bool) {
-        {
-            let mut st = self.state.lock();
-            if !st.removed {
-                st.removed = true;
-                st.graceful = graceful;
-            }
-        }
+    /// The node left its route; its workers stop.
+    pub fn mark_removed(&self) {
+        self.state.lock().removed = true;
         self.notify.notify_one();
     }
 
     pub fn is_removed(&self) -> bool {
         self.state.lock().removed
-    }
-
-    /// The registry said the node left (rather than the node failing or answering 404).
-    pub fn left_gracefully(&self) -> bool {
-        self.state.lock().graceful
     }
 
     /// The publisher closes: the link is removed and its queue emptied. Returns how many
@@ -568,11 +556,10 @@ pub(crate) mod tests {
         l.readmit();
         assert!(!l.is_evicted() && !l.is_failing());
         assert!(l.requeue_front_unless_evicted(vec![msg(3, 1)]).is_ok());
-        l.mark_removed(true);
-        l.mark_removed(false); // the first word stays
+        l.mark_removed();
+        l.mark_removed(); // twice is once
         match l.take_batch(0, 10) {
-            Take::Removed { left, graceful } => {
-                assert!(graceful);
+            Take::Removed { left } => {
                 assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 1]);
             }
             Take::Batch(_) => panic!("should be removed"),

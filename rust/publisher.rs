@@ -287,7 +287,7 @@ impl Publisher {
                             let counters = self.topics.get(topic);
                             let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap)?.with_counters(counters));
                             if let Some(old) = links.insert(key, l.clone()) {
-                                old.mark_removed(true);
+                                old.mark_removed();
                             }
                             spawn.push(l.clone());
                             l
@@ -301,7 +301,7 @@ impl Publisher {
             }
             for (k, l) in links.iter() {
                 if &*k.0 == topic && !keep.contains(&k.1) {
-                    l.mark_removed(true);
+                    l.mark_removed();
                 }
             }
             self.routes.replace(topic, new_groups);

@@ -145,7 +145,7 @@ impl Worker {
             }
             let batch = match self.link.take_batch(self.slot, self.publisher.config().max_batch) {
                 Take::Batch(b) => b,
-                Take::Removed { left, .. } => {
+                Take::Removed { left } => {
                     self.publisher.leftovers(&self.link, left);
                     break;
                 }
@@ -217,7 +217,7 @@ impl Worker {
         if gone > 0 {
             // the node does not know this subscription any more (404): drop the route
             self.requeue_or_hand_over(retry);
-            link.mark_removed(false);
+            link.mark_removed();
             p.routes().remove_link(&link);
             p.notices.route(&link.topic);
             p.progress().notify();
