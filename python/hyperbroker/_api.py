@@ -12,7 +12,7 @@ from .errors import BrokerError
 from .message import Handler
 from .subscriber import SubscribeOptions
 
-__all__ = ["ConnectsInContext", "decorator", "decorator_kwargs", "wait_for_count"]
+__all__ = ["ConnectsInContext", "check_queue", "check_topic", "decorator", "decorator_kwargs", "wait_for_count"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -50,10 +50,23 @@ async def wait_for_count(count: Callable[[], int], topic: str, timeout: float, t
         await asyncio.sleep(tick)
 
 
-def decorator_kwargs(queue: str | None, auto_ack: bool, max_deliveries: object, concurrency: int) -> dict[str, Any]:
-    """``@subscriber``'s arguments, checked now (not at connect), as ``subscribe()``'s keywords."""
+def check_topic(topic: object, max_topic: int) -> None:
+    """A topic is a non-empty string of at most ``max_topic`` UTF-8 bytes."""
+    if not isinstance(topic, str) or not topic:
+        raise BrokerError("topic must be a non-empty string")
+    if len(topic.encode()) > max_topic:
+        raise BrokerError(f"topic is over max_topic={max_topic} bytes")
+
+
+def check_queue(queue: object) -> None:
+    """A queue group name is a non-empty string (None: broadcast)."""
     if queue is not None and (not isinstance(queue, str) or not queue):
         raise BrokerError("queue must be a non-empty string or None")
+
+
+def decorator_kwargs(queue: str | None, auto_ack: bool, max_deliveries: object, concurrency: int) -> dict[str, Any]:
+    """``@subscriber``'s arguments, checked now (not at connect), as ``subscribe()``'s keywords."""
+    check_queue(queue)
     SubscribeOptions(concurrency=concurrency)  # checks it
     return {"queue": queue, "auto_ack": auto_ack, "max_deliveries": max_deliveries, "concurrency": concurrency}
 

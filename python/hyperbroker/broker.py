@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from . import _core
-from ._api import ConnectsInContext, decorator, decorator_kwargs, wait_for_count
+from ._api import ConnectsInContext, check_queue, check_topic, decorator, decorator_kwargs, wait_for_count
 from ._routes import route_groups, topics_of
 from .callbacks import Events
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
@@ -336,10 +336,7 @@ class Broker(ConnectsInContext):
             self._engine.set_accepted_tokens(tokens)
 
     def _check_topic(self, topic: str) -> None:
-        if not isinstance(topic, str) or not topic:
-            raise BrokerError("topic must be a non-empty string")
-        if len(topic.encode()) > self._options.max_topic:
-            raise BrokerError(f"topic is over max_topic={self._options.max_topic} bytes")
+        check_topic(topic, self._options.max_topic)
 
     def _need(self) -> _core.Engine:
         if self._engine is None:
@@ -538,8 +535,7 @@ class Broker(ConnectsInContext):
         self._check_topic(topic)
         if handler is not None and not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise BrokerError("queue must be a non-empty string or None")
+        check_queue(queue)
         options = SubscribeOptions(
             queue=queue,
             auto_ack=auto_ack,

@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ._api import check_topic
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError
 from .message import Event, Handler, Message, to_wire
@@ -250,11 +251,7 @@ class SyncBroker:
         return len(items)
 
     def _check_topic(self, topic: str) -> None:
-        if not isinstance(topic, str) or not topic:
-            raise BrokerError("topic must be a non-empty string")
-        max_topic = self._broker.options.max_topic
-        if len(topic.encode()) > max_topic:
-            raise BrokerError(f"topic is over max_topic={max_topic} bytes")
+        check_topic(topic, self._broker.options.max_topic)
 
     def _hand_off(self, item: _Item) -> None:
         q = self._queue

@@ -44,7 +44,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from ._api import ConnectsInContext, decorator, decorator_kwargs, wait_for_count
+from ._api import ConnectsInContext, check_queue, check_topic, decorator, decorator_kwargs, wait_for_count
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
@@ -297,10 +297,7 @@ class TestBroker(ConnectsInContext):
             raise NotConnectedError("broker is not connected: await broker.connect() first")
 
     def _check_topic(self, topic: str) -> None:
-        if not isinstance(topic, str) or not topic:
-            raise BrokerError("topic must be a non-empty string")
-        if len(topic.encode()) > self._options.max_topic:
-            raise BrokerError(f"topic is over max_topic={self._options.max_topic} bytes")
+        check_topic(topic, self._options.max_topic)
 
     # --- publish ------------------------------------------------------------------------------
 
@@ -512,8 +509,7 @@ class TestBroker(ConnectsInContext):
         self._check_topic(topic)
         if handler is not None and not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise BrokerError("queue must be a non-empty string or None")
+        check_queue(queue)
         limit = self._max_deliveries if max_deliveries is _UNSET else _check_max_deliveries(max_deliveries)
         options = SubscribeOptions(queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending)
         sub = TestSubscriber(self, f"hb-test-{self._id}-{next(self._ids)}", topic, handler, options, limit)
