@@ -15,7 +15,7 @@ This module also owns how a registry's view (service key -> nodes) becomes watch
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -29,6 +29,7 @@ __all__ = [
     "Service",
     "WatchEvent",
     "Watcher",
+    "Watchers",
     "diff_views",
     "service_name",
     "service_of",
@@ -60,7 +61,7 @@ class Node:
     """One subscriber endpoint: its id (sent as ``?id=``), ``host:port`` address, and metadata.
 
     Metadata keys used by hyperbroker: ``secure`` ("true"/"false"), ``batch`` ("1" when the node
-    accepts batched POSTs).
+    accepts batched POSTs), ``frames`` ("1" when it accepts the raw frame format).
     """
 
     id: str
@@ -169,6 +170,34 @@ class QueueWatcher:
             self._stopped = True
             self._on_stop(self)
             self._queue.put_nowait(None)
+
+
+class Watchers:
+    """A registry's watchers: each joins with a "create" for every service known then, and is
+    then told every change."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set: set[QueueWatcher] = set()
+
+    def add(self, w: QueueWatcher, known: Iterable[Service]) -> None:
+        for svc in known:
+            w.put(WatchEvent("create", svc))
+        self._set.add(w)
+
+    def remove(self, w: QueueWatcher) -> None:
+        self._set.discard(w)
+
+    def put(self, ev: WatchEvent) -> None:
+        """Tell every watcher."""
+        for w in list(self._set):
+            w.put(ev)
+
+    def stop_all(self) -> None:
+        for w in list(self._set):
+            w.stop()
+        self._set.clear()
 
 
 @runtime_checkable
