@@ -248,6 +248,19 @@ async def test_reregistering_refreshes_the_ttl(reg: MemoryRegistry) -> None:
     assert await reg.get_service("topic:t") == []
 
 
+async def test_a_shorter_ttl_on_reregistering_expires_at_the_new_time(reg: MemoryRegistry) -> None:
+    await reg.register(svc("topic:t", "v", A), ttl=30)
+    await reg.register(svc("topic:t", "v", A), ttl=0.1)  # shorter than the first
+    await reg.register(svc("topic:t", "v", B), ttl=0.1)
+    await reg.register(svc("topic:t", "v", B), ttl=30)  # longer than the first
+    await asyncio.sleep(0.2)
+    assert summary(await reg.get_service("topic:t")) == [("topic:t", "v", ["node-b"])]
+    await reg.deregister(svc("topic:t", "v", B))
+    assert await reg.get_service("topic:t") == [] and await reg.list_services() == []
+    await reg.register(svc("topic:t", "other", A))  # a name's versions are found again
+    assert summary(await reg.get_service("topic:t")) == [("topic:t", "other", ["node-a"])]
+
+
 async def test_ttl_expiry_emits_delete_to_a_waiting_watcher(reg: MemoryRegistry) -> None:
     w = reg.watch()
     try:

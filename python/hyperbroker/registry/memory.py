@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from ..errors import RegistryError
-from .base import Node, QueueWatcher, Service, WatchEvent
+from .base import Node, QueueWatcher, Service, Watchers, WatchEvent
 
 __all__ = ["MemoryRegistry"]
 
@@ -22,7 +22,11 @@ class MemoryRegistry:
     def __init__(self) -> None:
         # (name, version) -> node id -> (node, expiry monotonic time or None)
         self._services: dict[_Key, dict[str, tuple[Node, float | None]]] = {}
-        self._watchers: set[QueueWatcher] = set()
+        # name -> its versions (so a lookup by name does not scan every service)
+        self._versions: dict[str, dict[str, None]] = {}
+        # no node expires before this (None: none has a TTL); may be early, never late
+        self._soonest: float | None = None
+        self._watchers = Watchers()
         self._closed = False
 
     def _check(self) -> None:
@@ -30,36 +34,47 @@ class MemoryRegistry:
             raise RegistryError("registry is closed")
 
     def _emit(self, action: str, service: Service) -> None:
-        ev = WatchEvent(action, service)  # type: ignore[arg-type]
-        for w in list(self._watchers):
-            w.put(ev)
+        self._watchers.put(WatchEvent(action, service))  # type: ignore[arg-type]
 
     def _snapshot(self, key: _Key) -> Service:
         nodes = self._services.get(key, {})
         return Service(key[0], key[1], tuple(n for n, _ in nodes.values()))
 
     def _next_expiry_in(self) -> float | None:
-        soonest: float | None = None
-        for nodes in self._services.values():
-            for _, exp in nodes.values():
-                if exp is not None and (soonest is None or exp < soonest):
-                    soonest = exp
-        if soonest is None:
+        if self._soonest is None:
             return None
-        return max(0.0, soonest - time.monotonic()) + 0.001
+        return max(0.0, self._soonest - time.monotonic()) + 0.001
+
+    def _drop(self, key: _Key) -> None:
+        del self._services[key]
+        versions = self._versions[key[0]]
+        del versions[key[1]]
+        if not versions:
+            del self._versions[key[0]]
 
     def _expire(self) -> None:
+        """Remove the nodes whose TTL ran out (a scan only when one may have: see _soonest)."""
         now = time.monotonic()
+        if self._soonest is None or now < self._soonest:
+            return
+        self._soonest = None
         for key in list(self._services):
             nodes = self._services[key]
-            gone = [nid for nid, (_, exp) in nodes.items() if exp is not None and exp <= now]
+            gone = []
+            for nid, (_, exp) in nodes.items():
+                if exp is None:
+                    continue
+                if exp <= now:
+                    gone.append(nid)
+                elif self._soonest is None or exp < self._soonest:
+                    self._soonest = exp
             if not gone:
                 continue
             removed = tuple(nodes.pop(nid)[0] for nid in gone)
             if nodes:
                 self._emit("update", self._snapshot(key))
             else:
-                del self._services[key]
+                self._drop(key)
                 self._emit("delete", Service(key[0], key[1], removed))
 
     async def register(self, service: Service, ttl: float | None = None) -> None:
@@ -70,8 +85,11 @@ class MemoryRegistry:
         self._expire()
         key = (service.name, service.version)
         exp = None if ttl is None or ttl <= 0 else time.monotonic() + ttl
+        if exp is not None and (self._soonest is None or exp < self._soonest):
+            self._soonest = exp
         existed = key in self._services
         nodes = self._services.setdefault(key, {})
+        self._versions.setdefault(service.name, {})[service.version] = None
         changed = not existed
         for n in service.nodes:
             old = nodes.get(n.id)
@@ -94,14 +112,14 @@ class MemoryRegistry:
         if nodes:
             self._emit("update", self._snapshot(key))
         else:
-            del self._services[key]
+            self._drop(key)
             self._emit("delete", Service(key[0], key[1], removed))
 
     async def get_service(self, name: str) -> list[Service]:
         """Every version of the named service (empty when unknown)."""
         self._check()
         self._expire()
-        return [self._snapshot(k) for k in self._services if k[0] == name]
+        return [self._snapshot((name, v)) for v in self._versions.get(name, ())]
 
     async def list_services(self) -> list[Service]:
         self._check()
@@ -112,22 +130,15 @@ class MemoryRegistry:
         """A watcher yielding "create" for every current service, then every change."""
         self._check()
         self._expire()
-        w = QueueWatcher(self._unwatch, self._next_expiry_in, self._expire)
-        for k in self._services:
-            w.put(WatchEvent("create", self._snapshot(k)))
-        self._watchers.add(w)
+        w = QueueWatcher(self._watchers.remove, self._next_expiry_in, self._expire)
+        self._watchers.add(w, (self._snapshot(k) for k in self._services))
         return w
-
-    def _unwatch(self, w: QueueWatcher) -> None:
-        self._watchers.discard(w)
 
     async def close(self) -> None:
         """Stop all watchers; afterwards every call raises RegistryError. A registry shared
         between brokers is normally left open."""
         self._closed = True
-        for w in list(self._watchers):
-            w.stop()
-        self._watchers.clear()
+        self._watchers.stop_all()
 
     def __repr__(self) -> str:
         return f"MemoryRegistry(services={len(self._services)})"
