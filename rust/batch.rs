@@ -16,12 +16,49 @@ use serde::{Deserialize, Serialize};
 
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
 
-/// A request body made of the envelopes themselves (and the newlines between them), written
-/// with vectored I/O: a batch of large messages is never copied into one buffer.
+/// A request body made of the messages' own buffers (and the separators between them), written
+/// with vectored I/O: large bodies are never copied into one buffer.
 pub struct Chunks {
     parts: std::collections::VecDeque<Bytes>,
     remaining: u64,
 }
+
+/// Builds `Chunks`: small pieces are coalesced into contiguous segments (thousands of tiny
+/// buffers make slow vectored writes); large ones travel by reference, uncopied. `flat` copies
+/// everything into one segment (see `client::Transport::send`: HTTP/2 wants one DATA payload).
+struct Builder {
+    parts: std::collections::VecDeque<Bytes>,
+    cur: bytes::BytesMut,
+    remaining: u64,
+    flat: bool,
+}
+
+impl Builder {
+    fn new(flat: bool) -> Self {
+        Builder { parts: Default::default(), cur: bytes::BytesMut::new(), remaining: 0, flat }
+    }
+
+    fn push(&mut self, b: &Bytes) {
+        self.remaining += b.len() as u64;
+        if self.flat || b.len() < crate::payload::BY_REFERENCE {
+            self.cur.extend_from_slice(b);
+            return;
+        }
+        if !self.cur.is_empty() {
+            self.parts.push_back(self.cur.split().freeze());
+        }
+        self.parts.push_back(b.clone());
+    }
+
+    fn done(mut self) -> Chunks {
+        if !self.cur.is_empty() {
+            self.parts.push_back(self.cur.freeze());
+        }
+        Chunks { parts: self.parts, remaining: self.remaining }
+    }
+}
+
+static NEWLINE: Bytes = Bytes::from_static(b"\n");
 
 impl Chunks {
     pub fn one(b: Bytes) -> Self {
@@ -29,44 +66,29 @@ impl Chunks {
         Chunks { parts: std::iter::once(b).collect(), remaining }
     }
 
-    /// The same bytes as `batch`, in one contiguous chunk.
-    pub fn flat<'a>(envelopes: impl Iterator<Item = &'a Bytes>) -> Self {
-        let mut out = bytes::BytesMut::new();
+    /// A batch body (`CONTENT_TYPE`): the JSON envelopes separated by newlines.
+    pub fn batch<'a>(envelopes: impl Iterator<Item = &'a Bytes>, flat: bool) -> Self {
+        let mut b = Builder::new(flat);
         for (i, e) in envelopes.enumerate() {
             if i > 0 {
-                out.extend_from_slice(b"\n");
+                b.push(&NEWLINE);
             }
-            out.extend_from_slice(e);
+            b.push(e);
         }
-        Chunks::one(out.freeze())
+        b.done()
     }
 
-    /// Small envelopes are coalesced into contiguous segments (thousands of tiny buffers make
-    /// slow vectored writes); large ones travel by reference, uncopied.
-    pub fn batch<'a>(envelopes: impl Iterator<Item = &'a Bytes>) -> Self {
-        const BY_REFERENCE: usize = 4096;
-        let mut parts = std::collections::VecDeque::new();
-        let mut cur = bytes::BytesMut::new();
-        let mut remaining = 0u64;
-        for (i, e) in envelopes.enumerate() {
-            if i > 0 {
-                cur.extend_from_slice(b"\n");
-                remaining += 1;
-            }
-            remaining += e.len() as u64;
-            if e.len() >= BY_REFERENCE {
-                if !cur.is_empty() {
-                    parts.push_back(cur.split().freeze());
-                }
-                parts.push_back(e.clone());
-            } else {
-                cur.extend_from_slice(e);
+    /// A frames body (`frames::CONTENT_TYPE`): the messages' frames back to back.
+    pub fn frames<'a>(payloads: impl Iterator<Item = &'a crate::payload::Payload>, flat: bool) -> Self {
+        let mut b = Builder::new(flat);
+        for p in payloads {
+            let (head, body) = p.frame_parts();
+            b.push(head);
+            if let Some(body) = body {
+                b.push(body);
             }
         }
-        if !cur.is_empty() {
-            parts.push_back(cur.freeze());
-        }
-        Chunks { parts, remaining }
+        b.done()
     }
 }
 
@@ -202,10 +224,13 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         for set in [vec![a.clone(), b.clone()], vec![a.clone(), big.clone(), b.clone(), big.clone()], vec![big.clone()]] {
             let flat = frame(set.iter(), 16);
-            let body = Chunks::batch(set.iter());
-            assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(flat.len() as u64));
-            let got = rt.block_on(body.collect()).unwrap().to_bytes();
-            assert_eq!(got, flat);
+            for one_segment in [false, true] {
+                let body = Chunks::batch(set.iter(), one_segment);
+                assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(flat.len() as u64));
+                assert_eq!(body.parts.len() == 1, one_segment || set.len() == 1 || set.iter().all(|e| e.len() < 4096));
+                let got = rt.block_on(body.collect()).unwrap().to_bytes();
+                assert_eq!(got, flat);
+            }
         }
     }
 

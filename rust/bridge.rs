@@ -6,12 +6,16 @@
 //! `complete_many`, which resolves the waiting HTTP requests. A handler's return value travels
 //! back the same way (`Outcome::Replied`), and the answer to a request this broker sent reaches
 //! the loop as an `Item::Answered`.
+//!
+//! Bench only: a subscriber id marked with `set_noop` is served by a no-op sink in Rust instead
+//! (its events are answered as handled at once and never reach the loop), so a bench can
+//! measure the endpoint's own ceiling with no Python per message (`py/bench.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -38,7 +42,8 @@ pub enum Outcome {
 pub enum Item {
     Event {
         token: u64,
-        sub_id: String,
+        /// shared by the events of one request
+        sub_id: std::sync::Arc<str>,
         env: Envelope,
     },
     Flushed {
@@ -62,56 +67,82 @@ struct Queue {
     closed: bool,
 }
 
-/// One HTTP request's worth of events: completed together, so the request task is woken once.
-struct BatchSlot {
-    state: Mutex<BatchState>,
-}
-
-struct BatchState {
-    /// outcomes still unknown
+/// The events of one request (one token, or a batch's consecutive tokens) waiting for their
+/// outcomes: completed together, so the request task is woken once.
+struct Waiting {
+    outcomes: Vec<Option<Outcome>>,
     left: usize,
-    outcomes: Vec<Outcome>,
-    tx: Option<oneshot::Sender<Vec<Outcome>>>,
+    reply: Reply,
 }
 
-impl BatchSlot {
-    fn set(&self, index: usize, outcome: Outcome) {
-        let mut st = self.state.lock();
-        if let Some(slot) = st.outcomes.get_mut(index) {
-            *slot = outcome;
-        }
-        st.left = st.left.saturating_sub(1);
-        if st.left == 0 {
-            if let Some(tx) = st.tx.take() {
-                let results = std::mem::take(&mut st.outcomes);
-                let _ = tx.send(results);
+enum Reply {
+    One(oneshot::Sender<Outcome>),
+    Batch(oneshot::Sender<Vec<Outcome>>),
+}
+
+impl Waiting {
+    fn new(n: usize, reply: Reply) -> Self {
+        Waiting { outcomes: (0..n).map(|_| None).collect(), left: n, reply }
+    }
+
+    /// Answer the request: outcomes never reported count as unavailable (the broker is closing).
+    fn finish(self) {
+        let mut all = self.outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Unavailable));
+        match self.reply {
+            Reply::One(tx) => {
+                let _ = tx.send(all.next().unwrap_or(Outcome::Unavailable));
+            }
+            Reply::Batch(tx) => {
+                let _ = tx.send(all.collect());
             }
         }
     }
 }
 
-enum Waiter {
-    One(oneshot::Sender<Outcome>),
-    InBatch(std::sync::Arc<BatchSlot>, usize),
+/// What waits for outcomes, by first token: a token finds its request with one ordered lookup
+/// among the requests in flight (a few), not one map entry per event.
+#[derive(Default)]
+struct Pending {
+    by_first: BTreeMap<u64, Waiting>,
+    /// events whose outcome is not reported yet
+    unresolved: usize,
 }
 
-impl Waiter {
-    fn resolve(self, outcome: Outcome) {
-        match self {
-            Waiter::One(tx) => {
-                let _ = tx.send(outcome);
-            }
-            Waiter::InBatch(slot, i) => slot.set(i, outcome),
+impl Pending {
+    fn insert(&mut self, first: u64, w: Waiting) {
+        self.unresolved += w.left;
+        self.by_first.insert(first, w);
+    }
+
+    /// Record `token`'s outcome (a second report, or an unknown token, is ignored); returns the
+    /// request when this was its last outcome.
+    fn set(&mut self, token: u64, outcome: Outcome) -> Option<Waiting> {
+        let (&first, w) = self.by_first.range_mut(..=token).next_back()?;
+        let slot = w.outcomes.get_mut(usize::try_from(token - first).ok()?)?;
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(outcome);
+        w.left -= 1;
+        self.unresolved -= 1;
+        if w.left == 0 {
+            self.by_first.remove(&first)
+        } else {
+            None
         }
     }
 }
 
 pub struct Bridge {
     queue: Mutex<Queue>,
-    pending: Mutex<HashMap<u64, Waiter>>,
+    pending: Mutex<Pending>,
     next_token: AtomicU64,
     wake_r: UnixStream,
     wake_w: UnixStream,
+    /// bench only: subscriber ids whose events the no-op sink answers (see the file comment)
+    noop: parking_lot::RwLock<HashSet<String>>,
+    /// set once any id is in `noop`: the usual path pays one relaxed load, no lock
+    any_noop: AtomicBool,
 }
 
 impl Bridge {
@@ -121,16 +152,29 @@ impl Bridge {
         w.set_nonblocking(true)?;
         Ok(Bridge {
             queue: Mutex::new(Queue { items: Vec::new(), scheduled: false, closed: false }),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             next_token: AtomicU64::new(1),
             wake_r: r,
             wake_w: w,
+            noop: Default::default(),
+            any_noop: AtomicBool::new(false),
         })
+    }
+
+    /// Bench only: serve subscriber `sub_id` with the no-op sink from now on (its events are
+    /// answered `Outcome::Ok` at once, in Rust; the loop never sees them).
+    pub fn set_noop(&self, sub_id: &str) {
+        self.noop.write().insert(sub_id.to_string());
+        self.any_noop.store(true, Ordering::Release);
+    }
+
+    fn is_noop(&self, sub_id: &str) -> bool {
+        self.any_noop.load(Ordering::Relaxed) && self.noop.read().contains(sub_id)
     }
 
     /// Events submitted whose outcome is not reported yet.
     pub fn pending_len(&self) -> usize {
-        self.pending.lock().len()
+        self.pending.lock().unresolved
     }
 
     pub fn fd(&self) -> i32 {
@@ -156,14 +200,37 @@ impl Bridge {
     /// Queue an event for the loop; the receiver resolves when Python reports the outcome.
     pub fn submit(&self, sub_id: String, env: Envelope) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        self.pending.lock().insert(token, Waiter::One(tx));
-        if !self.push(Item::Event { token, sub_id, env }) {
-            if let Some(w) = self.pending.lock().remove(&token) {
-                w.resolve(Outcome::Unavailable);
-            }
+        if self.is_noop(&sub_id) {
+            let _ = tx.send(Outcome::Ok);
+            return rx;
         }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let event = Item::Event { token, sub_id: sub_id.into(), env };
+        self.submit_events(token, Waiting::new(1, Reply::One(tx)), std::iter::once(event));
         rx
+    }
+
+    /// Register `waiting` under its first token and queue its events, both under the queue's
+    /// lock, so that a `close` (which takes the queue's lock, then the pending one) cannot come
+    /// between: either the events are queued and waited for, or, closed, nothing is queued and
+    /// the request is answered unavailable at once.
+    fn submit_events(&self, first: u64, waiting: Waiting, events: impl ExactSizeIterator<Item = Item>) {
+        let wake = {
+            let mut q = self.queue.lock();
+            if q.closed {
+                drop(q);
+                waiting.finish();
+                return;
+            }
+            self.pending.lock().insert(first, waiting);
+            q.items.reserve(events.len());
+            q.items.extend(events);
+            !std::mem::replace(&mut q.scheduled, true)
+        };
+        if wake {
+            // A full socket buffer means a wake-up is pending already.
+            let _ = (&self.wake_w).write(&[1u8]);
+        }
     }
 
     /// Queue several events (one batched request) at once; the receiver yields every outcome,
@@ -175,37 +242,14 @@ impl Bridge {
             let _ = tx.send(Vec::new());
             return rx;
         }
-        let slot = std::sync::Arc::new(BatchSlot {
-            state: Mutex::new(BatchState { left: n, outcomes: vec![Outcome::Unavailable; n], tx: Some(tx) }),
-        });
+        if self.is_noop(sub_id) {
+            let _ = tx.send(vec![Outcome::Ok; n]);
+            return rx;
+        }
         let first = self.next_token.fetch_add(n as u64, Ordering::Relaxed);
-        {
-            let mut pending = self.pending.lock();
-            for i in 0..n {
-                pending.insert(first + i as u64, Waiter::InBatch(slot.clone(), i));
-            }
-        }
-        let accepted = {
-            let mut q = self.queue.lock();
-            if q.closed {
-                false
-            } else {
-                for (i, env) in envs.into_iter().enumerate() {
-                    q.items.push(Item::Event { token: first + i as u64, sub_id: sub_id.to_string(), env });
-                }
-                !std::mem::replace(&mut q.scheduled, true)
-            }
-        };
-        if accepted {
-            let _ = (&self.wake_w).write(&[1u8]);
-        } else if self.queue.lock().closed {
-            let mut pending = self.pending.lock();
-            for i in 0..n {
-                if let Some(w) = pending.remove(&(first + i as u64)) {
-                    w.resolve(Outcome::Unavailable);
-                }
-            }
-        }
+        let sub_id: std::sync::Arc<str> = sub_id.into();
+        let events = envs.into_iter().enumerate().map(|(i, env)| Item::Event { token: first + i as u64, sub_id: sub_id.clone(), env });
+        self.submit_events(first, Waiting::new(n, Reply::Batch(tx)), events);
         rx
     }
 
@@ -244,12 +288,12 @@ impl Bridge {
 
     /// Complete many at once (one lock for the lookups).
     pub fn complete_many(&self, outcomes: Vec<(u64, Outcome)>) {
-        let waiters: Vec<(Waiter, Outcome)> = {
+        let done: Vec<Waiting> = {
             let mut pending = self.pending.lock();
-            outcomes.into_iter().filter_map(|(t, o)| pending.remove(&t).map(|w| (w, o))).collect()
+            outcomes.into_iter().filter_map(|(t, o)| pending.set(t, o)).collect()
         };
-        for (w, o) in waiters {
-            w.resolve(o);
+        for w in done {
+            w.finish();
         }
     }
 
@@ -261,9 +305,9 @@ impl Bridge {
             std::mem::take(&mut q.items)
         };
         drop(dropped_items);
-        let pending: Vec<_> = self.pending.lock().drain().collect();
-        for (_, w) in pending {
-            w.resolve(Outcome::Unavailable);
+        let pending = std::mem::take(&mut *self.pending.lock());
+        for w in pending.by_first.into_values() {
+            w.finish();
         }
     }
 
@@ -277,7 +321,7 @@ mod tests {
     use super::*;
 
     fn env(body: &str) -> Envelope {
-        Envelope { topic: "t".into(), header: Vec::new(), body: body.as_bytes().to_vec() }
+        Envelope::new("t".into(), Vec::new(), body.as_bytes().to_vec().into())
     }
 
     /// Wake-up bytes waiting on the fd (reading them, as the loop would).
@@ -331,6 +375,22 @@ mod tests {
     }
 
     #[test]
+    fn a_noop_subscriber_is_answered_in_rust_and_never_reaches_the_loop() {
+        let b = Bridge::new().unwrap();
+        b.set_noop("bench");
+        let mut one = b.submit("bench".into(), env("a"));
+        let mut many = b.submit_batch("bench", vec![env("b"), env("c")]);
+        assert_eq!(one.try_recv().unwrap(), Outcome::Ok);
+        assert_eq!(many.try_recv().unwrap(), vec![Outcome::Ok, Outcome::Ok]);
+        assert_eq!(wakes(&b), 0, "no wake-up for the loop");
+        assert_eq!(b.pending_len(), 0);
+        // other subscribers still go to the loop
+        let _r = b.submit("s".into(), env("d"));
+        assert_eq!(wakes(&b), 1);
+        assert_eq!(bodies(&b.take()), ["d"]);
+    }
+
+    #[test]
     fn a_take_clears_a_wake_up_the_loop_has_not_read() {
         let b = Bridge::new().unwrap();
         let _r = b.submit("s".into(), env("a"));
@@ -345,12 +405,16 @@ mod tests {
         let mut many = b.submit_batch("s", vec![env("b"), env("c")]);
         let items = b.take();
         let tokens: Vec<u64> = items.iter().map(token).collect();
-        assert_eq!(tokens.len(), 3);
+        assert_eq!((tokens.len(), b.pending_len()), (3, 3));
         b.complete_many(vec![(tokens[0], Outcome::Ok), (tokens[2], Outcome::Failed("boom".into()))]);
         assert_eq!(one.try_recv().unwrap(), Outcome::Ok);
         assert!(many.try_recv().is_err(), "a batch resolves once every outcome is known");
-        b.complete_many(vec![(tokens[1], Outcome::Ok), (tokens[1], Outcome::Ok), (999, Outcome::Ok)]);
+        b.complete_many(vec![(tokens[2], Outcome::Ok), (tokens[0], Outcome::Ok)]); // reported already
+        assert!(many.try_recv().is_err(), "a second report neither counts nor replaces the first");
+        assert_eq!(b.pending_len(), 1);
+        b.complete_many(vec![(tokens[1], Outcome::Ok), (tokens[1], Outcome::Ok), (999, Outcome::Ok), (0, Outcome::Ok)]);
         assert_eq!(many.try_recv().unwrap(), vec![Outcome::Ok, Outcome::Failed("boom".into())]);
+        assert_eq!(b.pending_len(), 0);
         let mut empty = b.submit_batch("s", Vec::new());
         assert_eq!(empty.try_recv().unwrap(), Vec::<Outcome>::new());
     }

@@ -22,6 +22,7 @@ use parking_lot::RwLock;
 use crate::batch;
 use crate::codec;
 use crate::error::Error;
+use crate::frames;
 use crate::msg::Msg;
 use crate::node::{NodeLink, NodeSpec};
 use crate::server::REPLY_CONTENT_TYPE;
@@ -118,7 +119,7 @@ pub fn reply_of(body: &[u8], is_envelope: bool) -> Answer {
         return Answer::Reply { header: Vec::new(), body: body.to_vec() };
     }
     match codec::decode(body) {
-        Ok(env) => Answer::Reply { header: env.header, body: env.body },
+        Ok(env) => Answer::Reply { header: env.header, body: env.body.into() },
         Err(e) => Answer::Failed { status: 200, error: format!("undecodable reply: {e}") },
     }
 }
@@ -197,17 +198,18 @@ impl Transport {
         pools.request(spec, req)
     }
 
-    /// POST `batch` (not empty) to the node: one envelope, or a batch body to a node that takes
-    /// batches.
+    /// POST `batch` (not empty) to the node: frames to a node that takes them, else one JSON
+    /// envelope, or a batch of them to a node that takes batches.
     pub async fn send(&self, link: &NodeLink, batch: &[Msg]) -> SendResult {
-        let (body, ct) = if link.spec.batch && (link.spec.h2 || link.spec.secure) {
-            // anything that may be HTTP/2 (h2c, or ALPN under TLS) gets one contiguous DATA
-            // payload: many small DATA frames from concurrent streams made hyper's h2 fail
-            (batch::Chunks::flat(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
+        // anything that may be HTTP/2 (h2c, or ALPN under TLS) gets one contiguous DATA payload:
+        // many small DATA frames from concurrent streams made hyper's h2 fail
+        let flat = link.spec.h2 || link.spec.secure;
+        let (body, ct) = if link.spec.frames {
+            (batch::Chunks::frames(batch.iter().map(|m| &*m.payload), flat), frames::CONTENT_TYPE)
         } else if link.spec.batch {
-            (batch::Chunks::batch(batch.iter().map(|m| &m.envelope)), batch::CONTENT_TYPE)
+            (batch::Chunks::batch(batch.iter().map(|m| m.payload.json()), flat), batch::CONTENT_TYPE)
         } else {
-            (batch::Chunks::one(batch[0].envelope.clone()), "application/json")
+            (batch::Chunks::one(batch[0].payload.json().clone()), "application/json")
         };
         let mut req = match Request::post(link.uri.clone()).header(CONTENT_TYPE, ct).body(body) {
             Ok(r) => r,
@@ -229,7 +231,7 @@ impl Transport {
             Ok(Err(e)) => return SendResult::Unreachable(format!("could not read the response: {e}")),
             Err(_) => return SendResult::Unreachable("response timed out".into()),
         };
-        if status == StatusCode::OK && link.spec.batch && is_batch_reply {
+        if status == StatusCode::OK && (link.spec.batch || link.spec.frames) && is_batch_reply {
             return batch_result(&body, batch.len());
         }
         if classify(status.as_u16(), batch.len()) == Verdict::Delivered {
@@ -274,7 +276,7 @@ impl Transport {
     /// Does the node answer an HTTP request at all (any status)? `Err(Some(reason))`: no, and
     /// why; `Err(None)`: no answer within the probe timeout.
     pub async fn probe(&self, link: &NodeLink) -> Result<(), Option<String>> {
-        let req = Request::head(link.uri.clone()).body(batch::Chunks::batch(std::iter::empty())).map_err(|_| None)?;
+        let req = Request::head(link.uri.clone()).body(batch::Chunks::batch(std::iter::empty(), false)).map_err(|_| None)?;
         match tokio::time::timeout(PROBE_TIMEOUT, self.request(&link.spec, req)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Some(describe_client_error(&e))),

@@ -26,12 +26,66 @@ pub const TOPIC_HEADER: &str = ":topic";
 pub const MICRO_TOPIC_HEADER: &str = "Micro-Topic";
 
 /// A decoded envelope: the topic, the user header (without `:topic`) in wire order, the body.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Envelope {
     pub topic: String,
     pub header: Vec<(String, String)>,
-    pub body: Vec<u8>,
+    /// the body: a slice of the receive buffer where possible (see `frames`); when the body
+    /// straddles receive buffers, only its first piece (the others are in `rest`)
+    pub body: bytes::Bytes,
+    /// the further pieces of a body that straddles receive buffers (frames only; else empty):
+    /// kept as slices of those buffers so that the body is copied once, into Python
+    pub rest: Vec<bytes::Bytes>,
 }
+
+impl Envelope {
+    pub fn new(topic: String, header: Vec<(String, String)>, body: bytes::Bytes) -> Self {
+        Envelope { topic, header, body, rest: Vec::new() }
+    }
+
+    /// The body's length, all pieces together.
+    pub fn body_len(&self) -> usize {
+        self.body.len() + self.rest.iter().map(bytes::Bytes::len).sum::<usize>()
+    }
+
+    /// The body's pieces, in order (one, unless it straddled receive buffers).
+    pub fn body_pieces(&self) -> impl Iterator<Item = &bytes::Bytes> {
+        std::iter::once(&self.body).chain(self.rest.iter())
+    }
+
+    /// The body in one buffer (a copy only when it is in pieces).
+    pub fn body_bytes(&self) -> bytes::Bytes {
+        if self.rest.is_empty() {
+            return self.body.clone();
+        }
+        let mut out = vec![0; self.body_len()];
+        self.copy_body_into(&mut out);
+        out.into()
+    }
+
+    /// Copy the body's pieces, in order, to the start of `dst` (which holds `body_len()` bytes
+    /// at least; a shorter one gets what fits).
+    pub fn copy_body_into(&self, dst: &mut [u8]) {
+        let mut at = 0;
+        for p in self.body_pieces() {
+            let n = p.len().min(dst.len() - at);
+            dst[at..at + n].copy_from_slice(&p[..n]);
+            at += n;
+        }
+    }
+}
+
+/// Envelopes are equal when they carry the same message, however the body is cut into pieces.
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.topic == other.topic
+            && self.header == other.header
+            && self.body_len() == other.body_len()
+            && self.body_pieces().flat_map(|p| p.iter()).eq(other.body_pieces().flat_map(|p| p.iter()))
+    }
+}
+
+impl Eq for Envelope {}
 
 /// Why an envelope could not be decoded. The message (`Display`) is meant for a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,7 +511,7 @@ fn decode_with(data: &[u8], drop_echo: bool) -> Result<Envelope, CodecError> {
     if topic.is_empty() {
         return Err(CodecError::NoTopic);
     }
-    Ok(Envelope { topic, header, body: body? })
+    Ok(Envelope::new(topic, header, bytes::Bytes::from(body?)))
 }
 
 #[cfg(test)]
@@ -479,7 +533,7 @@ mod tests {
         let env = decode(&enc).unwrap();
         assert_eq!(env.topic, "greetings");
         assert_eq!(env.header, hdr(&h));
-        assert_eq!(env.body, b"hi");
+        assert_eq!(&env.body[..], b"hi");
     }
 
     #[test]
@@ -489,7 +543,7 @@ mod tests {
         let env = decode(go).unwrap();
         assert_eq!(env.topic, "go.micro.topic");
         assert_eq!(env.header, hdr(&[("a<b", "x&y")]));
-        assert_eq!(env.body, b"Hello, Go!");
+        assert_eq!(&env.body[..], b"Hello, Go!");
     }
 
     #[test]

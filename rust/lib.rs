@@ -19,10 +19,14 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod frames;
+pub mod listener;
+pub mod malloc;
 pub mod metrics;
 pub mod msg;
 pub mod node;
 pub mod notices;
+pub mod payload;
 pub mod progress;
 pub mod publisher;
 #[cfg(feature = "python")]
@@ -33,6 +37,7 @@ pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod topic_stats;
+pub mod wakeups;
 pub mod worker;
 
 #[cfg(feature = "python")]

@@ -311,14 +311,15 @@ mod tests {
         let (_rt, p, e) = exporter(1);
         for (t, n) in [("a", 3), ("b", 1), ("c", 2)] {
             for _ in 0..n {
-                p.publish(Arc::from(t), bytes::Bytes::from_static(b"xyz"));
+                p.publish(Arc::from(t), crate::payload::Payload::new(t, std::iter::empty(), b"xyz"));
             }
         }
         let rows = e.topics();
         assert_eq!(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["a", OTHER]);
         let (a, other) = (&rows[0], &rows[1]);
         // backlog=2 per topic: a keeps 2 of 3 (1 dropped), b 1, c 2
-        assert_eq!((a.published, a.backlog, a.backlog_bytes, a.drops[0]), (3, 2, 6, 1));
+        let w = crate::payload::Payload::new("a", std::iter::empty(), b"xyz").frame_len() as u64;
+        assert_eq!((a.published, a.backlog, a.backlog_bytes, a.drops[0]), (3, 2, 2 * w, 1));
         assert_eq!((other.published, other.backlog, other.drops[0]), (3, 3, 0));
         assert_eq!(a.dropped() + other.dropped(), p.stats().dropped.load(Relaxed));
         let text = e.render();

@@ -10,9 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use crate::backlog::Weighted;
+use crate::payload::Payload;
 
 /// What the copies of one dispatched message share.
 #[derive(Debug, Default)]
@@ -46,12 +45,12 @@ impl Share {
     }
 }
 
-/// One published message: its sequence number, topic and encoded go-micro envelope.
+/// One published message: its sequence number, topic and bytes (both wire forms).
 #[derive(Clone, Debug)]
 pub struct Msg {
     pub seq: u64,
     pub topic: Arc<str>,
-    pub envelope: Bytes,
+    pub payload: Arc<Payload>,
     pub share: Arc<Share>,
     /// failed handler attempts of this copy so far (500 answers), for `max_deliveries`
     pub attempts: u32,
@@ -60,8 +59,8 @@ pub struct Msg {
 }
 
 impl Msg {
-    pub fn new(seq: u64, topic: Arc<str>, envelope: Bytes) -> Self {
-        Msg { seq, topic, envelope, share: Arc::default(), attempts: 0, published_at: None }
+    pub fn new(seq: u64, topic: Arc<str>, payload: Payload) -> Self {
+        Msg { seq, topic, payload: Arc::new(payload), share: Arc::default(), attempts: 0, published_at: None }
     }
 
     /// Start a fresh dispatch: unless this message's share record is unused, its copies get a
@@ -77,8 +76,8 @@ impl Msg {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub topic: Arc<str>,
-    /// the encoded envelope as it was sent
-    pub envelope: Bytes,
+    /// the message as it was published
+    pub payload: Arc<Payload>,
     /// the node (subscription) id and address whose handler kept failing
     pub node: String,
     pub address: String,
@@ -89,7 +88,7 @@ pub struct DeadLetter {
 
 impl Weighted for Msg {
     fn weight(&self) -> usize {
-        self.envelope.len()
+        self.payload.held_len()
     }
 }
 
@@ -98,7 +97,7 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64) -> Msg {
-        Msg::new(seq, Arc::from("t"), Bytes::from_static(b"{}"))
+        Msg::new(seq, Arc::from("t"), Payload::new("t", std::iter::empty(), b"{}"))
     }
 
     #[test]

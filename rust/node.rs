@@ -25,6 +25,8 @@ pub struct NodeSpec {
     pub id: String,
     pub address: String,
     pub batch: bool,
+    /// takes the raw frame format (`frames`; registry metadata `frames=1`), batches included
+    pub frames: bool,
     pub secure: bool,
     /// speaks HTTP/2 with prior knowledge over plain TCP (hyperbroker peers)
     pub h2: bool,
@@ -35,6 +37,17 @@ pub struct NodeSpec {
     pub max_deliveries: Option<u32>,
     /// the endpoint path the node serves: `/_sub` (go-micro v1 layout) or `/` (current go-micro)
     pub path: String,
+}
+
+/// What `push_all_quiet` did.
+#[derive(Debug)]
+pub struct PushedAll {
+    /// queued messages displaced (oldest first) to stay within the cap
+    pub dropped: usize,
+    /// the queue's length afterwards
+    pub len: usize,
+    /// the messages back, when the node takes nothing new
+    pub gone: Vec<Msg>,
 }
 
 #[derive(Default)]
@@ -59,6 +72,8 @@ pub struct NodeLink {
     state: Mutex<LinkState>,
     /// wakes the node's workers: new work, removal, re-admission
     notify: Notify,
+    /// on the publisher's ready list for a coalesced wake-up (`wakeups.rs`)
+    wake_pending: AtomicBool,
     failing: AtomicBool,
     /// out of the route after repeated refused connections; probed until it answers again
     evicted: AtomicBool,
@@ -70,13 +85,6 @@ pub struct NodeLink {
     live_workers: AtomicUsize,
     /// the counters of the link's topic (shared by every link of the topic)
     pub counters: Arc<TopicCounters>,
-}
-
-pub enum Enqueued {
-    /// queued; `dropped`: an older entry was displaced by the per-node cap; `len`: queue length
-    Ok { dropped: bool, len: usize },
-    /// the link is gone; the message is handed back
-    Gone(Msg),
 }
 
 /// What `take_batch` hands a worker.
@@ -104,6 +112,7 @@ impl NodeLink {
             uri,
             state: Mutex::new(LinkState::default()),
             notify: Notify::new(),
+            wake_pending: AtomicBool::new(false),
             failing: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             batch_cap: AtomicUsize::new(batch_cap),
@@ -211,27 +220,38 @@ impl NodeLink {
 
     // --- the queue ---
 
-    /// Queue `msg`, displacing the oldest entry when `cap` are queued already.
-    pub fn push(&self, msg: Msg, cap: usize) -> Enqueued {
-        let dropped = {
-            let mut st = self.state.lock();
-            // an evicted node takes nothing new: its queue was just handed to the backlog
-            if st.removed || self.is_evicted() {
-                return Enqueued::Gone(msg);
-            }
+    /// Queue `msgs` in order under one lock, displacing the oldest entries past `cap` (counted
+    /// in `dropped`); a node that takes nothing new (removed, or evicted: its queue was just
+    /// handed to the backlog) hands them all back in `gone`. No worker is woken: the caller does
+    /// (`Wakeups::wake`, coalescing the wake-ups of many links).
+    pub fn push_all_quiet(&self, msgs: impl IntoIterator<Item = Msg>, cap: usize) -> PushedAll {
+        let mut st = self.state.lock();
+        if st.removed || self.is_evicted() {
+            return PushedAll { dropped: 0, len: st.queue.len(), gone: msgs.into_iter().collect() };
+        }
+        let mut dropped = 0;
+        for msg in msgs {
             msg.share.hold();
-            let dropped = match if st.queue.len() >= cap { st.queue.pop_front() } else { None } {
-                Some(old) => {
+            if st.queue.len() >= cap {
+                if let Some(old) = st.queue.pop_front() {
                     old.share.release(false);
-                    true
+                    dropped += 1;
                 }
-                None => false,
-            };
+            }
             st.queue.push_back(msg);
-            (dropped, st.queue.len())
-        };
+        }
+        PushedAll { dropped, len: st.queue.len(), gone: Vec::new() }
+    }
+
+    /// Mark this link as waiting for a coalesced wake-up; false when it was already.
+    pub fn mark_wake_pending(&self) -> bool {
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The coalesced wake-up: clear the mark, then wake a worker.
+    pub fn wake_one(&self) {
+        self.wake_pending.swap(false, Ordering::AcqRel);
         self.notify.notify_one();
-        Enqueued::Ok { dropped: dropped.0, len: dropped.1 }
     }
 
     /// The next batch for worker `slot`: for a node that takes batches, at most `max_count`
@@ -263,13 +283,14 @@ impl NodeLink {
                 st.queue.push_front(m);
             }
         }
-        if self.spec.batch {
+        if self.spec.batch || self.spec.frames {
             let mut bytes = 0usize;
             while let Some(m) = st.queue.front() {
-                if !out.is_empty() && (out.len() >= max_count || bytes + m.envelope.len() > self.batch_cap()) {
+                let len = m.payload.wire_len(self.spec.frames);
+                if !out.is_empty() && (out.len() >= max_count || bytes + len > self.batch_cap()) {
                     break;
                 }
-                bytes += m.envelope.len() + 1;
+                bytes += len + 1;
                 if let Some(m) = st.queue.pop_front() {
                     out.push(m);
                 }
@@ -418,13 +439,13 @@ fn percent_encode(s: &str) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use bytes::Bytes;
 
     pub(crate) fn spec(id: &str, batch: bool) -> NodeSpec {
         NodeSpec {
             id: id.into(),
             address: "127.0.0.1:1".into(),
             batch,
+            frames: false,
             secure: false,
             h2: false,
             max_body: None,
@@ -437,8 +458,18 @@ pub(crate) mod tests {
         NodeLink::new(spec(id, batch), Arc::from("t"), None, cap).unwrap()
     }
 
+    /// One message onto the link's queue.
+    pub(crate) fn push(l: &NodeLink, m: Msg, cap: usize) -> PushedAll {
+        l.push_all_quiet([m], cap)
+    }
+
+    /// (displaced, queue length) when queued, None when handed back.
+    fn queued(p: PushedAll) -> Option<(usize, usize)> {
+        p.gone.is_empty().then_some((p.dropped, p.len))
+    }
+
     pub(crate) fn msg(seq: u64, size: usize) -> Msg {
-        Msg::new(seq, Arc::from("t"), Bytes::from(vec![b'x'; size]))
+        Msg::new(seq, Arc::from("t"), crate::payload::Payload::new("t", std::iter::empty(), &vec![b'x'; size]))
     }
 
     fn batch(t: Take) -> Vec<u64> {
@@ -464,7 +495,7 @@ pub(crate) mod tests {
         let l = link("n", true, usize::MAX);
         l.start_workers(1);
         for s in 1..=5 {
-            let _ = l.push(msg(s, 10), 100);
+            let _ = push(&l, msg(s, 10), 100);
         }
         assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
         assert_eq!(batch(l.take_batch(0, 2)), vec![3, 4]);
@@ -474,27 +505,31 @@ pub(crate) mod tests {
 
     #[test]
     fn take_batch_stops_at_the_byte_cap_counting_separators() {
-        // each envelope counts its 10 bytes plus a newline: with a cap of 25, two fit (11 + 10)
-        let l = link("n", true, 25);
-        l.start_workers(1);
-        for s in 1..=3 {
-            let _ = l.push(msg(s, 10), 100);
+        // each message counts its wire form (JSON, or the frame for a frames node) plus a
+        // separator: with a cap of 2w + 1, two fit (w + 1 + w)
+        for frames in [false, true] {
+            let w = msg(0, 10).payload.wire_len(frames);
+            let l = NodeLink::new(NodeSpec { frames, ..spec("n", !frames) }, Arc::from("t"), None, 2 * w + 1).unwrap();
+            l.start_workers(1);
+            for s in 1..=3 {
+                let _ = push(&l, msg(s, 10), 100);
+            }
+            assert_eq!(batch(l.take_batch(0, 100)), vec![1, 2]);
+            assert_eq!(batch(l.take_batch(0, 100)), vec![3]);
+            l.lower_batch_cap(2 * w);
+            for s in 4..=5 {
+                let _ = push(&l, msg(s, 10), 100);
+            }
+            assert_eq!(batch(l.take_batch(0, 100)), vec![4]); // w + 1 + w > 2w
         }
-        assert_eq!(batch(l.take_batch(0, 100)), vec![1, 2]); // 11 + 10 <= 25
-        assert_eq!(batch(l.take_batch(0, 100)), vec![3]);
-        l.lower_batch_cap(15);
-        for s in 4..=5 {
-            let _ = l.push(msg(s, 10), 100);
-        }
-        assert_eq!(batch(l.take_batch(0, 100)), vec![4]); // 11 + 10 > 15
     }
 
     #[test]
     fn an_oversize_envelope_still_goes_alone() {
         let l = link("n", true, 8);
         l.start_workers(1);
-        let _ = l.push(msg(1, 100), 100);
-        let _ = l.push(msg(2, 100), 100);
+        let _ = push(&l, msg(1, 100), 100);
+        let _ = push(&l, msg(2, 100), 100);
         assert_eq!(batch(l.take_batch(0, 100)), vec![1]);
         assert_eq!(batch(l.take_batch(0, 100)), vec![2]);
     }
@@ -504,7 +539,7 @@ pub(crate) mod tests {
         let l = link("n", false, usize::MAX);
         l.start_workers(1);
         for s in 1..=3 {
-            let _ = l.push(msg(s, 1), 100);
+            let _ = push(&l, msg(s, 1), 100);
         }
         assert_eq!(batch(l.take_batch(0, 100)), vec![1]);
     }
@@ -514,7 +549,7 @@ pub(crate) mod tests {
         let l = link("n", true, usize::MAX);
         l.start_workers(2);
         for s in 1..=4 {
-            let _ = l.push(msg(s, 1), 100);
+            let _ = push(&l, msg(s, 1), 100);
         }
         assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
         assert_eq!(batch(l.take_batch(1, 2)), vec![3, 4]);
@@ -535,22 +570,37 @@ pub(crate) mod tests {
     fn push_displaces_the_oldest_at_the_cap_and_releases_its_copy() {
         let l = link("n", true, usize::MAX);
         let first = msg(1, 1);
-        assert!(matches!(l.push(first.clone(), 2), Enqueued::Ok { dropped: false, len: 1 }));
+        assert_eq!(queued(push(&l, first.clone(), 2)), Some((0, 1)));
         assert_eq!(first.share.holders(), 1);
-        assert!(matches!(l.push(msg(2, 1), 2), Enqueued::Ok { dropped: false, len: 2 }));
-        assert!(matches!(l.push(msg(3, 1), 2), Enqueued::Ok { dropped: true, len: 2 }));
+        assert_eq!(queued(push(&l, msg(2, 1), 2)), Some((0, 2)));
+        assert_eq!(queued(push(&l, msg(3, 1), 2)), Some((1, 2)));
         assert_eq!(first.share.holders(), 0);
         assert_eq!(l.min_pending(), Some(2));
+    }
+
+    #[test]
+    fn push_all_is_push_in_order_under_one_lock() {
+        let l = link("n", true, usize::MAX);
+        l.start_workers(1);
+        let first = msg(1, 1);
+        let pushed = l.push_all_quiet(vec![first.clone(), msg(2, 1), msg(3, 1)], 2);
+        assert_eq!((pushed.dropped, pushed.len, pushed.gone.len()), (1, 2, 0));
+        assert_eq!(first.share.holders(), 0, "the displaced copy is released");
+        assert_eq!(batch(l.take_batch(0, 10)), vec![2, 3]);
+        l.mark_removed();
+        let pushed = l.push_all_quiet(vec![msg(4, 1), msg(5, 1)], 10);
+        assert_eq!(pushed.gone.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5], "a removed link takes nothing");
+        assert!(pushed.gone.iter().all(|m| m.share.holders() == 0));
     }
 
     #[test]
     fn an_evicted_or_removed_link_hands_messages_back() {
         let l = link("n", true, usize::MAX);
         l.start_workers(1);
-        let _ = l.push(msg(1, 1), 10);
+        let _ = push(&l, msg(1, 1), 10);
         assert!(l.evict());
         assert!(!l.evict(), "only the first caller evicts");
-        assert!(matches!(l.push(msg(2, 1), 10), Enqueued::Gone(_)));
+        assert_eq!(push(&l, msg(2, 1), 10).gone.len(), 1);
         assert_eq!(batch(l.take_batch(0, 10)), Vec::<u64>::new(), "an evicted link hands out nothing");
         assert!(l.requeue_front_unless_evicted(vec![msg(3, 1)]).is_err());
         l.readmit();
@@ -564,7 +614,7 @@ pub(crate) mod tests {
             }
             Take::Batch(_) => panic!("should be removed"),
         }
-        assert!(matches!(l.push(msg(4, 1), 10), Enqueued::Gone(_)));
+        assert_eq!(push(&l, msg(4, 1), 10).gone.len(), 1);
     }
 
     #[test]
@@ -590,7 +640,7 @@ pub(crate) mod tests {
         assert!(l.serves(&spec("n", true), &None));
         assert!(!l.serves(&spec("n", true), &Some("q".into())));
         assert!(!other.serves(&spec("m", true), &None));
-        let _ = l.push(msg(1, 1), 10);
+        let _ = push(&l, msg(1, 1), 10);
         assert_eq!(l.close(), 1);
         assert!(!l.serves(&spec("n", true), &None), "a removed link serves nobody");
     }

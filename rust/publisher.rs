@@ -14,7 +14,9 @@
 //! a request is never retried once a handler may have run.
 //!
 //! What it delegates: the routing table to `route.rs`, each node's queue and state to
-//! `node.rs`, the send loop, retries and eviction to `worker.rs`, HTTP to `client.rs`.
+//! `node.rs`, waking the node workers (one coalesced wake-up per burst) to `wakeups.rs`, the
+//! send loop, retries and eviction to `worker.rs`, HTTP to `client.rs`; a message's bytes in both
+//! wire forms are `payload.rs`'s.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +31,14 @@ use crate::backlog::Backlog;
 use crate::client::{Answer, Attempt, Transport};
 use crate::error::Error;
 use crate::msg::{DeadLetter, Msg};
-use crate::node::{Enqueued, NodeLink, NodeSpec};
+use crate::node::{NodeLink, NodeSpec};
 use crate::notices::Notices;
+use crate::payload::Payload;
 use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
 use crate::stats::{Drop, Stats};
 use crate::topic_stats::{TopicCounters, TopicStats};
+use crate::wakeups::Wakeups;
 use crate::worker;
 
 pub use crate::config::PubConfig;
@@ -48,8 +52,8 @@ const REQUEST_TICK: Duration = Duration::from_millis(10);
 
 pub struct Publisher {
     routes: Routes,
-    /// every node link, by (topic, node id), including evicted ones (their worker probes)
-    links: Mutex<HashMap<LinkKey, Arc<NodeLink>>>,
+    /// every node link, by topic and node id, including evicted ones (their worker probes)
+    links: Mutex<HashMap<Arc<str>, LinksOfTopic>>,
     pub backlog: Backlog<Msg>,
     transport: Transport,
     stats: Arc<Stats>,
@@ -64,16 +68,14 @@ pub struct Publisher {
     pub notices: Notices,
     /// per-topic counters (each link carries its topic's)
     topics: Arc<TopicStats>,
+    /// one coalesced wake-up of the node workers per burst of publishes
+    wakeups: Arc<Wakeups>,
 }
+
+/// A topic's node links by node id.
+type LinksOfTopic = HashMap<String, Arc<NodeLink>>;
 
 pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
-
-/// (topic, node id)
-type LinkKey = (Arc<str>, String);
-
-fn link_key(topic: &Arc<str>, id: &str) -> LinkKey {
-    (topic.clone(), id.to_string())
-}
 
 impl Publisher {
     pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, Error> {
@@ -81,6 +83,7 @@ impl Publisher {
         // go-micro's default: https peers are accepted without verification
         let tls = crate::tls::client_config(None, None)?;
         let (shutdown, _) = watch::channel(false);
+        let wakeups = Wakeups::start(&rt, shutdown.subscribe());
         Ok(Publisher {
             routes: Routes::default(),
             links: Mutex::new(HashMap::new()),
@@ -95,6 +98,7 @@ impl Publisher {
             dead_letters: RwLock::new(None),
             notices: Notices::default(),
             topics: Arc::default(),
+            wakeups,
         })
     }
 
@@ -131,29 +135,76 @@ impl Publisher {
         &self.cfg
     }
 
-    /// Accept one encoded envelope for `topic`. Returns true when a healthy node's queue is past
+    /// Accept one message (`payload`) for `topic`. Returns true when a healthy node's queue is past
     /// the high-water mark (half of `node_queue`): the caller should wait for `wait_room` before
     /// publishing more, so that a slow consumer slows the producer instead of losing messages.
-    pub fn publish(self: &Arc<Self>, topic: Arc<str>, envelope: Bytes) -> bool {
-        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
-        Stats::add(&self.stats.published, 1);
-        let mut msg = Msg::new(seq, topic, envelope);
-        if self.topics.timing() {
-            msg.published_at = Some(std::time::Instant::now());
+    pub fn publish(self: &Arc<Self>, topic: Arc<str>, payload: Payload) -> bool {
+        self.publish_all(topic, vec![payload])
+    }
+
+    /// Accept many messages of one topic (`publish_many`), in order: one route lookup for the
+    /// lot, and one lock per broadcast node's queue. The congestion flag of `publish`.
+    pub fn publish_all(self: &Arc<Self>, topic: Arc<str>, payloads: Vec<Payload>) -> bool {
+        let n = payloads.len() as u64;
+        if n == 0 {
+            return false;
         }
-        let route = self.routes.get(&msg.topic);
+        let first = self.seq.fetch_add(n, Ordering::AcqRel) + 1;
+        Stats::add(&self.stats.published, n);
+        let now = self.topics.timing().then(std::time::Instant::now);
+        let msgs: Vec<Msg> = payloads
+            .into_iter()
+            .zip(first..)
+            .map(|(p, seq)| {
+                let mut m = Msg::new(seq, topic.clone(), p);
+                m.published_at = now;
+                m
+            })
+            .collect();
+        let route = self.routes.get(&topic);
         // the topic's counters come with the route looked up anyway (any of its links)
         match route.as_deref().and_then(|r| r.groups().first()).and_then(|g| g.nodes().first()) {
-            Some(l) => TopicCounters::add(&l.counters.published, 1),
-            None => TopicCounters::add(&self.topics.get(&msg.topic).published, 1),
+            Some(l) => TopicCounters::add(&l.counters.published, n),
+            None => TopicCounters::add(&self.topics.get(&topic).published, n),
         }
         match route {
-            Some(r) if r.is_usable() => self.send_to_route(&r, msg),
+            Some(r) if r.is_usable() => self.send_all_to_route(&r, msgs),
             _ => {
-                self.park(msg);
+                for m in msgs {
+                    self.park(m);
+                }
                 false
             }
         }
+    }
+
+    /// `send_to_route` for many messages: a broadcast node takes all of them under one lock; a
+    /// queue group picks a member per message.
+    fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> bool {
+        if msgs.len() == 1 {
+            return msgs.pop().is_some_and(|m| self.send_to_route(route, m));
+        }
+        for m in &mut msgs {
+            m.renew_share();
+        }
+        let mut congested = false;
+        for g in route.groups() {
+            match g.queue() {
+                None => {
+                    for l in g.nodes() {
+                        congested |= self.enqueue(l, msgs.clone());
+                    }
+                }
+                Some(_) => {
+                    for m in &msgs {
+                        if let Some(l) = g.pick(None) {
+                            congested |= self.enqueue(l, [m.clone()]);
+                        }
+                    }
+                }
+            }
+        }
+        congested
     }
 
     fn high_water(&self) -> usize {
@@ -161,7 +212,7 @@ impl Publisher {
     }
 
     fn all_links(&self) -> Vec<Arc<NodeLink>> {
-        self.links.lock().values().cloned().collect()
+        self.links.lock().values().flat_map(|by_id| by_id.values().cloned()).collect()
     }
 
     /// True while some healthy node still has more than a quarter of `node_queue` queued.
@@ -183,12 +234,12 @@ impl Publisher {
             match g.queue() {
                 None => {
                     for l in g.nodes() {
-                        congested |= self.enqueue(l, msg.clone());
+                        congested |= self.enqueue(l, [msg.clone()]);
                     }
                 }
                 Some(_) => {
                     if let Some(l) = g.pick(None) {
-                        congested |= self.enqueue(l, msg.clone());
+                        congested |= self.enqueue(l, [msg.clone()]);
                     }
                 }
             }
@@ -196,34 +247,32 @@ impl Publisher {
         congested
     }
 
-    /// Queue on one node; returns true when that healthy node is past the high-water mark.
-    fn enqueue(&self, link: &Arc<NodeLink>, msg: Msg) -> bool {
-        Stats::add(&self.stats.in_flight, 1);
-        match self.account(link, link.push(msg, self.cfg.node_queue)) {
-            Some(len) => len >= self.high_water() && !link.is_failing(),
-            None => false,
-        }
-    }
-
-    /// Count what a push onto a node queue did; returns the queue length when it was queued.
-    fn account(&self, link: &NodeLink, pushed: Enqueued) -> Option<usize> {
-        match pushed {
-            Enqueued::Ok { dropped, len } => {
-                if dropped {
-                    // only a node that does not keep up and is not failing over gets here when
-                    // the producer ignores back-pressure; memory stays bounded, the drop counted
-                    Stats::sub(&self.stats.in_flight, 1);
-                    self.count_drop(&link.topic, Drop::NodeQueueOverflow, 1);
-                    link.counters.count_drop(Drop::NodeQueueOverflow, 1);
-                }
-                Some(len)
+    /// Queue messages on one node under one lock of its queue (`[msg]` for one); returns true
+    /// when that healthy node is past the high-water mark.
+    fn enqueue<M: AsRef<[Msg]> + IntoIterator<Item = Msg>>(&self, link: &Arc<NodeLink>, msgs: M) -> bool {
+        if !link.spec.frames {
+            for m in msgs.as_ref() {
+                let _ = m.payload.json(); // made here, once, not under the node's queue lock
             }
-            Enqueued::Gone(m) => {
-                Stats::sub(&self.stats.in_flight, 1);
+        }
+        Stats::add(&self.stats.in_flight, msgs.as_ref().len() as u64);
+        let pushed = link.push_all_quiet(msgs, self.cfg.node_queue);
+        if pushed.dropped > 0 {
+            // only a node that does not keep up and is not failing over gets here when the
+            // producer ignores back-pressure; memory stays bounded, the drop counted
+            Stats::sub(&self.stats.in_flight, pushed.dropped as u64);
+            self.count_drop(&link.topic, Drop::NodeQueueOverflow, pushed.dropped as u64);
+            link.counters.count_drop(Drop::NodeQueueOverflow, pushed.dropped as u64);
+        }
+        if !pushed.gone.is_empty() {
+            Stats::sub(&self.stats.in_flight, pushed.gone.len() as u64);
+            for m in pushed.gone {
                 self.park(m);
-                None
             }
+            return false;
         }
+        self.wakeups.wake(link);
+        pushed.len >= self.high_water() && !link.is_failing()
     }
 
     fn park(&self, msg: Msg) {
@@ -254,9 +303,7 @@ impl Publisher {
             if items.is_empty() {
                 return;
             }
-            for m in items {
-                let _ = self.send_to_route(&route, m);
-            }
+            let _ = self.send_all_to_route(&route, items);
         }
     }
 
@@ -267,7 +314,8 @@ impl Publisher {
         let mut new_groups = Vec::with_capacity(groups.len());
         let mut spawn = Vec::new();
         {
-            let mut links = self.links.lock();
+            let mut all = self.links.lock();
+            let links = all.entry(topic_arc.clone()).or_default();
             let mut keep: HashSet<String> = HashSet::new();
             for (version, specs) in groups {
                 let queue = Group::queue_of_version(version);
@@ -276,7 +324,7 @@ impl Publisher {
                     if !keep.insert(spec.id.clone()) {
                         continue; // the same node listed twice: once is enough
                     }
-                    let key = link_key(&topic_arc, &spec.id);
+                    let key = spec.id.clone();
                     let link = match links.get(&key).filter(|l| l.serves(&spec, &queue)).cloned() {
                         Some(l) if l.is_evicted() => continue, // its prober re-adds it
                         Some(l) => l,
@@ -299,10 +347,13 @@ impl Publisher {
                     new_groups.push(Group::new(queue, nodes));
                 }
             }
-            for (k, l) in links.iter() {
-                if &*k.0 == topic && !keep.contains(&k.1) {
+            for (id, l) in links.iter() {
+                if !keep.contains(id) {
                     l.mark_removed();
                 }
+            }
+            if links.is_empty() {
+                all.remove(&topic_arc);
             }
             self.routes.replace(topic, new_groups);
         }
@@ -330,7 +381,7 @@ impl Publisher {
                 for m in msgs {
                     m.share.release(false);
                     if let Some(l) = g.pick(Some(link)) {
-                        let _ = self.enqueue(l, m);
+                        let _ = self.enqueue(l, [m]);
                     }
                 }
                 return;
@@ -365,11 +416,11 @@ impl Publisher {
         let Some(route) = self.routes.get(&link.topic) else { return msgs };
         let Some(g) = route.group(&link.queue_group) else { return msgs };
         let Some(other) = g.pick(Some(link)).filter(|o| !o.is_failing()).cloned() else { return msgs };
-        for m in msgs {
-            let share = m.share.clone();
-            let pushed = other.push(m, self.cfg.node_queue);
+        let shares: Vec<_> = msgs.iter().map(|m| m.share.clone()).collect();
+        Stats::sub(&self.stats.in_flight, msgs.len() as u64); // `enqueue` counts them again
+        let _ = self.enqueue(&other, msgs);
+        for share in shares {
             share.release(false); // the copy moved: this node no longer holds it
-            let _ = self.account(&other, pushed);
         }
         Vec::new()
     }
@@ -389,7 +440,7 @@ impl Publisher {
         if let Some(sink) = self.dead_letters.read().as_ref() {
             sink(DeadLetter {
                 topic: m.topic.clone(),
-                envelope: m.envelope.clone(),
+                payload: m.payload.clone(),
                 node: link.spec.id.clone(),
                 address: link.spec.address.clone(),
                 error,
@@ -407,7 +458,13 @@ impl Publisher {
 
     /// The last worker of `link` stopped: the publisher forgets the link.
     pub(crate) fn forget_link(&self, link: &Arc<NodeLink>) {
-        self.links.lock().retain(|_, l| !Arc::ptr_eq(l, link));
+        let mut all = self.links.lock();
+        if let Some(by_id) = all.get_mut(&link.topic) {
+            by_id.retain(|_, l| !Arc::ptr_eq(l, link));
+            if by_id.is_empty() {
+                all.remove(&link.topic);
+            }
+        }
     }
 
     pub(crate) fn routes(&self) -> &Routes {
@@ -444,7 +501,7 @@ impl Publisher {
     /// as dropped (reason: disconnect). The links are emptied before the workers are told to
     /// stop, so no worker can take a message that is then counted nowhere.
     pub fn close(&self) {
-        let links: Vec<Arc<NodeLink>> = self.links.lock().drain().map(|(_, l)| l).collect();
+        let links: Vec<Arc<NodeLink>> = self.links.lock().drain().flat_map(|(_, by_id)| by_id.into_values()).collect();
         for l in links {
             let n = l.close() as u64;
             Stats::sub(&self.stats.in_flight, n);

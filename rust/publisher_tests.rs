@@ -33,6 +33,7 @@ impl TestNode {
             id: id.into(),
             address: self.addr.to_string(),
             batch: false,
+            frames: false,
             secure: false,
             h2: false,
             max_body: None,
@@ -42,7 +43,8 @@ impl TestNode {
     }
 
     fn got(&self) -> Vec<String> {
-        self.got.lock().iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect()
+        // each request is one JSON envelope (these nodes announce neither batches nor frames)
+        self.got.lock().iter().map(|b| String::from_utf8_lossy(&crate::codec::decode_message(b).unwrap().body).into_owned()).collect()
     }
 }
 
@@ -88,6 +90,7 @@ fn refusing_port() -> (TcpSocket, NodeSpec) {
             id: "a".into(),
             address,
             batch: false,
+            frames: false,
             secure: false,
             h2: false,
             max_body: None,
@@ -128,7 +131,7 @@ fn publisher() -> Arc<Publisher> {
 
 fn publish(p: &Arc<Publisher>, bodies: &[&str]) {
     for b in bodies {
-        let _ = p.publish(Arc::from("t"), Bytes::from(b.to_string()));
+        let _ = p.publish(Arc::from("t"), Payload::new("t", std::iter::empty(), b.as_bytes()));
     }
 }
 
@@ -320,7 +323,7 @@ fn after_max_deliveries_a_message_is_dead_lettered_once() {
         assert!(flushed(&p).await, "flush completes once the message is given up");
         let dead = dead.lock().clone();
         assert_eq!(dead.len(), 1);
-        assert_eq!((&*dead[0].topic, &dead[0].envelope[..], dead[0].attempts), ("t", &b"poison"[..], 3));
+        assert_eq!((&*dead[0].topic, dead[0].payload.body(), dead[0].attempts), ("t", &b"poison"[..], 3));
         assert_eq!(dead[0].node, "a");
         assert!(dead[0].error.contains("scripted"));
         let s = p.stats();

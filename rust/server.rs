@@ -1,5 +1,6 @@
 //! The subscriber endpoint: `POST /_sub?id=<node id>` (go-micro v1) or `POST /?id=<node id>`
-//! (current go-micro) with a go-micro envelope (or a batch).
+//! (current go-micro) with a go-micro envelope, a batch of them (`batch.rs`), or raw frames
+//! (`frames.rs`; a frames body that is truncated is refused whole with 400).
 //!
 //! It answers after the handler ran: 200 handled (with the reply envelope as the body, typed
 //! `REPLY_CONTENT_TYPE`, when the handler returned a value; else empty, as go-micro answers);
@@ -11,34 +12,28 @@
 //! draining or closing; no token needed) and, with the `metrics` option, `GET /metrics`
 //! (Prometheus text, rendered at scrape time by `metrics.rs`; the bearer token when one is set).
 //!
-//! Hostile connections: connections are capped per peer address and in total (over a cap a new
-//! connection is closed right after accept and counted in `connections_refused`); a connection
-//! that sends no request within `header_read_timeout` is closed; a refused request whose body
-//! is still coming is answered first and its body read and discarded up to a bound
+//! Connections (accepting, caps per peer and in total, the first-bytes deadline, TLS, stopping,
+//! reclaiming memory) are `listener.rs`'s; this file answers the requests. A refused request
+//! whose body is still coming is answered first and its body read and discarded up to a bound
 //! (`LINGER_BYTES` / `LINGER_TIME`), so clients that write the whole body before reading see
-//! the 413/401/400; and the memory of closed connections is handed back to the OS.
+//! the 413/401/400.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::RwLock;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
 
 use crate::batch;
 use crate::bridge::{Bridge, Outcome};
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::frames;
 use crate::metrics::Exporter;
 use crate::stats::Stats;
 use crate::topic_stats::TopicCounters;
@@ -59,6 +54,7 @@ pub struct Subscription {
 }
 
 pub use crate::config::ServerConfig;
+pub use crate::listener::{serve, ServerHandle};
 
 /// Constant-time check of a presented bearer token against every accepted one.
 fn token_ok(accepted: &[Vec<u8>], presented: &[u8]) -> bool {
@@ -148,17 +144,29 @@ fn percent_decode(s: &str) -> String {
 /// Check that an envelope may go to subscriber `id`; returns its topic's counters, or the
 /// status and reason.
 fn route_check(state: &ServerState, id: &str, topic: &str) -> Result<Arc<TopicCounters>, (StatusCode, String)> {
+    let (subscribed, counters) = subscription(state, id)?;
+    topic_check(id, &subscribed, topic)?;
+    Ok(counters)
+}
+
+/// Subscriber `id`'s topic and counters (one lookup for a whole batch), or why nothing may go
+/// to it (404 unknown, 503 draining).
+fn subscription(state: &ServerState, id: &str) -> Result<(String, Arc<TopicCounters>), (StatusCode, String)> {
     if state.draining.load(std::sync::atomic::Ordering::Acquire) {
         return Err((StatusCode::SERVICE_UNAVAILABLE, "subscriber is draining".into()));
     }
-    let subs = state.subs.read();
-    match subs.get(id) {
+    match state.subs.read().get(id) {
         None => Err((StatusCode::NOT_FOUND, format!("no subscriber with id {id:?} here"))),
-        Some(s) if s.topic != topic => {
-            Err((StatusCode::NOT_FOUND, format!("subscriber {id:?} is subscribed to {:?}, not {topic:?}", s.topic)))
-        }
-        Some(s) => Ok(s.counters.clone()),
+        Some(s) => Ok((s.topic.clone(), s.counters.clone())),
     }
+}
+
+/// An envelope of `topic` may go to subscriber `id`, subscribed to `subscribed`.
+fn topic_check(id: &str, subscribed: &str, topic: &str) -> Result<(), (StatusCode, String)> {
+    if subscribed != topic {
+        return Err((StatusCode::NOT_FOUND, format!("subscriber {id:?} is subscribed to {subscribed:?}, not {topic:?}")));
+    }
+    Ok(())
 }
 
 /// Reject what is over the configured limits (the message itself, not the HTTP request).
@@ -175,6 +183,13 @@ fn limits_check(state: &ServerState, env: &codec::Envelope) -> Result<(), String
         return Err(format!("header of {bytes} bytes is over the limit of {} bytes", c.max_message_header_bytes));
     }
     Ok(())
+}
+
+/// A decoded message within the limits, or why not (the reason a batch response gives).
+fn checked<E: std::fmt::Display>(state: &ServerState, decoded: Result<codec::Envelope, E>) -> Result<codec::Envelope, String> {
+    let env = decoded.map_err(|e| e.to_string())?;
+    limits_check(state, &env)?;
+    Ok(env)
 }
 
 fn outcome_status(o: Result<Outcome, tokio::sync::oneshot::error::RecvError>) -> (StatusCode, String) {
@@ -198,7 +213,7 @@ struct PendingBody {
     started: bool,
 }
 
-async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub(crate) async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut pending = PendingBody { body: Some(body), started: false };
     let mut r = handle_inner(&state, &parts, &mut pending).await;
@@ -330,7 +345,9 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
             return text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {max} bytes"));
         }
     }
-    let is_batch = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with(batch::CONTENT_TYPE));
+    let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let is_frames = content_type.starts_with(frames::CONTENT_TYPE);
+    let is_batch = content_type.starts_with(batch::CONTENT_TYPE);
     let Some(incoming) = pending.body.as_mut() else {
         return text(StatusCode::BAD_REQUEST, "the request body was already read");
     };
@@ -340,10 +357,10 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
         pending.body = None; // a slow client is not waited for any longer
         return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time");
     };
-    let body = match read {
+    let collected = match read {
         Ok(b) => {
             pending.body = None;
-            b.to_bytes()
+            b
         }
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -354,8 +371,28 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
             return text(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"));
         }
     };
+    if is_frames {
+        // the receive buffers as they came: a body inside one of them is not copied
+        let mut buf = collected.aggregate();
+        let decoded = if buf.chunk().len() == buf.remaining() {
+            // one receive buffer (the usual case): decode from it directly, not through the list
+            let all = buf.copy_to_bytes(buf.remaining());
+            frames::decode(all)
+        } else {
+            frames::decode(buf)
+        };
+        return match decoded {
+            Ok(items) => {
+                let items = items.into_iter().map(|f| checked(state, f)).collect();
+                deliver_batch(state, id, items).await
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+    }
+    let body = collected.to_bytes();
     if is_batch {
-        return handle_batch(state, id, &body).await;
+        let items = batch::split(&body).into_iter().map(|line| checked(state, codec::decode_message(line))).collect();
+        return deliver_batch(state, id, items).await;
     }
     let env = match codec::decode_message(&body) {
         Ok(env) => env,
@@ -392,26 +429,28 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     }
 }
 
-async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Response<Full<Bytes>> {
+/// Hand the decoded messages of one batch (or frames) request to the subscriber and answer with
+/// the per-message batch response; `items` are in request order, undecodable ones as errors.
+async fn deliver_batch(state: &Arc<ServerState>, id: String, items: Vec<Result<codec::Envelope, String>>) -> Response<Full<Bytes>> {
     let mut failed = Vec::new();
     let mut envs = Vec::new();
     let mut indexes = Vec::new();
-    let mut counters: Option<Arc<TopicCounters>> = None;
-    let lines = batch::split(body);
-    let received = lines.len();
-    for (index, line) in lines.into_iter().enumerate() {
-        match codec::decode_message(line).map_err(|e| e.to_string()).and_then(|env| limits_check(state, &env).map(|_| env)) {
-            Err(e) => failed.push(batch::Failure { index, status: 400, error: e }),
-            Ok(env) => match route_check(state, &id, &env.topic) {
-                Err((s, m)) => failed.push(batch::Failure { index, status: s.as_u16(), error: m }),
-                Ok(c) => {
-                    counters.get_or_insert(c);
-                    envs.push(env);
-                    indexes.push(index);
-                }
-            },
+    let sub = subscription(state, &id);
+    let received = items.len();
+    for (index, item) in items.into_iter().enumerate() {
+        let checked = item.map_err(|e| (StatusCode::BAD_REQUEST, e)).and_then(|env| match &sub {
+            Ok((subscribed, _)) => topic_check(&id, subscribed, &env.topic).map(|_| env),
+            Err(e) => Err(e.clone()),
+        });
+        match checked {
+            Err((s, error)) => failed.push(batch::Failure { index, status: s.as_u16(), error }),
+            Ok(env) => {
+                envs.push(env);
+                indexes.push(index);
+            }
         }
     }
+    let counters = sub.ok().filter(|_| !envs.is_empty()).map(|(_, c)| c);
     Stats::add(&state.stats.received, envs.len() as u64);
     let n = envs.len();
     if let Some(c) = &counters {
@@ -447,307 +486,6 @@ async fn handle_batch(state: &Arc<ServerState>, id: String, body: &[u8]) -> Resp
     let mut r = Response::new(Full::new(batch::encode_response(received, failed, &replies)));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
-}
-
-/// The protocol sniffing of hyper-util's auto builder has no timeout of its own and hyper's
-/// header timeout starts only after it: a client must send its first 24 bytes (the length of
-/// the HTTP/2 preface) within `deadline`, or the connection is closed.
-pub struct FirstBytesDeadline<S> {
-    inner: S,
-    seen: usize,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-const SNIFF_BYTES: usize = 24;
-
-impl<S> FirstBytesDeadline<S> {
-    pub fn new(inner: S, deadline: std::time::Duration) -> Self {
-        FirstBytesDeadline { inner, seen: 0, sleep: Some(Box::pin(tokio::time::sleep(deadline))) }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytesDeadline<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let got = buf.filled().len() - before;
-        let me = &mut *self;
-        if me.sleep.is_some() {
-            me.seen += got;
-            if me.seen >= SNIFF_BYTES || (got == 0 && r.is_ready()) {
-                me.sleep = None;
-            } else if r.is_pending() {
-                if let Some(sl) = me.sleep.as_mut() {
-                    if sl.as_mut().poll(cx).is_ready() {
-                        return std::task::Poll::Ready(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "client sent too little too slowly",
-                        )));
-                    }
-                }
-            }
-        }
-        r
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstBytesDeadline<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// Serve one connection (plain or TLS) until it closes or the endpoint stops.
-async fn serve_io<I>(io: I, state: Arc<ServerState>, mut sd: watch::Receiver<bool>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let timeout = state.config.header_read_timeout;
-    let svc_state = state.clone();
-    let svc = hyper::service::service_fn(move |req| handle(svc_state.clone(), req));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true).half_close(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256).keep_alive_interval(Some(timeout)).keep_alive_timeout(timeout);
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = sd.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), conn).await;
-        }
-    }
-}
-
-/// Counts a connection against the per-peer and the total cap; released on drop.
-struct PeerGuard {
-    state: Arc<ServerState>,
-    ip: std::net::IpAddr,
-}
-
-impl PeerGuard {
-    /// None when the peer or the endpoint as a whole is at its cap.
-    fn acquire(state: &Arc<ServerState>, ip: std::net::IpAddr) -> Option<PeerGuard> {
-        let mut peers = state.peers.lock();
-        if state.open_conns.load(std::sync::atomic::Ordering::Acquire) >= state.config.max_connections {
-            return None;
-        }
-        let n = peers.entry(ip).or_insert(0);
-        if *n >= state.config.max_connections_per_peer {
-            return None;
-        }
-        *n += 1;
-        state.open_conns.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        reclaim::opened();
-        Some(PeerGuard { state: state.clone(), ip })
-    }
-}
-
-impl Drop for PeerGuard {
-    fn drop(&mut self) {
-        {
-            let mut peers = self.state.peers.lock();
-            if let Some(n) = peers.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    peers.remove(&self.ip);
-                    // a flood from many addresses must not leave a big table behind
-                    let len = peers.len();
-                    if peers.capacity() > 64 && len * 4 < peers.capacity() {
-                        peers.shrink_to(len * 2);
-                    }
-                }
-            }
-        }
-        self.state.open_conns.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.state.conn_closed.notify_waiters();
-        reclaim::closed();
-    }
-}
-
-/// Handing the memory of closed connections back to the OS.
-///
-/// Measured: 8,000 idle connections took ~50 MB; after they closed, all of it was free inside
-/// glibc's malloc (`malloc_trim(0)` brought RSS back to within 1 MB of before) but not returned,
-/// because it sits in the per-thread arenas of the tokio workers, below live chunks, where
-/// glibc's automatic trimming (top of heap only) never reaches. So once many connections of
-/// this process's endpoints have closed since the last peak, `malloc_trim(0)` runs once, a
-/// moment later (so a whole wave is done), on a blocking thread. Steady traffic never triggers
-/// it: only a drop of `TRIM_AFTER_CLOSED` open connections from their peak does. Elsewhere
-/// than glibc this is a no-op.
-mod reclaim {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// a drop of this many open connections from the peak triggers a trim
-    const TRIM_AFTER_CLOSED: usize = 256;
-    /// the trim waits this long after the trigger, so one trim covers a whole wave of closes
-    const TRIM_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
-
-    /// open endpoint connections of the whole process (malloc is process-wide), and their peak
-    /// since the last trim
-    static OPEN: AtomicUsize = AtomicUsize::new(0);
-    static PEAK: AtomicUsize = AtomicUsize::new(0);
-    static SCHEDULED: AtomicBool = AtomicBool::new(false);
-
-    pub(super) fn opened() {
-        let now = OPEN.fetch_add(1, Ordering::AcqRel) + 1;
-        PEAK.fetch_max(now, Ordering::AcqRel);
-    }
-
-    pub(super) fn closed() {
-        let now = OPEN.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
-        if PEAK.load(Ordering::Acquire).saturating_sub(now) < TRIM_AFTER_CLOSED || SCHEDULED.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            SCHEDULED.store(false, Ordering::Release);
-            return;
-        };
-        rt.spawn(async {
-            tokio::time::sleep(TRIM_DELAY).await;
-            let _ = tokio::task::spawn_blocking(trim).await;
-            PEAK.store(OPEN.load(Ordering::Acquire), Ordering::Release);
-            SCHEDULED.store(false, Ordering::Release);
-        });
-    }
-
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn trim() {
-        extern "C" {
-            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
-        }
-        // SAFETY: malloc_trim only releases free memory of glibc's own heaps; thread-safe.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    fn trim() {}
-}
-
-/// A running endpoint; dropping the handle does not stop it, `stop` does.
-pub struct ServerHandle {
-    pub local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl ServerHandle {
-    /// Stop accepting and wait (bounded) until the listening socket and every accepted
-    /// connection are closed, so that once this returns nothing of this endpoint answers any
-    /// more (a keep-alive connection must not answer for a successor on the same port).
-    /// Call from outside the runtime.
-    pub fn stop_blocking(self, rt: &tokio::runtime::Runtime, state: &Arc<ServerState>) {
-        let _ = self.shutdown.send(true);
-        let accept = self.accept;
-        let state = state.clone();
-        rt.block_on(async move {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), accept).await;
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-                loop {
-                    let closed = state.conn_closed.notified();
-                    tokio::pin!(closed);
-                    closed.as_mut().enable();
-                    if state.open_conns.load(std::sync::atomic::Ordering::Acquire) == 0 {
-                        break;
-                    }
-                    closed.await;
-                }
-            })
-            .await;
-        });
-    }
-}
-
-/// Length of the queue of connections the kernel completed but the endpoint did not accept yet
-/// (the kernel caps it at `net.core.somaxconn`). The standard library's 128 overflowed under a
-/// burst of connections: the kernel then drops SYNs and the client (a publisher too) waits a
-/// whole second for the retransmission.
-const LISTEN_BACKLOG: u32 = 4096;
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?; // as std's TcpListener::bind does on Unix
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
-/// Bind and serve. HTTP/1.1 keep-alive and HTTP/2 (prior knowledge) on the same port.
-pub async fn serve(state: Arc<ServerState>, addr: SocketAddr) -> Result<ServerHandle> {
-    let cannot = |e: std::io::Error| Error::io(format!("cannot listen on {addr}: {e}"));
-    let listener = bind(addr).map_err(cannot)?;
-    let local_addr = listener.local_addr().map_err(cannot)?;
-    let (tx, rx) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(listener, state, rx));
-    Ok(ServerHandle { local_addr, shutdown: tx, accept })
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => {
-                let Ok((stream, peer)) = r else {
-                    // e.g. EMFILE: back off briefly instead of spinning
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                };
-                let Some(guard) = PeerGuard::acquire(&state, peer.ip()) else {
-                    drop(stream); // over a connection cap: closed at once, not held
-                    Stats::add(&state.stats.connections_refused, 1);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let sd = shutdown.clone();
-                let tls = state.tls.read().clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                        let deadline = state.config.header_read_timeout;
-                    match tls {
-                        None => serve_io(TokioIo::new(FirstBytesDeadline::new(stream, deadline)), state, sd).await,
-                        Some(cfg) => {
-                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-                            let hs = tokio::time::timeout(state.config.header_read_timeout, acceptor.accept(stream)).await;
-                            match hs {
-                                Ok(Ok(tls_stream)) => {
-                                    serve_io(TokioIo::new(FirstBytesDeadline::new(tls_stream, deadline)), state, sd).await
-                                }
-                                Ok(Err(_)) => Stats::add(&state.stats.tls_handshake_failures, 1),
-                                Err(_) => Stats::add(&state.stats.tls_handshake_failures, 1),
-                            }
-                        }
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
 }
 
 #[cfg(test)]

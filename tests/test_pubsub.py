@@ -552,7 +552,15 @@ async def test_publish_kinds_and_publish_many(make_broker: MakeBroker) -> None:
     assert m[2].message.header == {"Content-Type": "application/json"} and m[2].message.json() == [1, 2]
     assert m[3].message.header == {"h": "1"} and m[3].message.body == b"m"
     assert [x.message.body for x in m[4:]] == nums(100)
+
+    class Raw(bytes):
+        pass
+
+    # any iterable; bytes subclasses and bytearray go through the general conversion
+    assert await pub.publish_many("kinds", (x for x in [b"g1", bytearray(b"g2"), Raw(b"g3")])) == 3
+    await pub.flush(timeout=5)
+    assert [x.message.body for x in got.events[109:]] == [b"g1", b"g2", b"g3"]
     st = pub.stats()
-    assert st["published"] == 109
-    assert st["delivered"] == 109
-    assert sb.stats()["received"] == 109
+    assert st["published"] == 112
+    assert st["delivered"] == 112
+    assert sb.stats()["received"] == 112

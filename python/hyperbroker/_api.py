@@ -21,10 +21,10 @@ class ConnectsInContext:
     """``async with broker:`` connects on entry and disconnects on exit (also on an error)."""
 
     async def connect(self) -> None:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: Broker and TestBroker connect their own way
 
     async def disconnect(self, timeout: float | None = None) -> None:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: Broker and TestBroker disconnect their own way
 
     async def __aenter__(self) -> Self:
         await self.connect()

@@ -4,7 +4,7 @@ from typing import Any, TypeVar, final
 
 __all__ = ["Backlog", "BrokerError", "CodecError", "Engine", "Event", "Message", "__version__", "decode", "encode"]
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from hyperbroker._routes import RouteGroup
 from hyperbroker.options import BrokerOptions
@@ -164,8 +164,15 @@ class Engine:
         """Number of nodes currently routed for ``topic``."""
     def publish(self, topic: str, header: dict[str, str] | None, body: bytes) -> bool:
         """Encode and queue one message; True when a subscriber is congested (await ``wait_room``)."""
-    def publish_many(self, topic: str, items: list[tuple[dict[str, str] | None, bytes]]) -> bool:
-        """Queue many messages of one topic; the same congestion flag as ``publish``."""
+    def publish_many(
+        self,
+        topic: str,
+        messages: Iterable[object],
+        to_wire: Callable[[object], tuple[dict[str, str] | None, bytes]],
+    ) -> tuple[bool, int]:
+        """Queue many messages of one topic: a ``bytes`` item is a body without header, any other
+        goes through ``to_wire``; all are converted before any is queued. Returns (the same
+        congestion flag as ``publish``, how many were queued)."""
     def request(self, token: int, topic: str, header: dict[str, str] | None, body: bytes, timeout: float) -> None:
         """Send one request to one subscriber node of ``topic``; ``take()`` yields its answer
         under ``token`` within ``timeout`` seconds."""
@@ -173,6 +180,13 @@ class Engine:
         """Start waiting (``timeout`` seconds at most) until no healthy subscriber is congested."""
     def flush(self, token: int, timeout: float) -> None:
         """Start waiting (``timeout`` seconds at most) for everything published so far."""
+    def _bench_publish(self, topic: str, n: int, body: bytes, timeout: float) -> bool:
+        """Bench only (``benches/test_bench_ceiling.py``): publish ``body`` to ``topic`` ``n`` times
+        from a Rust loop (no Python call per message), honouring back-pressure, then wait for
+        every acknowledgement. Blocks the calling thread (GIL released); False on ``timeout``."""
+    def _bench_noop_subscription(self, id: str, topic: str) -> None:
+        """Bench only: serve subscriber ``id`` of ``topic`` with a no-op handler in Rust (same
+        endpoint code, never reaches Python; ``stats()["received"]`` counts its deliveries)."""
     def set_auth_token(self, token: str | None = None) -> None:
         """The bearer token sent to nodes (None: none); ValueError when it is not printable ASCII."""
     def set_accepted_tokens(self, tokens: list[str]) -> None:

@@ -43,6 +43,8 @@ class RouteNode:
     id: str
     address: str
     batch: bool = False
+    #: takes the raw frame format (registry metadata ``frames=1``)
+    frames: bool = False
     secure: bool = False
     h2: bool = False
     max_body: int | None = None
@@ -59,6 +61,7 @@ class RouteNode:
             id=node.id,
             address=node.address,
             batch=m.get("batch") == "1",
+            frames=m.get("frames") == "1",
             secure=m.get("secure") == "true",
             h2=m.get("h2") == "1",
             max_body=_size_or_none(m.get("max_body")),

@@ -376,8 +376,7 @@ class Broker(ConnectsInContext):
         if self._tracing is not None:
             congested, n = self._tracing.publish_many(engine, topic, messages)
         else:
-            items = [to_wire(m) for m in messages]
-            congested, n = engine.publish_many(topic, items), len(items)
+            congested, n = engine.publish_many(topic, messages, to_wire)
         if congested:
             await self._wait_room()
         return n
@@ -617,6 +616,8 @@ class Broker(ConnectsInContext):
         meta = {"secure": "true" if self.secure else "false", "broker": "http", "topic": sub.topic}
         if self._options.batch:
             meta["batch"] = "1"
+            if self._options.frames:  # a frames request carries several messages: a batch
+                meta["frames"] = "1"
         if self._options.h2:
             meta["h2"] = "1"
         meta["max_body"] = str(self._options.max_body)

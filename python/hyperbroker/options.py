@@ -86,6 +86,10 @@ class BrokerOptions:
     node_queue: messages queued per subscriber node before the oldest are dropped.
     max_batch / max_batch_bytes: caps of one batched POST to nodes that accept batches.
     batch: whether this broker's subscriptions accept batched POSTs.
+    frames: whether this broker's subscriptions accept the raw frame format (registry metadata
+        ``frames=1``): bodies travel as they are, without JSON and base64. Publishers use it
+        towards nodes that announce it; go-micro peers never see it. A frames request carries
+        several messages, so it is announced only together with ``batch``.
     retry_min / retry_max: back-off bounds (seconds) for a failing node.
     request_timeout: seconds one delivery may take, handler included.
     header_read_timeout: seconds a client has to send its request headers.
@@ -156,6 +160,7 @@ class BrokerOptions:
     max_batch: int = 1024
     max_batch_bytes: int = 1 << 20
     batch: bool = True
+    frames: bool = True
     retry_min: float = 0.01
     retry_max: float = 2.0
     request_timeout: float = 30.0

@@ -104,11 +104,11 @@ class SubscriptionBase:
         """Take ``events`` (this subscription's, in arrival order): failed ones go into
         ``failures``, ones settled later through ``complete`` into ``deferred``, replies of
         succeeded ones into ``replies`` (when given)."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: Subscriber and IterSubscriber deliver their own way
 
     def fail_pending(self, reason: str) -> None:
         """The subscription ends: fail (through ``complete``) whatever it has not settled."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each subclass knows what it holds
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"

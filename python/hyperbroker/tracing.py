@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Awaitable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import BrokerError
 from .message import Event, Handler, to_wire
@@ -50,6 +50,11 @@ def _version() -> str:
     from . import _core
 
     return str(_core.__version__)
+
+
+def _as_is(item: object) -> tuple[dict[str, str] | None, bytes]:
+    """An item already in wire form (header, body), for ``Engine.publish_many``."""
+    return cast("tuple[dict[str, str] | None, bytes]", item)
 
 
 class _HeaderGetter:
@@ -132,7 +137,7 @@ class Tracing:
             self._inject(carrier, context=self._set_span(span))
             items = [to_wire(m, carrier) for m in messages]
             span.set_attribute("messaging.batch.message_count", len(items))
-            return engine.publish_many(topic, items), len(items)
+            return engine.publish_many(topic, items, _as_is)
         except Exception as e:
             self._failed(span, e)
             raise

@@ -4,6 +4,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::codec;
+use crate::payload::{Payload, BY_REFERENCE};
+use pyo3::pybacked::PyBackedBytes;
 
 /// Borrow a Python `dict[str, str]` (or None) as key/value pairs.
 pub fn header_pairs<'py>(header: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>> {
@@ -34,6 +36,26 @@ pub fn header_pairs<'py>(header: Option<&Bound<'py, PyDict>>) -> PyResult<Vec<(B
 /// `codec::encode_message_into`), reading the header straight from a Python dict.
 pub fn encode_py_into(out: &mut Vec<u8>, topic: &str, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<()> {
     encode_py_with(out, topic, header, body, true)
+}
+
+/// The `Payload` of a published message, its header read straight from a Python dict: a large
+/// body stays in its Python `bytes` object (held, not copied) until the last copy is sent.
+pub fn payload_py(topic: &str, header: Option<&Bound<'_, PyDict>>, body: &Bound<'_, PyBytes>) -> PyResult<Payload> {
+    let pairs = header_pairs(header)?;
+    let mut strs: Vec<(&str, &str)> = Vec::with_capacity(pairs.len());
+    for (k, v) in &pairs {
+        strs.push((k.to_str()?, v.to_str()?));
+    }
+    let bytes = body.as_bytes();
+    let over = |n: usize| u32::try_from(n).is_err();
+    if over(bytes.len()) || over(topic.len()) || strs.iter().any(|(k, v)| over(k.len()) || over(v.len())) {
+        return Err(super::errors::CodecError::new_err("a message's topic, header entries and body must each be under 4 GiB"));
+    }
+    if bytes.len() < BY_REFERENCE {
+        return Ok(Payload::new(topic, strs.iter().copied(), bytes));
+    }
+    let held = bytes::Bytes::from_owner(PyBackedBytes::from(body.clone()));
+    Ok(Payload::with_body(topic, strs.iter().copied(), held))
 }
 
 /// Encode a reply envelope appending to `out`: go-micro v1's shape, the topic under `:topic`

@@ -145,6 +145,8 @@ struct RouteNode {
     #[pyo3(attribute)]
     batch: bool,
     #[pyo3(attribute)]
+    frames: bool,
+    #[pyo3(attribute)]
     secure: bool,
     #[pyo3(attribute)]
     h2: bool,
@@ -176,6 +178,7 @@ impl RouteGroup {
                 id: n.id,
                 address: n.address,
                 batch: n.batch,
+                frames: n.frames,
                 secure: n.secure,
                 h2: n.h2,
                 max_body: n.max_body,

@@ -11,13 +11,13 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use super::codec::{encode_py_into, encode_reply_py_into};
+use super::bench;
+use super::codec::{encode_py_into, encode_reply_py_into, payload_py};
 use super::conversion::{self, seconds};
 use super::errors::BrokerError;
 use super::message::{Event, Message};
 use crate::bridge::{Bridge, Item, Outcome};
 use crate::client::Answer;
-use crate::codec;
 use crate::error::Error;
 use crate::metrics::Exporter;
 use crate::notices;
@@ -51,6 +51,7 @@ impl Engine {
     fn new(options: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (pub_config, server_config) = conversion::engine_config(options)?;
         let metrics = conversion::metrics_config(options)?;
+        crate::malloc::tune();
         let stats = Arc::new(Stats::default());
         let bridge = Arc::new(Bridge::new().map_err(|e| Error::io(format!("could not create the wake-up socket: {e}")))?);
         let rt = runtime::get()?;
@@ -153,13 +154,13 @@ impl Engine {
         let notices = PyList::empty(py);
         let answers = PyList::empty(py);
         // consecutive events mostly share subscriber and topic: reuse their Python strings
-        let mut last_sub: Option<(String, Bound<'py, PyString>)> = None;
+        let mut last_sub: Option<(std::sync::Arc<str>, Bound<'py, PyString>)> = None;
         let mut last_topic: Option<(String, Bound<'py, PyString>)> = None;
         for it in items {
             match it {
                 Item::Event { token, sub_id, env } => {
                     let sub = match &last_sub {
-                        Some((k, v)) if *k == sub_id => v.clone(),
+                        Some((k, v)) if std::sync::Arc::ptr_eq(k, &sub_id) || *k == sub_id => v.clone(),
                         _ => {
                             let v = PyString::new(py, &sub_id);
                             last_sub = Some((sub_id, v.clone()));
@@ -174,11 +175,16 @@ impl Engine {
                             v
                         }
                     };
-                    let h = PyDict::new(py);
-                    for (k, v) in &env.header {
-                        h.set_item(k, v)?;
-                    }
-                    let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &env.body)))?;
+                    let body = if env.rest.is_empty() {
+                        PyBytes::new(py, &env.body)
+                    } else {
+                        // the body's one copy: from the receive buffers' pieces into Python
+                        PyBytes::new_with(py, env.body_len(), |dst| {
+                            env.copy_body_into(dst);
+                            Ok(())
+                        })?
+                    };
+                    let msg = Py::new(py, Message::received(env.header, body))?;
                     let ev = Bound::new(py, Event::new_received(topic, msg, token))?;
                     sub_ids.append(sub)?;
                     events.append(ev)?;
@@ -189,24 +195,13 @@ impl Engine {
                 Item::DeadLetter(d) => {
                     // it was encoded by this broker: it decodes (a failure would be a bug; the
                     // letter is then reported with the raw envelope as its body)
-                    let (header, body) = match codec::decode_message(&d.envelope) {
-                        Ok(env) => (env.header, env.body),
-                        Err(_) => (Vec::new(), d.envelope.to_vec()),
-                    };
-                    let h = PyDict::new(py);
-                    for (k, v) in &header {
-                        h.set_item(k, v)?;
-                    }
-                    let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                    let (_, header) = d.payload.header();
+                    let msg = Py::new(py, Message::received(header, PyBytes::new(py, d.payload.body())))?;
                     dead.append((&*d.topic, msg, d.node, d.address, d.error, d.attempts))?;
                 }
                 Item::Answered { token, answer } => match answer {
                     Answer::Reply { header, body } => {
-                        let h = PyDict::new(py);
-                        for (k, v) in &header {
-                            h.set_item(k, v)?;
-                        }
-                        let msg = Py::new(py, Message::from_parts(h, PyBytes::new(py, &body)))?;
+                        let msg = Py::new(py, Message::received(header, PyBytes::new(py, &body)))?;
                         answers.append((token, Some(msg), 200u16, ""))?;
                     }
                     Answer::Failed { status, error } => {
@@ -346,32 +341,38 @@ impl Engine {
     /// Encode and queue one message. Returns at once (delivery runs in Rust) with True when a
     /// subscriber's queue is past its high-water mark: then await `wait_room` before more.
     #[pyo3(signature = (topic, header, body))]
-    fn publish(&self, topic: &Bound<'_, PyString>, header: Option<&Bound<'_, PyDict>>, body: &[u8]) -> PyResult<bool> {
+    fn publish(&self, topic: &Bound<'_, PyString>, header: Option<&Bound<'_, PyDict>>, body: &Bound<'_, PyBytes>) -> PyResult<bool> {
         let t = topic.to_str()?;
         self.check_topic(t)?;
-        let mut out = Vec::new();
-        encode_py_into(&mut out, t, header, body)?;
-        Ok(self.publisher.publish(Arc::from(t), Bytes::from(out)))
+        let payload = payload_py(t, header, body)?;
+        Ok(self.publisher.publish(Arc::from(t), payload))
     }
 
-    /// Queue many messages of one topic: items are (header or None, body bytes). Returns the
-    /// same congestion flag as `publish`.
-    fn publish_many(&self, topic: &Bound<'_, PyString>, items: &Bound<'_, PyList>) -> PyResult<bool> {
+    /// Queue many messages of one topic. `messages` is any iterable: a `bytes` item is a body
+    /// without header; any other item goes through `to_wire(item) -> (header or None, body)`.
+    /// All are converted before any is queued (a conversion error queues nothing). Returns
+    /// (the same congestion flag as `publish`, how many were queued).
+    fn publish_many(
+        &self,
+        topic: &Bound<'_, PyString>,
+        messages: &Bound<'_, PyAny>,
+        to_wire: &Bound<'_, PyAny>,
+    ) -> PyResult<(bool, usize)> {
         let t = topic.to_str()?;
         self.check_topic(t)?;
         let topic: Arc<str> = Arc::from(t);
-        let mut encoded = Vec::with_capacity(items.len());
-        for it in items.iter() {
-            let (h, b): (Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = it.extract()?;
-            let mut out = Vec::new();
-            encode_py_into(&mut out, t, h.as_ref(), b.as_bytes())?;
-            encoded.push(Bytes::from(out));
+        let mut payloads = Vec::with_capacity(messages.len().unwrap_or(0).min(1 << 16));
+        for it in messages.try_iter()? {
+            let it = it?;
+            if let Ok(b) = it.cast_exact::<PyBytes>() {
+                payloads.push(payload_py(t, None, b)?);
+                continue;
+            }
+            let (h, b): (Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = to_wire.call1((it,))?.extract()?;
+            payloads.push(payload_py(t, h.as_ref(), &b)?);
         }
-        let mut congested = false;
-        for e in encoded {
-            congested |= self.publisher.publish(topic.clone(), e);
-        }
-        Ok(congested)
+        let n = payloads.len();
+        Ok((self.publisher.publish_all(topic, payloads), n))
     }
 
     /// Send one request: `topic`, `header`, `body` go to one subscriber node, whose handler's
@@ -383,13 +384,13 @@ impl Engine {
         token: u64,
         topic: &Bound<'_, PyString>,
         header: Option<&Bound<'_, PyDict>>,
-        body: &[u8],
+        body: &Bound<'_, PyBytes>,
         #[pyo3(from_py_with = seconds)] timeout: Duration,
     ) -> PyResult<()> {
         let t = topic.to_str()?;
         self.check_topic(t)?;
         let mut out = Vec::new();
-        encode_py_into(&mut out, t, header, body)?;
+        encode_py_into(&mut out, t, header, body.as_bytes())?;
         let p = self.publisher.clone();
         let b = self.bridge.clone();
         let topic = t.to_string();
@@ -421,6 +422,33 @@ impl Engine {
             b.flushed(token, ok);
         });
         Ok(())
+    }
+
+    /// Bench only (issue 12's ceiling, `benches/test_bench_ceiling.py`): publish `body` (no
+    /// header) to `topic` `n` times from a Rust loop, no Python call per message, honouring
+    /// back-pressure, then wait until every delivery is acknowledged. Blocks the calling thread
+    /// (the GIL released) for the whole run. False when `timeout` seconds passed while waiting
+    /// for room or for the flush.
+    fn _bench_publish(&self, py: Python<'_>, topic: &Bound<'_, PyString>, n: u64, body: &[u8], timeout: f64) -> PyResult<bool> {
+        let t = topic.to_str()?;
+        self.check_topic(t)?;
+        if !(timeout > 0.0 && timeout.is_finite()) {
+            return Err(BrokerError::new_err(format!("timeout must be > 0, got {timeout}")));
+        }
+        let rt = runtime::get()?;
+        let p = self.publisher.clone();
+        let t = t.to_string();
+        let body = Bytes::copy_from_slice(body);
+        Ok(py.detach(move || bench::publish_n(rt, &p, &t, n, body, Duration::from_secs_f64(timeout))))
+    }
+
+    /// Bench only (issue 12's ceiling): serve subscriber `id` of `topic` at this endpoint with a
+    /// no-op handler in Rust. Its deliveries go through the same endpoint code (HTTP, envelope
+    /// and batch decoding, per-envelope answer) and are answered as handled without reaching
+    /// Python; `stats()["received"]` counts them.
+    fn _bench_noop_subscription(&self, id: String, topic: String) {
+        self.bridge.set_noop(&id);
+        self.add_subscriber(id, topic);
     }
 
     /// The bearer token this broker sends to the nodes it publishes to (None: none).

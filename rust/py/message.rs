@@ -13,14 +13,44 @@ use pyo3::types::{PyAny, PyByteArray, PyBytes, PyDict, PyMemoryView, PyString};
 /// A message: string headers and a bytes body (go-micro's ``broker.Message``).
 #[pyclass(module = "hyperbroker", eq)]
 pub struct Message {
-    header: Py<PyDict>,
+    header: Header,
     body: Py<PyBytes>,
+}
+
+/// A message's header: the dict, made from the received entries only when first asked for (most
+/// handlers never look, and a dict per message costs an allocation and garbage-collector work).
+struct Header {
+    dict: PyOnceLock<Py<PyDict>>,
+    received: Vec<(String, String)>,
+}
+
+impl Header {
+    fn of(dict: Bound<'_, PyDict>) -> Self {
+        let h = Header { dict: PyOnceLock::new(), received: Vec::new() };
+        let _ = h.dict.set(dict.py(), dict.unbind());
+        h
+    }
+
+    fn dict<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyDict>> {
+        self.dict
+            .get_or_try_init(py, || {
+                let d = PyDict::new(py);
+                for (k, v) in &self.received {
+                    d.set_item(k, v)?;
+                }
+                Ok(d.unbind())
+            })
+            .map(|d| d.bind(py))
+    }
 }
 
 impl PartialEq for Message {
     fn eq(&self, other: &Self) -> bool {
         Python::attach(|py| {
-            let h = self.header.bind(py).eq(other.header.bind(py)).unwrap_or(false);
+            let h = match (self.header.dict(py), other.header.dict(py)) {
+                (Ok(a), Ok(b)) => a.eq(b).unwrap_or(false),
+                _ => false,
+            };
             h && self.body.bind(py).as_bytes() == other.body.bind(py).as_bytes()
         })
     }
@@ -57,7 +87,12 @@ fn to_header<'py>(py: Python<'py>, header: Option<&Bound<'py, PyAny>>) -> PyResu
 
 impl Message {
     pub fn from_parts(header: Bound<'_, PyDict>, body: Bound<'_, PyBytes>) -> Self {
-        Message { header: header.unbind(), body: body.unbind() }
+        Message { header: Header::of(header), body: body.unbind() }
+    }
+
+    /// A received message: its header becomes a dict only when asked for.
+    pub fn received(header: Vec<(String, String)>, body: Bound<'_, PyBytes>) -> Self {
+        Message { header: Header { dict: PyOnceLock::new(), received: header }, body: body.unbind() }
     }
 }
 
@@ -91,13 +126,13 @@ impl Message {
     }
 
     #[getter]
-    fn header(&self, py: Python<'_>) -> Py<PyDict> {
-        self.header.clone_ref(py)
+    fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.header.dict(py).cloned()
     }
 
     #[setter]
     fn set_header(&mut self, py: Python<'_>, header: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.header = to_header(py, Some(header))?.unbind();
+        self.header = Header::of(to_header(py, Some(header))?);
         Ok(())
     }
 
@@ -132,7 +167,7 @@ impl Message {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let b = self.body.bind(py);
         let shown = PyBytes::new(py, &b.as_bytes()[..b.as_bytes().len().min(64)]);
-        Ok(format!("Message(header={}, body={})", self.header.bind(py).repr()?, shown.repr()?))
+        Ok(format!("Message(header={}, body={})", self.header.dict(py)?.repr()?, shown.repr()?))
     }
 }
 
@@ -212,7 +247,7 @@ impl Event {
         let m = self.message.borrow(py);
         let b = m.body.bind(py);
         let shown = PyBytes::new(py, &b.as_bytes()[..b.as_bytes().len().min(64)]);
-        Ok(format!("Event(topic={}, header={}, body={})", self.topic.bind(py).repr()?, m.header.bind(py).repr()?, shown.repr()?))
+        Ok(format!("Event(topic={}, header={}, body={})", self.topic.bind(py).repr()?, m.header.dict(py)?.repr()?, shown.repr()?))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The PyO3 face of the crate: one file per exposed concept.
 
 mod backlog;
+mod bench;
 mod codec;
 mod conversion;
 mod engine;
