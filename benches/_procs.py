@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
 import multiprocessing.context
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
 
 __all__ = [
     "LOCALHOST",
+    "child_reporting",
     "free_port",
     "new_runner",
     "recv_with_timeout",
@@ -131,12 +133,12 @@ def run_on_own_loop(make_coro: Callable[[], Awaitable[T]], use_uvloop: bool = Tr
         return ex.submit(run).result()
 
 
-def run_child(conn: Connection, coro: Coroutine[Any, Any, Any]) -> None:
-    """Body of a spawned benchmark process: run ``coro`` on its own (uv)loop; if it fails, send
-    ``("error", repr)`` to the parent first; always close the pipe end."""
+@contextlib.contextmanager
+def child_reporting(conn: Connection) -> Iterator[None]:
+    """Around the body of a spawned benchmark process: if it fails, send ``("error", repr)`` to
+    the parent first; always close the pipe end."""
     try:
-        with new_runner() as runner:
-            runner.run(coro)
+        yield
     except BaseException as e:
         try:
             conn.send(("error", repr(e)))
@@ -145,3 +147,10 @@ def run_child(conn: Connection, coro: Coroutine[Any, Any, Any]) -> None:
         raise
     finally:
         conn.close()
+
+
+def run_child(conn: Connection, coro: Coroutine[Any, Any, Any]) -> None:
+    """Body of a spawned benchmark process: run ``coro`` on its own (uv)loop, reporting a
+    failure to the parent (:func:`child_reporting`)."""
+    with child_reporting(conn), new_runner() as runner:
+        runner.run(coro)

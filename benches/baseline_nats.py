@@ -604,7 +604,8 @@ def measure_nats_latency(
 
     Each body (``max(body_size, 8)`` bytes) carries its send ``perf_counter()``; the subscriber
     records receive time minus send time. Returns ``count`` and ``p50_us``, ``p99_us``,
-    ``p999_us`` (plus ``mean_us`` and ``max_us``) in microseconds, and ``loss``.
+    ``p999_us`` (plus ``mean_us`` and ``max_us``) in microseconds, ``loss``, and
+    ``latencies_us`` (the counted samples, sorted).
     """
     if rate_per_s <= 0 or seconds <= 0 or warmup < 0:
         raise ValueError("need rate_per_s > 0, seconds > 0, warmup >= 0")
@@ -628,6 +629,7 @@ def measure_nats_latency(
         "p999_us": _percentile(us, 0.999),
         "mean_us": sum(us) / len(us) if us else float("nan"),
         "max_us": us[-1] if us else float("nan"),
+        "latencies_us": us,
     }
 
 

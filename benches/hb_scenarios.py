@@ -2,22 +2,25 @@
 
 Every subscriber runs in a spawned process (``multiprocessing`` spawn: a tokio runtime does not
 survive ``fork``) hosting ``K`` subscriptions on one :class:`~hyperbroker.Broker` (its own
-MemoryRegistry, batching on). The publisher runs in the calling process: it registers every
-subscriber node by hand in its own MemoryRegistry, exactly as the registry would announce them
-(service ``topic:<TOPIC>``; version ``ff.http.broadcast`` with one node per subscription for
+MemoryRegistry, batching on), or on each of ``B`` Brokers (``B`` registry nodes sharing the
+process and its tokio runtime); the subscriptions are all on one topic, or each on its own
+topic (``distinct_topics``, for the topic-count curve). The publisher runs in the calling
+process: it registers every subscriber node by hand in its own registry (a MemoryRegistry unless
+given), exactly as the registry would announce them
+(service ``topic:<topic>``; version ``ff.http.broadcast`` with one node per subscription for
 broadcast, or the queue name with every member's node in one service for a queue group; node
-metadata ``{"batch": "1"}``), connects, waits until ``route_count`` shows every node, publishes,
-flushes and measures.
+metadata from ``hb_throughput.node_metadata()``), connects, waits until ``route_count`` shows
+every node of every topic, publishes, flushes and measures.
 
 Subscriber protocol (one duplex Pipe per subscriber process):
 
-* child -> parent ``("ready", address, [subscription ids])`` once subscribed, or
-  ``("error", repr(exc))``;
+* child -> parent ``("ready", [(address, [subscription ids]) per Broker])`` once subscribed,
+  or ``("error", repr(exc))``;
 * parent -> child ``("stop",)`` once the publisher's ``flush`` returned (flush returns when every
   delivery was acknowledged, and an acknowledgement is sent after the handler ran, so the
   counts are final by then);
-* child -> parent ``("done", [count per subscription], cpu_seconds, first_ts, last_ts,
-  latencies or None)``. ``cpu_seconds`` is ``getrusage(RUSAGE_SELF)`` user + system (all
+* child -> parent ``("done", [count per subscription, Broker after Broker], cpu_seconds,
+  first_ts, last_ts, latencies or None)``. ``cpu_seconds`` is ``getrusage(RUSAGE_SELF)`` user + system (all
   threads) from the moment the subscriptions were made to "stop" (start-up and imports are not
   counted). In latency mode ``latencies`` is the list of ``receive perf_counter() - send
   perf_counter()`` in seconds, the send time being the double in the first 8 bytes of the body
@@ -33,6 +36,7 @@ Imported as a top-level module (``import hb_scenarios``): the benches' conftest 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import struct
 import time
@@ -41,15 +45,19 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 import _procs
-from hb_throughput import _cpu_seconds, _new_loop, bench_body
+from hb_throughput import _cpu_seconds, _new_loop, bench_body, node_metadata
 
 __all__ = [
     "QUEUE",
     "TOPIC",
     "SubscriberNodes",
+    "connected_publisher",
+    "format_histogram",
+    "log_histogram",
     "measure_fanout",
     "measure_latency",
     "measure_queue_group",
+    "node_topics",
     "percentile",
     "run_subscriber_node",
 ]
@@ -75,25 +83,26 @@ _TS = struct.Struct("<d")
 
 def run_subscriber_node(
     conn: Connection,
-    subscriptions: int,
+    topics: list[str],
     queue: str | None = None,
     mode: str = "count",
     deadline_s: float = DEFAULT_DEADLINE_S,
-    topic: str = TOPIC,
+    brokers: int = 1,
 ) -> None:
-    """Spawn target: host ``subscriptions`` subscriptions (in queue group ``queue`` if given)
-    on one Broker and follow the protocol of the module docstring."""
-    _procs.run_child(conn, _node_main(conn, subscriptions, queue, mode, deadline_s, topic))
+    """Spawn target: host ``brokers`` Brokers, each with one subscription per entry of
+    ``topics`` (in queue group ``queue`` if given), and follow the protocol of the module
+    docstring."""
+    _procs.run_child(conn, _node_main(conn, topics, queue, mode, deadline_s, brokers))
 
 
 async def _node_main(
-    conn: Connection, subscriptions: int, queue: str | None, mode: str, deadline_s: float, topic: str
+    conn: Connection, topics: list[str], queue: str | None, mode: str, deadline_s: float, brokers: int
 ) -> None:
     from hyperbroker import Broker, Event, MemoryRegistry
 
     perf_counter = time.perf_counter
     unpack_ts = _TS.unpack_from
-    counts = [0] * subscriptions
+    counts = [0] * (len(topics) * brokers)
     latencies: list[float] = []
     span: list[float] = []  # [first receive, last receive]
 
@@ -128,10 +137,19 @@ async def _node_main(
         except (EOFError, OSError):  # the parent is gone: report nothing more, leave
             stop.set()
 
-    async with Broker(address="127.0.0.1:0", registry=MemoryRegistry(), batch=True) as broker:
-        subs = [await broker.subscribe(topic, make_handler(i), queue=queue) for i in range(subscriptions)]
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = []
+        hosted: list[Broker] = []
+        for b in range(brokers):
+            broker = await stack.enter_async_context(
+                Broker(address="127.0.0.1:0", registry=MemoryRegistry(), batch=True)
+            )
+            hosted.append(broker)
+            base = b * len(topics)
+            subs = [await broker.subscribe(t, make_handler(base + j), queue=queue) for j, t in enumerate(topics)]
+            nodes.append((broker.address, [s.id for s in subs]))
         cpu0 = _cpu_seconds()
-        conn.send(("ready", broker.address, [s.id for s in subs]))
+        conn.send(("ready", nodes))
         loop.add_reader(conn.fileno(), on_pipe)
         try:
             await asyncio.wait_for(stop.wait(), deadline_s)
@@ -146,14 +164,16 @@ async def _node_main(
             conn.send(("done", counts, cpu, first, last, latencies if mode == "latency" else None))
         except (OSError, ValueError):
             pass
-        await broker.disconnect(timeout=0.5)
+        await asyncio.gather(*(b.disconnect(timeout=0.5) for b in hosted))
 
 
 class SubscriberNodes:
-    """Subscriber processes, one Broker each; ``layout[i]`` subscriptions on node ``i``.
+    """Subscriber processes; process ``i`` hosts ``brokers`` Brokers (registry nodes) with
+    ``layout[i]`` subscriptions each.
 
-    Context manager: every process is stopped on exit, also on errors. The processes are all
-    started first and then awaited, so their start-up overlaps.
+    All subscriptions are on :data:`TOPIC`, or with ``distinct_topics`` each on its own topic
+    (:func:`node_topics`). Context manager: every process is stopped on exit, also on errors.
+    The processes are all started first and then awaited, so their start-up overlaps.
     """
 
     def __init__(
@@ -163,56 +183,74 @@ class SubscriberNodes:
         queue: str | None = None,
         mode: str = "count",
         deadline_s: float = DEFAULT_DEADLINE_S,
+        brokers: int = 1,
+        distinct_topics: bool = False,
     ) -> None:
-        if not layout or min(layout) < 1:
-            raise ValueError("every node needs at least one subscription")
+        if not layout or min(layout) < 1 or brokers < 1:
+            raise ValueError("every node needs at least one subscription, every process one broker")
         self.layout = list(layout)
+        self.brokers = brokers
         self.queue = queue
         self.deadline_s = deadline_s
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
-        #: (address, [subscription ids]) of each node, in layout order
-        self.nodes: list[tuple[str, list[str]]] = []
+        #: topics subscribed by each Broker of process ``i`` (one subscription per entry)
+        self.topics = [node_topics(i, k, distinct_topics) for i, k in enumerate(self.layout)]
+        #: (address, [subscription ids], [their topics]) of each Broker, process by process
+        self.nodes: list[tuple[str, list[str], list[str]]] = []
         self._ok = False
         ctx = _procs.spawn_ctx()
         try:
-            for i, k in enumerate(self.layout):
+            for i, topics in enumerate(self.topics):
                 parent_end, child_end = ctx.Pipe(duplex=True)
                 self.conns.append(parent_end)
                 proc = ctx.Process(
                     target=run_subscriber_node,
-                    args=(child_end, k, queue, mode, deadline_s),
+                    args=(child_end, topics, queue, mode, deadline_s, brokers),
                     name=f"hb-subscriber-node-{i}",
                     daemon=True,
                 )
                 self.procs.append(proc)
                 proc.start()
                 child_end.close()  # keep only the child's copy, so a dead child reads as EOF
-            for conn, proc, k in zip(self.conns, self.procs, self.layout, strict=False):
+            for conn, proc, topics in zip(self.conns, self.procs, self.topics, strict=False):
                 reply = _procs.recv_with_timeout(conn, READY_TIMEOUT_S, "'ready'", proc)
-                if not (isinstance(reply, tuple) and len(reply) == 3 and reply[0] == "ready"):
+                if not (isinstance(reply, tuple) and len(reply) == 2 and reply[0] == "ready"):
                     raise RuntimeError(f"hyperbroker subscriber node failed to start: {reply!r}")
-                _, address, ids = reply
-                if len(ids) != k:
-                    raise RuntimeError(f"node {address} made {len(ids)} subscriptions, expected {k}")
-                self.nodes.append((address, list(ids)))
+                if len(reply[1]) != brokers:
+                    raise RuntimeError(f"subscriber process made {len(reply[1])} brokers, expected {brokers}")
+                for address, ids in reply[1]:
+                    if len(ids) != len(topics):
+                        raise RuntimeError(f"node {address} made {len(ids)} subscriptions, expected {len(topics)}")
+                    self.nodes.append((address, list(ids), topics))
         except BaseException:
             self.close()
             raise
 
     @property
     def subscriptions(self) -> int:
-        return sum(self.layout)
+        return sum(self.layout) * self.brokers
+
+    def routes(self) -> dict[str, int]:
+        """How many registry nodes each topic has (what the publisher's routes must show)."""
+        out: dict[str, int] = {}
+        for _, _ids, topics in self.nodes:
+            for t in topics:
+                out[t] = out.get(t, 0) + 1
+        return out
 
     def services(self) -> list[Any]:
         """The registry services announcing every subscription (as the nodes' own brokers
-        would): one broadcast service with a node per subscription, or, for a queue group, one
-        service whose version is the queue name with every member's node."""
+        would): per topic, one broadcast service with a node per subscription, or, for a queue
+        group, one service whose version is the queue name with every member's node."""
         from hyperbroker import Node, Service
 
-        meta = {"batch": "1"}
-        nodes = tuple(Node(sid, address, meta) for address, ids in self.nodes for sid in ids)
-        return [Service("topic:" + TOPIC, self.queue or BROADCAST, nodes)]
+        meta = node_metadata()
+        by_topic: dict[str, list[Any]] = {}
+        for address, ids, topics in self.nodes:
+            for sid, t in zip(ids, topics, strict=True):
+                by_topic.setdefault(t, []).append(Node(sid, address, meta))
+        return [Service("topic:" + t, self.queue or BROADCAST, tuple(nodes)) for t, nodes in by_topic.items()]
 
     def stop_and_collect(self) -> list[tuple[Any, ...]]:
         """Send "stop" to every node and return their "done" reports, in layout order."""
@@ -258,22 +296,30 @@ def _run(make_coro: Callable[[], Awaitable[T]]) -> T:
         return runner.run(make_coro())  # type: ignore[arg-type]
 
 
-async def _publisher(nodes: SubscriberNodes, timeout: float = 30.0) -> Any:
-    """A connected publisher Broker whose registry announces every node of ``nodes``, once its
-    routes show all of them."""
+async def connected_publisher(nodes: SubscriberNodes, timeout: float = 30.0, registry: Any = None) -> Any:
+    """A connected publisher Broker whose registry (a new MemoryRegistry unless given) announces
+    every node of ``nodes``, once its routes show all of them."""
     from hyperbroker import Broker, MemoryRegistry
 
-    registry = MemoryRegistry()
+    registry = MemoryRegistry() if registry is None else registry
     for service in nodes.services():
         await registry.register(service)
     broker = Broker(address="127.0.0.1:0", registry=registry)
     await broker.connect()
     try:
-        want = nodes.subscriptions
+        want = nodes.routes()
+        pending = list(want.items())
         deadline = time.monotonic() + timeout
-        while broker.route_count(TOPIC) < want:
+        while True:
+            pending = [(t, k) for t, k in pending if broker.route_count(t) < k]
+            if not pending:
+                break
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"publisher routes {broker.route_count(TOPIC)} of {want} nodes after {timeout}s")
+                t, k = pending[0]
+                raise TimeoutError(
+                    f"publisher routes incomplete after {timeout}s for {len(pending)} of {len(want)} topics "
+                    f"(e.g. {t!r}: {broker.route_count(t)} of {k} nodes)"
+                )
             await asyncio.sleep(0.005)
     except BaseException:
         await broker.disconnect(timeout=0)
@@ -297,6 +343,14 @@ async def _publish_burst(broker: Any, n: int, body: bytes, timeout: float) -> tu
     return seconds, cpu, broker.stats()
 
 
+def node_topics(process: int, subscriptions: int, distinct: bool) -> list[str]:
+    """The topics of the ``subscriptions`` subscriptions of subscriber process ``process``:
+    all :data:`TOPIC`, or (``distinct``) one topic each, ``TOPIC.<process>.<j>``."""
+    if distinct:
+        return [f"{TOPIC}.{process}.{j}" for j in range(subscriptions)]
+    return [TOPIC] * subscriptions
+
+
 def _layout(subscriptions: int, nodes: int) -> list[int]:
     if nodes < 1 or subscriptions < nodes:
         raise ValueError("need 1 <= nodes <= subscriptions")
@@ -310,10 +364,14 @@ def measure_fanout(
     nodes: int,
     body_size: int = 128,
     *,
+    processes: int | None = None,
     timeout: float = 120.0,
 ) -> dict[str, Any]:
     """Broadcast ``n`` messages of ``body_size`` bytes to ``subscriptions`` subscriptions spread
-    evenly over ``nodes`` subscriber processes (every subscription gets every message).
+    evenly over ``nodes`` subscriber nodes (Brokers; every subscription gets every message).
+    The nodes run in ``processes`` subscriber processes (default: one process per node; else
+    ``nodes / processes`` Brokers per process, and ``subscriptions`` must divide evenly over
+    the nodes).
 
     ``seconds`` runs from the first ``publish_many`` to the end of ``flush`` (every delivery
     acknowledged after its handler ran). ``rate`` (aggregate) is ``n * subscriptions /
@@ -325,10 +383,20 @@ def measure_fanout(
     if n < 1 or body_size < 0:
         raise ValueError("need n >= 1, body_size >= 0")
     body = bench_body(body_size)
-    with SubscriberNodes(_layout(subscriptions, nodes)) as subs:
+    processes = nodes if processes is None else processes
+    brokers, rest = divmod(nodes, processes)
+    if rest or brokers < 1:
+        raise ValueError(f"{nodes} nodes do not spread evenly over {processes} processes")
+    if brokers == 1:
+        layout = _layout(subscriptions, nodes)
+    elif subscriptions % nodes:
+        raise ValueError("with several Brokers per process, subscriptions must divide evenly over the nodes")
+    else:
+        layout = [subscriptions // nodes] * processes
+    with SubscriberNodes(layout, brokers=brokers) as subs:
 
         async def run() -> tuple[float, float, dict[str, Any]]:
-            broker = await _publisher(subs)
+            broker = await connected_publisher(subs)
             try:
                 return await _publish_burst(broker, n, body, timeout)
             finally:
@@ -345,6 +413,7 @@ def measure_fanout(
         "messages": n,
         "subscriptions": subscriptions,
         "nodes": nodes,
+        "processes": processes,
         "body_size": body_size,
         "counts": counts,
         "expected": expected,
@@ -383,7 +452,7 @@ def measure_queue_group(
     with SubscriberNodes([1] * members, queue=QUEUE) as subs:
 
         async def run() -> tuple[float, float, dict[str, Any]]:
-            broker = await _publisher(subs)
+            broker = await connected_publisher(subs)
             try:
                 return await _publish_burst(broker, n, body, timeout)
             finally:
@@ -417,6 +486,40 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
     return sorted_values[k]
+
+
+#: Upper edges (µs) of the latency histogram's buckets: log-spaced, 1-2-5 per decade, 10 µs
+#: to 1 s; a last bucket takes everything above.
+HISTOGRAM_EDGES_US: tuple[float, ...] = (*(m * 10.0**e for e in range(1, 6) for m in (1, 2, 5)), 1e6)
+
+
+def log_histogram(values_us: list[float]) -> list[list[float]]:
+    """Counts of ``values_us`` per log-spaced bucket: ``[[upper edge µs, count], ...]`` with
+    the edges of :data:`HISTOGRAM_EDGES_US` (a value ``v`` goes to the first edge ``>= v``),
+    then ``[inf, count]`` for what is above 1 s. Every bucket is listed (zeros too), so
+    histograms of several runs add up bucket by bucket."""
+    import bisect
+
+    counts = [0] * (len(HISTOGRAM_EDGES_US) + 1)
+    for v in values_us:
+        counts[bisect.bisect_left(HISTOGRAM_EDGES_US, v)] += 1
+    return [[edge, float(c)] for edge, c in zip((*HISTOGRAM_EDGES_US, math.inf), counts, strict=True)]
+
+
+def format_histogram(hist: list[list[float]]) -> str:
+    """One line per non-empty bucket, ``<= edge: count (share) cumulative share``, with a bar."""
+    total = sum(c for _, c in hist) or 1.0
+    lines = []
+    cum = 0.0
+    lo = 0.0
+    for edge, c in hist:
+        cum += c
+        if c:
+            bar = "#" * max(1, round(40 * c / total))
+            hi = "inf" if math.isinf(edge) else f"{edge:,.0f}"
+            lines.append(f"  {lo:>9,.0f} - {hi:>9} us: {c:>7,.0f} ({c / total:7.3%}, cum {cum / total:8.4%}) {bar}")
+        lo = edge
+    return "\n".join(lines)
 
 
 async def _publish_paced(
@@ -457,7 +560,8 @@ def measure_latency(
     Each body (``max(body_size, 8)`` bytes) carries its send ``perf_counter()`` as a double in
     its first 8 bytes; the handler records receive time minus send time. Returns ``count``,
     ``p50_us``, ``p99_us``, ``p999_us`` (nearest rank), ``mean_us``, ``max_us``, ``loss``
-    (sent minus received, warm-up included) and ``latencies_us`` (the counted samples, sorted).
+    (sent minus received, warm-up included), ``histogram`` (:func:`log_histogram`) and
+    ``latencies_us`` (the counted samples, sorted).
     """
     if rate_per_s <= 0 or seconds <= 0 or warmup < 0:
         raise ValueError("need rate_per_s > 0, seconds > 0, warmup >= 0")
@@ -466,7 +570,7 @@ def measure_latency(
     with SubscriberNodes([1], mode="latency") as subs:
 
         async def run() -> tuple[float, float]:
-            broker = await _publisher(subs)
+            broker = await connected_publisher(subs)
             try:
                 return await _publish_paced(broker, total, rate_per_s, body_size, timeout)
             finally:
@@ -488,6 +592,7 @@ def measure_latency(
         "p999_us": percentile(us, 0.999),
         "mean_us": sum(us) / len(us) if us else float("nan"),
         "max_us": us[-1] if us else float("nan"),
+        "histogram": log_histogram(us),
         "latencies_us": us,
     }
 

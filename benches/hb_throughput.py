@@ -5,6 +5,11 @@ address and subscription id; the publisher registers that node by hand in its ow
 MemoryRegistry (no mDNS needed), publishes ``n`` messages and flushes. ``seconds`` runs from
 the first publish to the end of ``flush`` (every delivery acknowledged after the handler ran),
 the same span the aiohttp baseline measures.
+
+For the ceiling (issue 12) either side can leave Python out of the per-message path: the
+subscriber serves a bench-only no-op subscription answered in Rust
+(``Engine._bench_noop_subscription``), the publisher publishes from a Rust loop
+(``Engine._bench_publish``); everything else (HTTP, batching, envelopes, answers) is the same.
 """
 
 from __future__ import annotations
@@ -17,6 +22,15 @@ from typing import Any
 import _procs
 
 TOPIC = "bench.topic"
+
+
+def node_metadata(batch: bool = True) -> dict[str, str]:
+    """Registry metadata of a hyperbroker subscriber node registered by hand in a bench: the one
+    place that says which wire features the benches' nodes announce, as a hyperbroker subscriber
+    announces them: ``batch=1`` (batched POSTs) and ``frames=1`` (the raw frame format). With
+    ``batch=False`` the node is announced as a go-micro peer would be: one JSON envelope per
+    POST. Every bench that registers a node by hand builds it here."""
+    return {"secure": "false", **({"batch": "1", "frames": "1"} if batch else {})}
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -36,9 +50,31 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_subscriber_process(conn: Connection, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
-    """Spawn target: serve one subscription, report (address, id), then ("done", count, t0, t1)."""
-    _procs.run_child(conn, _subscriber_main(conn, expected, batch, deadline_s))
+def run_subscriber_process(
+    conn: Connection, expected: int, batch: bool = True, deadline_s: float = 120.0, noop: bool = False
+) -> None:
+    """Spawn target: serve one subscription, report (address, id), then ("done", count, t0, t1, cpu)."""
+    main = _noop_subscriber_main if noop else _subscriber_main
+    _procs.run_child(conn, main(conn, expected, batch, deadline_s))
+
+
+async def _noop_subscriber_main(conn: Connection, expected: int, batch: bool, deadline_s: float) -> None:
+    """One bench-only no-op subscription answered in Rust (no handler, no Python per message);
+    its count is the endpoint's ``received`` counter, polled every 2 ms (t0/t1 are not taken)."""
+    from hyperbroker import Broker, MemoryRegistry
+
+    async with Broker(address="127.0.0.1:0", registry=MemoryRegistry(), batch=batch) as broker:
+        engine = broker._engine
+        assert engine is not None
+        sub_id = "bench-noop-subscriber"
+        engine._bench_noop_subscription(sub_id, TOPIC)
+        cpu0 = _cpu_seconds()
+        conn.send((broker.address, sub_id))
+        deadline = time.monotonic() + deadline_s
+        while (count := int(engine.stats()["received"] or 0)) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        conn.send(("done", count, None, None, _cpu_seconds() - cpu0))
+        await asyncio.sleep(0.05)
 
 
 async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadline_s: float) -> None:
@@ -76,10 +112,11 @@ async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadlin
 class SubscriberProcess:
     """A hyperbroker subscriber in a spawned process (context manager)."""
 
-    def __init__(self, expected: int, batch: bool = True, deadline_s: float = 120.0) -> None:
+    def __init__(self, expected: int, batch: bool = True, deadline_s: float = 120.0, noop: bool = False) -> None:
         ctx = _procs.spawn_ctx()
         self._recv, send = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=run_subscriber_process, args=(send, expected, batch, deadline_s), daemon=True)
+        args = (send, expected, batch, deadline_s, noop)
+        self.proc = ctx.Process(target=run_subscriber_process, args=args, daemon=True)
         self.proc.start()
         send.close()
         reply = _procs.recv_with_timeout(self._recv, 60.0, "the subscriber address", self.proc)
@@ -115,7 +152,7 @@ async def connected_publisher(sub: SubscriberProcess, **options: Any) -> Any:
     from hyperbroker import Broker, MemoryRegistry, Node, Service
 
     registry = MemoryRegistry()
-    meta = {"secure": "false", **({"batch": "1"} if sub.batch else {})}
+    meta = node_metadata(sub.batch)
     await registry.register(Service(f"topic:{TOPIC}", "ff.http.broadcast", (Node(sub.node_id, sub.address, meta),)))
     broker = Broker(address="127.0.0.1:0", registry=registry, **options)
     await broker.connect()
@@ -130,16 +167,29 @@ def bench_body(size: int) -> bytes:
     return (bytes(range(256)) * (size // 256 + 1))[:size]
 
 
-def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, many: bool = False) -> dict[str, Any]:
+def measure_hyperbroker_throughput(
+    n: int,
+    body_size: int,
+    batch: bool = True,
+    many: bool = False,
+    chunk: int = 1000,
+    *,
+    rust_publisher: bool = False,
+    noop_subscriber: bool = False,
+) -> dict[str, Any]:
     """Publish ``n`` messages of ``body_size`` bytes to a subscriber process; time to flush.
 
-    ``many=True`` publishes with ``publish_many`` in chunks of 1000 (else one ``publish`` per
-    message). ``rate`` is ``n / seconds``; ``loss`` is ``n`` minus what the subscriber's handler
+    ``many=True`` publishes with ``publish_many`` in chunks of ``chunk`` (default 1000; smaller
+    for large bodies keeps what one call queues bounded) (else one ``publish`` per message);
+    ``rust_publisher=True`` with the bench-only Rust loop ``Engine._bench_publish`` (no Python
+    call per message; it blocks this process's loop until flushed). ``noop_subscriber=True``
+    makes the subscriber a bench-only no-op subscription answered in Rust. Both on: the
+    transport's own ceiling. ``rate`` is ``n / seconds``; ``loss`` is ``n`` minus what the subscriber's handler
     saw; ``cpu_s_per_million`` is (publisher CPU from the first publish to the end of flush +
     subscriber CPU from its subscription to its last message) per million messages.
     """
     body = bench_body(body_size)
-    with SubscriberProcess(n, batch=batch) as sub:
+    with SubscriberProcess(n, batch=batch, noop=noop_subscriber) as sub:
         loop = _new_loop()
         try:
 
@@ -148,10 +198,13 @@ def measure_hyperbroker_throughput(n: int, body_size: int, batch: bool = True, m
                 try:
                     t0 = time.perf_counter()
                     c0 = _cpu_seconds()
-                    if many:
-                        chunk = [body] * 1000
-                        for i in range(0, n, 1000):
-                            await broker.publish_many(TOPIC, chunk[: min(1000, n - i)])
+                    if rust_publisher:
+                        if not broker._engine._bench_publish(TOPIC, n, body, 120.0):
+                            raise TimeoutError("the Rust bench publisher timed out")
+                    elif many:
+                        bodies = [body] * chunk
+                        for i in range(0, n, chunk):
+                            await broker.publish_many(TOPIC, bodies[: min(chunk, n - i)])
                     else:
                         publish = broker.publish
                         for _ in range(n):

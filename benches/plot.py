@@ -29,6 +29,8 @@ SERIES: tuple[tuple[str, str, dict[str, Any], int], ...] = (
 
 
 def size_label(size: int) -> str:
+    if size >= 1024 * 1024 and size % (1024 * 1024) == 0:
+        return f"{size // (1024 * 1024)} MiB"
     if size >= 1024 and size % 1024 == 0:
         return f"{size // 1024} KiB"
     return f"{size} B"
@@ -153,11 +155,13 @@ def markdown(results: dict[str, Any]) -> str:
             "| | p50 | p99 | p99.9 | mean | max |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for name in ("hyperbroker", "nats"):
+        for name in ("hyperbroker", "nats", "machine_jitter"):
             f = lat.get(name)
             if f:
+                mean = f"{f['mean_us']:.0f}" if "mean_us" in f else "n/a"
+                label = "control: one cross-process wake-up, no broker" if name == "machine_jitter" else name
                 lines.append(
-                    f"| {name} | {f['p50_us']:.0f} | {f['p99_us']:.0f} | {f['p999_us']:.0f} | {f['mean_us']:.0f} | "
+                    f"| {label} | {f['p50_us']:.0f} | {f['p99_us']:.0f} | {f['p999_us']:.0f} | {mean} | "
                     f"{f['max_us']:.0f} |"
                 )
     cpu = results.get("cpu") or {}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import report
-from hb_throughput import TOPIC, SubscriberProcess, bench_body
+from hb_throughput import TOPIC, SubscriberProcess, bench_body, node_metadata
 
 from hyperbroker import BROADCAST_VERSION, MemoryRegistry, Node, Service, SyncBroker
 
@@ -26,7 +26,7 @@ def sync_publisher() -> Iterator[SyncBroker]:
     with SubscriberProcess(expected=10**9) as sub:
         registry = MemoryRegistry()
         with SyncBroker(address="127.0.0.1:0", registry=registry, disconnect_timeout=1.0) as sb:
-            node = Node(sub.node_id, sub.address, {"secure": "false", "batch": "1"})
+            node = Node(sub.node_id, sub.address, node_metadata())
             sb.run(registry.register(Service(f"topic:{TOPIC}", BROADCAST_VERSION, (node,))))
             sb.run(sb.broker.wait_for_route(TOPIC))
             yield sb

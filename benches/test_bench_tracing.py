@@ -19,7 +19,7 @@ from typing import Any
 import _procs
 import pytest
 from conftest import report
-from hb_throughput import TOPIC, _cpu_seconds, _new_loop, bench_body
+from hb_throughput import TOPIC, _cpu_seconds, _new_loop, bench_body, node_metadata
 
 from hyperbroker.message import to_wire
 
@@ -98,7 +98,7 @@ async def _publisher(address: str, node_id: str, tracing: bool) -> Any:
     from hyperbroker import Broker, MemoryRegistry, Node, Service
 
     registry = MemoryRegistry()
-    node = Node(node_id, address, {"secure": "false", "batch": "1"})
+    node = Node(node_id, address, node_metadata())
     await registry.register(Service(f"topic:{TOPIC}", "ff.http.broadcast", (node,)))
     broker = Broker(address="127.0.0.1:0", registry=registry, tracing=tracing)
     await broker.connect()
