@@ -14,7 +14,7 @@ import pytest
 from brokers import until
 
 from hyperbroker import Event, Message
-from hyperbroker.broker import dispatch
+from hyperbroker._dispatch import dispatch
 from hyperbroker.subscriber import Result, SubscribeOptions, Subscriber, describe
 
 pytestmark = pytest.mark.timeout(30)

@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
 from . import _core
 from ._api import ConnectsInContext, check_queue, check_topic, decorator, decorator_kwargs, wait_for_count
-from ._routes import route_groups, topics_of
+from ._dispatch import dead_letters, dispatch, encode_replies
+from ._registration import Registration, advertised_address
 from .callbacks import Events
-from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RegistryError, RequestError, RequestTimeoutError
+from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
-from .message import Event, Handler, Message, to_wire
+from .message import Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries, parse_address, validate_tokens
-from .registry.base import (
-    BROADCAST_VERSION,
-    MICRO_SERVICE,
-    Node,
-    Registry,
-    Service,
-    WatchEvent,
-    service_name,
-    topic_of,
-)
+from .registry.base import Registry
 from .subscriber import Reply, SubscribeOptions, Subscriber, SubscriptionBase
-from .tls import local_hosts, read_pem
+from .tls import configure_engine as configure_tls
 from .tracing import Tracing
 from .tracing import require as require_tracing
 
@@ -45,13 +36,6 @@ def _default_registry() -> Registry:
     from .registry.url import from_env
 
     return from_env("mdns://")
-
-
-def _is_unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 class Broker(ConnectsInContext):
@@ -72,14 +56,11 @@ class Broker(ConnectsInContext):
         self._subs: dict[str, SubscriptionBase] = {}
         #: what ``@broker.subscriber(...)`` registered: (topic, handler, subscribe keyword args)
         self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
-        #: topics of the micro.http.broker nodes last seen, per version (see _on_registry_event)
-        self._micro_topics: dict[str, set[str]] = {}
         self._flushes: dict[int, asyncio.Future[bool]] = {}
         self._requests: dict[int, asyncio.Future[Message]] = {}
         self._tokens = itertools.count(1)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._watcher: Any = None
-        self._topics: dict[str, dict[str, Service]] = {}
+        #: announcements, heartbeat and route watch while connected
+        self._registration: Registration | None = None
         self._connect_lock: asyncio.Lock | None = None
         self._owns_registry = False
         self._final_stats: dict[str, Any] = {}
@@ -167,64 +148,34 @@ class Broker(ConnectsInContext):
         if tokens:
             engine.set_auth_token(tokens[0])
             engine.set_accepted_tokens(tokens)
-        self._configure_tls(engine, host)
+        configure_tls(engine, o, host)
         bound_host, bound_port = engine.listen(host, port)
         self._loop = loop
         self._engine = engine
         self._address = f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
-        self._advertised = self._advertise(bound_host, bound_port)
+        self._advertised = advertised_address(o.advertise, bound_host, bound_port, self.registry)
         self._events = Events(o)
         self._tracing = Tracing(self._advertised) if o.tracing else None
         loop.add_reader(engine.wake_fd, self._on_wake)
         try:
-            registry = self.registry
-            self._micro_topics.clear()
-            self._watcher = registry.watch()
-            self._tasks.append(loop.create_task(self._watch_loop(self._watcher), name="hyperbroker-watch"))
-            self._tasks.append(loop.create_task(self._heartbeat_loop(), name="hyperbroker-heartbeat"))
+            self._registration = Registration(
+                self.registry,
+                o,
+                self._advertised,
+                self.secure,
+                self._events,
+                engine.set_routes,
+                lambda: self._subs.values(),
+            )
+            self._registration.start(loop)
         except BaseException:
             await self._teardown()
             raise
-
-    def _configure_tls(self, engine: _core.Engine, host: str) -> None:
-        o = self._options
-        t = o.tls
-        if t is not None and t.serves:
-            engine.configure_tls(
-                cert_pem=read_pem(t.cert_file, "certificate"),
-                key_pem=read_pem(t.key_file, "private key"),
-                ca_pem=read_pem(t.ca_file, "CA"),
-                verify=t.verify,
-                client_auth=t.client_auth,
-            )
-            return
-        if o.secure:
-            hosts = local_hosts(host)
-            if o.advertise:
-                adv_host = parse_address(o.advertise)[0] if ":" in o.advertise else o.advertise
-                hosts.insert(0, adv_host)
-            engine.configure_tls(self_signed_hosts=hosts)
-        if t is not None and t.verify:
-            ca = read_pem(t.ca_file, "CA")
-            assert ca is not None  # TLSConfig checks it
-            engine.verify_peers(ca)
 
     @property
     def secure(self) -> bool:
         """Whether the endpoint serves HTTPS."""
         return self._options.secure or (self._options.tls is not None and self._options.tls.serves)
-
-    def _advertise(self, host: str, port: int) -> str:
-        adv = self._options.advertise
-        if adv:
-            if ":" in adv and not adv.startswith("["):
-                h, _, p = adv.rpartition(":")
-                if p.isdigit() and ":" not in h:
-                    return adv
-            return f"{adv}:{port}"
-        if _is_unspecified(host) and not getattr(self.registry, "expands_unspecified", False):
-            host = "127.0.0.1"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def disconnect(self, timeout: float | None = None) -> None:
         """Deliver what is queued (up to ``timeout``, default ``disconnect_timeout``), deregister
@@ -282,21 +233,12 @@ class Broker(ConnectsInContext):
 
     async def _teardown(self) -> None:
         engine, self._engine = self._engine, None
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher = None
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
-        self._tasks.clear()
+        registration, self._registration = self._registration, None
+        if registration is not None:
+            await registration.stop()
         for sub in list(self._subs.values()):
             sub.fail_pending("subscriber closing")
         self._subs.clear()
-        self._topics.clear()
         if engine is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(engine.wake_fd)
@@ -554,13 +496,15 @@ class Broker(ConnectsInContext):
             sub = Subscriber(sub_id, topic, handler, options, complete=self._complete, unsubscribe=self._unsubscribe)
         engine.add_subscriber(sub_id, topic)
         self._subs[sub_id] = sub
+        registration = self._registration
+        assert registration is not None  # made with the engine
         try:
-            await self.registry.register(self._service(sub), ttl=self._options.register_ttl)
+            await registration.register(sub)
         except BaseException:
             self._subs.pop(sub_id, None)
             engine.remove_subscriber(sub_id)
             raise
-        await self._refresh_topic(topic)
+        await registration.refresh_topic(topic)
         return sub
 
     def subscriber(
@@ -611,26 +555,9 @@ class Broker(ConnectsInContext):
         else:
             loop.call_soon_threadsafe(start)
 
-    def _service(self, sub: SubscriptionBase) -> Service:
-        assert self._advertised is not None
-        meta = {"secure": "true" if self.secure else "false", "broker": "http", "topic": sub.topic}
-        if self._options.batch:
-            meta["batch"] = "1"
-            if self._options.frames:  # a frames request carries several messages: a batch
-                meta["frames"] = "1"
-        if self._options.h2:
-            meta["h2"] = "1"
-        meta["max_body"] = str(self._options.max_body)
-        if sub.options.max_deliveries is not None:
-            meta["max_deliveries"] = str(sub.options.max_deliveries)
-        node = Node(sub.id, self._advertised, meta)
-        name = MICRO_SERVICE if self._options.dialect == "micro" else service_name(sub.topic)
-        return Service(name, sub.options.queue or BROADCAST_VERSION, (node,))
-
     async def _deregister(self, sub: SubscriptionBase) -> None:
-        if self._advertised is None:
-            return
-        await self.registry.deregister(self._service(sub))
+        if self._registration is not None:
+            await self._registration.deregister(sub)
 
     async def _unsubscribe(self, sub: SubscriptionBase) -> None:
         if self._subs.pop(sub.id, None) is None:
@@ -641,7 +568,8 @@ class Broker(ConnectsInContext):
             if self._engine is not None:
                 self._engine.remove_subscriber(sub.id)
                 sub.fail_pending("subscriber unsubscribed")
-        await self._refresh_topic(sub.topic)
+        if self._registration is not None:
+            await self._registration.refresh_topic(sub.topic)
 
     # --- from Rust to the handlers --------------------------------------------------------------
 
@@ -653,7 +581,7 @@ class Broker(ConnectsInContext):
         if notices:
             self._events.handle(notices)
         if dead:
-            self._on_dead_letters(dead)
+            dead_letters(dead, self._options, self._events, engine.publish)
         if events:
             failures: list[tuple[int, str]] = []
             deferred: list[int] = []
@@ -662,7 +590,7 @@ class Broker(ConnectsInContext):
                 dispatch(self._subs, sub_ids, events, failures, deferred, replies)
             finally:
                 if replies:
-                    engine.done(failures, deferred, _encode_replies(replies, failures))
+                    engine.done(failures, deferred, encode_replies(replies, failures))
                 else:
                     engine.done(failures, deferred)
         for token, ok in flushes:
@@ -680,42 +608,6 @@ class Broker(ConnectsInContext):
             else:
                 req.set_exception(RequestError(text, status=status))
 
-    def _on_dead_letters(self, dead: list[tuple[str, Message, str, str, str, int]]) -> None:
-        """Messages this broker published that a subscription failed ``max_deliveries`` times:
-        to ``on_undeliverable`` and the dead-letter topic (never back to the same topic)."""
-        o = self._options
-        for topic, msg, node, address, error, attempts in dead:
-            if o.on_undeliverable is not None:
-                self._call_back("on_undeliverable", o.on_undeliverable, topic, msg, error)
-            dlq = o.dead_letter_topic
-            if dlq is not None and dlq != topic and self._engine is not None:
-                header = dict(msg.header)
-                header.update(
-                    {
-                        "X-Hyperbroker-Original-Topic": topic,
-                        "X-Hyperbroker-Node": f"{node}@{address}",
-                        "X-Hyperbroker-Error": error,
-                        "X-Hyperbroker-Deliveries": str(attempts),
-                    }
-                )
-                try:
-                    self._engine.publish(dlq, header, msg.body)
-                except BrokerError as e:
-                    log.warning("could not dead-letter a message of %r to %r: %s", topic, dlq, e)
-                    self._events.error(BrokerError(f"could not dead-letter a message of {topic!r} to {dlq!r}: {e}"))
-        if o.on_undeliverable is None and o.dead_letter_topic is None:
-            log.warning(
-                "%d message(s) given up after max_deliveries=%s failed attempts (set on_undeliverable or"
-                " dead_letter_topic to keep them); last error: %s",
-                len(dead),
-                o.max_deliveries,
-                dead[-1][4],
-            )
-
-    def _call_back(self, name: str, fn: Callable[..., object], *args: object) -> None:
-        """Run a user callback on the loop; an exception in it is logged, never raised."""
-        self._events.call(name, fn, *args)
-
     def _complete(self, results: list[tuple[int, str | None]], replies: Sequence[Reply] = ()) -> None:
         """Settle deliveries a subscriber finished after its batch (its ``complete`` callable)."""
         if self._engine is None or not results:
@@ -724,113 +616,8 @@ class Broker(ConnectsInContext):
             self._engine.complete(results)
             return
         bad: list[tuple[int, str]] = []
-        encoded = _encode_replies(replies, bad)
+        encoded = encode_replies(replies, bad)
         if bad:
             failed = dict(bad)
             results = [(t, failed.get(t, e)) for t, e in results]
         self._engine.complete(results, encoded)
-
-    # --- registry -> routes ---------------------------------------------------------------------
-
-    async def _watch_loop(self, watcher: Any) -> None:
-        try:
-            async for ev in watcher:
-                await self._on_registry_event(ev)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.exception("registry watch failed; routes are no longer updated")
-            self._events.error(RegistryError(f"registry watch failed; routes are no longer updated: {e}"))
-
-    async def _on_registry_event(self, ev: WatchEvent) -> None:
-        if ev.service.name == MICRO_SERVICE:
-            # an update carries the new nodes only: the topics of nodes that left are remembered
-            version = ev.service.version
-            now = topics_of(ev.service)
-            changed = self._micro_topics.pop(version, set()) | now
-            if ev.action != "delete":
-                self._micro_topics[version] = now
-            for t in sorted(changed):
-                await self._refresh_topic(t)
-            return
-        topic = topic_of(ev.service.name)
-        if topic is not None:
-            await self._refresh_topic(topic)
-
-    async def _refresh_topic(self, topic: str) -> None:
-        engine = self._engine
-        if engine is None:
-            return
-        v1 = await self.registry.get_service(service_name(topic))
-        micro = await self.registry.get_service(MICRO_SERVICE)
-        groups = route_groups(v1, micro, topic)
-        if self._engine is engine:
-            engine.set_routes(topic, groups)
-
-    async def _heartbeat_loop(self) -> None:
-        o = self._options
-        while True:
-            await asyncio.sleep(o.register_interval)
-            for sub in list(self._subs.values()):
-                try:
-                    await self.registry.register(self._service(sub), ttl=o.register_ttl)
-                except Exception as e:
-                    log.warning("heartbeat: re-registering %s failed: %s", sub.topic, e)
-                    self._events.error(RegistryError(f"heartbeat: re-registering {sub.topic} failed: {e}"))
-
-
-def _encode_replies(
-    replies: Sequence[Reply], failures: list[tuple[int, str]]
-) -> list[tuple[int, str, dict[str, str] | None, bytes]]:
-    """Handlers' return values as the engine takes them (token, topic, header, body), encoded as
-    ``publish`` encodes; a value that cannot be sent fails its delivery (into ``failures``)."""
-    out: list[tuple[int, str, dict[str, str] | None, bytes]] = []
-    for ev, value in replies:
-        try:
-            h, body = to_wire(value)
-        except BrokerError as e:
-            failures.append((ev._token, f"the handler's reply cannot be sent: {e}"))
-            continue
-        out.append((ev._token, ev.topic, h, body))
-    return out
-
-
-def dispatch(
-    subs: Mapping[str, SubscriptionBase],
-    sub_ids: Sequence[str],
-    events: Sequence[Event],
-    failures: list[tuple[int, str]],
-    deferred: list[int],
-    replies: list[Reply] | None = None,
-) -> None:
-    """Hand one wake-up's events to their subscribers (``sub_ids[i]`` names the subscriber of
-    ``events[i]``): one ``deliver_batch`` call per subscriber, with its events in arrival order.
-    Events of a subscriber that is gone fail. If a handler is interrupted (KeyboardInterrupt...),
-    the subscriber fails what it did not finish and the later subscribers' events fail here."""
-    if not events:
-        return
-    groups: list[tuple[str, Sequence[Event]]]
-    if sub_ids.count(sub_ids[0]) == len(sub_ids):
-        # the usual case (one subscriber, or a batch POST for one): no per-event work here
-        groups = [(sub_ids[0], events)]
-    else:
-        by_sub: dict[str, list[Event]] = {}
-        for sub_id, ev in zip(sub_ids, events, strict=False):
-            run = by_sub.get(sub_id)
-            if run is None:
-                by_sub[sub_id] = [ev]
-            else:
-                run.append(ev)
-        groups = list(by_sub.items())
-    done = 0
-    try:
-        for sub_id, batch in groups:
-            sub = subs.get(sub_id)
-            if sub is None:
-                failures.extend((ev._token, "subscriber is gone") for ev in batch)
-            else:
-                sub.deliver_batch(batch, failures, deferred, replies)
-            done += 1
-    except BaseException:
-        failures.extend((ev._token, "handler interrupted") for _, later in groups[done + 1 :] for ev in later)
-        raise

@@ -5,10 +5,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import BrokerError
 
-__all__ = ["TLSConfig", "local_hosts", "read_pem"]
+if TYPE_CHECKING:
+    from . import _core
+    from .options import BrokerOptions
+
+__all__ = ["TLSConfig", "configure_engine", "local_hosts", "read_pem"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +50,42 @@ class TLSConfig:
         return self.cert_file is not None
 
 
+def configure_engine(engine: _core.Engine, options: BrokerOptions, host: str) -> None:
+    """Give ``engine`` what ``options`` ask for before it listens on ``host``: the endpoint's
+    certificate (``tls`` files, or a self-signed one naming ``host``'s addresses and
+    ``advertise`` with ``secure=True``) and the CA that peers are verified against."""
+    t = options.tls
+    if t is not None and t.serves:
+        engine.configure_tls(
+            cert_pem=read_pem(t.cert_file, "certificate"),
+            key_pem=read_pem(t.key_file, "private key"),
+            ca_pem=read_pem(t.ca_file, "CA"),
+            verify=t.verify,
+            client_auth=t.client_auth,
+        )
+        return
+    if options.secure:
+        hosts = local_hosts(host)
+        if options.advertise:
+            adv = options.advertise
+            adv_host = _host_of(adv) if ":" in adv else adv
+            hosts.insert(0, adv_host)
+        engine.configure_tls(self_signed_hosts=hosts)
+    if t is not None and t.verify:
+        ca = read_pem(t.ca_file, "CA")
+        assert ca is not None  # TLSConfig checks it
+        engine.verify_peers(ca)
+
+
+def _host_of(address: str) -> str:
+    from .options import parse_address
+
+    return parse_address(address)[0]
+
+
 def read_pem(path: str | Path | None, what: str) -> bytes | None:
+    """The bytes of a PEM file, or None without a path; a file that cannot be read is a
+    BrokerError naming it."""
     if path is None:
         return None
     try:
