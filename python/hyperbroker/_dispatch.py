@@ -18,9 +18,25 @@ from .message import Event, Message, to_wire
 from .options import BrokerOptions
 from .subscriber import Reply, SubscriptionBase
 
-__all__ = ["DeadLetter", "dead_letters", "dispatch", "encode_replies"]
+__all__ = [
+    "DELIVERIES_HEADER",
+    "ERROR_HEADER",
+    "NODE_HEADER",
+    "ORIGINAL_TOPIC_HEADER",
+    "DeadLetter",
+    "dead_letters",
+    "dispatch",
+    "encode_replies",
+]
 
 log = logging.getLogger("hyperbroker")
+
+#: the header a dead letter carries: the topic it was published to, the node (``id@address``)
+#: and the error of its last failed attempt, and how many attempts failed
+ORIGINAL_TOPIC_HEADER = "X-Hyperbroker-Original-Topic"
+NODE_HEADER = "X-Hyperbroker-Node"
+ERROR_HEADER = "X-Hyperbroker-Error"
+DELIVERIES_HEADER = "X-Hyperbroker-Deliveries"
 
 #: what ``Engine.take()`` reports of a message given up: (topic, message, node id, node
 #: address, last error, attempts)
@@ -102,10 +118,10 @@ def dead_letters(
             header = dict(msg.header)
             header.update(
                 {
-                    "X-Hyperbroker-Original-Topic": topic,
-                    "X-Hyperbroker-Node": f"{node}@{address}",
-                    "X-Hyperbroker-Error": error,
-                    "X-Hyperbroker-Deliveries": str(attempts),
+                    ORIGINAL_TOPIC_HEADER: topic,
+                    NODE_HEADER: f"{node}@{address}",
+                    ERROR_HEADER: error,
+                    DELIVERIES_HEADER: str(attempts),
                 }
             )
             try:

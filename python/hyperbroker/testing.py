@@ -1,7 +1,8 @@
 """Testing helpers: :class:`TestBroker`, the Broker API routed in-process, and
 :func:`broker_pair`, two real loopback Brokers sharing a :class:`MemoryRegistry`.
 
-This file owns the TestBroker's routing, redelivery, backlog, request/reply and flush semantics.
+This file owns the TestBroker's routing, redelivery, backlog, request/reply and flush semantics;
+a subscription's queue and the runners that keep its order are ``_testing_subscriber.py``'s.
 It uses the package's public pieces only (``Message``, ``Event``, ``to_wire``, ``BrokerOptions``,
 the errors); it has no endpoint, no registry and no sockets.
 
@@ -45,11 +46,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from ._api import ConnectsInContext, check_queue, check_topic, decorator, decorator_kwargs, wait_for_count
+from ._dispatch import DELIVERIES_HEADER, ERROR_HEADER, NODE_HEADER, ORIGINAL_TOPIC_HEADER
+from ._testing_subscriber import Delivery, TestSubscriber
 from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
-from .options import BrokerOptions
+from .options import BrokerOptions, check_max_deliveries
 from .registry.memory import MemoryRegistry
 from .subscriber import Reply, Result, SubscribeOptions, SubscriptionBase, describe
 
@@ -67,16 +70,9 @@ __all__ = [
 
 log = logging.getLogger("hyperbroker.testing")
 
-ORIGINAL_TOPIC_HEADER = "X-Hyperbroker-Original-Topic"
-NODE_HEADER = "X-Hyperbroker-Node"
-ERROR_HEADER = "X-Hyperbroker-Error"
-DELIVERIES_HEADER = "X-Hyperbroker-Deliveries"
-
 #: ``on_undeliverable(topic, message, reason)``: a plain function or a coroutine function
 Undeliverable = Callable[[str, Message, str], Any]
 
-#: options of the delivery limit, validated here (the real Broker gains them in parallel)
-_DELIVERY_OPTIONS = ("max_deliveries", "on_undeliverable", "dead_letter_topic")
 _NOT_ACKED = "handler returned without ack() (auto_ack=False)"
 
 H = TypeVar("H", bound=Handler)
@@ -89,19 +85,6 @@ class _Unset(enum.Enum):
 _UNSET = _Unset.UNSET
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _check_max_deliveries(v: object) -> int | None:
-    if v is None:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise BrokerError(f"max_deliveries must be a positive integer or None, got {v!r}")
-    return v
-
-
 def _reply_message(value: object) -> Message:
     """A handler's return value as a reply: a Message as is, else what ``publish`` would send."""
     if isinstance(value, Message):
@@ -110,94 +93,26 @@ def _reply_message(value: object) -> Message:
     return Message(dict(header) if header else {}, body)
 
 
-@dataclass(slots=True)
-class _Delivery:
-    """One message on its way to one subscription."""
-
-    topic: str
-    header: dict[str, str] | None
-    body: bytes
-    attempts: int = 0
-    last_error: str | None = None
-
-    def message(self) -> Message:
-        return Message(dict(self.header) if self.header else {}, self.body)
-
-
-class TestSubscriber:
-    """A TestBroker subscription: ``.id``, ``.topic``, ``.options``, ``.queue``,
-    ``.max_deliveries``, ``await .unsubscribe()``."""
-
-    __test__ = False  # not a pytest test class
-
-    def __init__(
-        self,
-        broker: TestBroker,
-        id: str,
-        topic: str,
-        handler: Handler | None,
-        options: SubscribeOptions,
-        max_deliveries: int | None,
-    ) -> None:
-        self.id = id
-        self.topic = topic
-        self.options = options
-        self.max_deliveries = max_deliveries
-        self._broker = broker
-        self._handler = handler
-        self._queue: deque[_Delivery] = deque()
-        #: the runner tasks (at most ``options.concurrency``), and the deliveries they hold
-        self._runners: set[asyncio.Task[None]] = set()
-        self._running: list[_Delivery] = []
-        #: without a handler: the iterator the consumer reads (fed by ``TestBroker._feed``)
-        self._iter: IterSubscriber | None = None
-        self._active = True
-
-    @property
-    def queue(self) -> str | None:
-        return self.options.queue
-
-    async def unsubscribe(self) -> None:
-        """Stop receiving. Messages queued for this subscription go to another member of its
-        queue group, or are dropped (counted). Idempotent."""
-        await self._broker._unsubscribe(self)
-
-    def __repr__(self) -> str:
-        return f"TestSubscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"
-
-
 class TestBroker(ConnectsInContext):
     """The Broker API routed in-process, for tests: no endpoint, no registry, no sockets.
 
     ``TestBroker(**options)`` accepts the Broker's options (network ones are validated and
-    ignored) plus ``max_deliveries`` (default 10, None = forever), ``on_undeliverable``,
-    ``dead_letter_topic`` and ``raise_handler_errors`` (default True: ``flush()`` re-raises the
-    first handler exception). See the module docstring for the delivery semantics.
+    ignored; ``max_deliveries``, ``on_undeliverable``, ``dead_letter_topic``, ``backlog``,
+    ``retry_min`` and ``disconnect_timeout`` apply) plus ``raise_handler_errors`` (default True:
+    ``flush()`` re-raises the first handler exception). See the module docstring for the delivery semantics.
     """
 
     __test__ = False  # not a pytest test class
 
     def __init__(self, *, raise_handler_errors: bool = True, **options: Any) -> None:
-        known = {f.name for f in dataclasses.fields(BrokerOptions)}
-        self._options = BrokerOptions().replace(
-            **{k: v for k, v in options.items() if k not in _DELIVERY_OPTIONS or k in known}
-        )
-        self._max_deliveries = _check_max_deliveries(options.get("max_deliveries", 10))
-        on_undeliverable = options.get("on_undeliverable")
-        if on_undeliverable is not None and not callable(on_undeliverable):
-            raise BrokerError(f"on_undeliverable must be callable, got {type(on_undeliverable).__name__}")
-        self._on_undeliverable: Undeliverable | None = on_undeliverable
-        dlt = options.get("dead_letter_topic")
-        if dlt is not None and (not isinstance(dlt, str) or not dlt):
-            raise BrokerError("dead_letter_topic must be a non-empty string or None")
-        self._dead_letter_topic: str | None = dlt
+        self._options = BrokerOptions().replace(**options)
         self._raise_handler_errors = raise_handler_errors
         self._id = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._connected = False
         self._subs: dict[str, TestSubscriber] = {}
         self._rr: dict[tuple[str, str], int] = {}
-        self._backlog: dict[str, deque[_Delivery]] = {}
+        self._backlog: dict[str, deque[Delivery]] = {}
         self._pending = 0
         self._settled = asyncio.Event()
         self._settled.set()
@@ -224,7 +139,7 @@ class TestBroker(ConnectsInContext):
         self._decorated: list[tuple[str, Handler, dict[str, Any]]] = []
         #: attempts handed to iterators, by token
         self._iter_tokens = itertools.count(1)
-        self._iter_deliveries: dict[int, tuple[TestSubscriber, _Delivery]] = {}
+        self._iter_deliveries: dict[int, tuple[TestSubscriber, Delivery]] = {}
         #: background tasks (decorated subscribes, give-ups of iterated messages)
         self._tasks: set[asyncio.Task[Any]] = set()
         #: every ``(topic, Message)`` published, in order (dead letters and requests included)
@@ -275,11 +190,8 @@ class TestBroker(ConnectsInContext):
                 log.warning("disconnect: %d deliveries still pending are dropped", self._pending)
         self._connected = False
         for sub in list(self._subs.values()):
-            sub._active = False
-            if sub._iter is not None:
-                sub._iter.fail_pending("subscriber closing")
-            await self._stop_runners(sub)
-            self._drop(sub._queue)
+            await sub.end("subscriber closing")
+            self._stats["dropped"] += len(sub.take_queued())
         self._subs.clear()
         self._iter_deliveries.clear()
         for t in list(self._tasks):
@@ -330,9 +242,9 @@ class TestBroker(ConnectsInContext):
         header = dict(header) if header else None
         self.published.append((topic, Message(dict(header) if header else {}, body)))
         self._stats["published"] += 1
-        self._route(_Delivery(topic, header, body))
+        self._route(Delivery(topic, header, body))
 
-    def _route(self, d: _Delivery) -> None:
+    def _route(self, d: Delivery) -> None:
         subs = [s for s in self._subs.values() if s.topic == d.topic]
         if not subs:
             self._park(d)
@@ -348,7 +260,7 @@ class TestBroker(ConnectsInContext):
             self._rr[(d.topic, queue)] = n + 1
             self._enqueue(members[n % len(members)], dataclasses.replace(d))
 
-    def _park(self, d: _Delivery) -> None:
+    def _park(self, d: Delivery) -> None:
         parked = self._backlog.setdefault(d.topic, deque())
         if len(parked) >= self._options.backlog:
             parked.popleft()
@@ -357,16 +269,13 @@ class TestBroker(ConnectsInContext):
         parked.append(d)
         self._stats["backlogged"] += 1
 
-    def _enqueue(self, sub: TestSubscriber, d: _Delivery) -> None:
+    def _enqueue(self, sub: TestSubscriber, d: Delivery) -> None:
         self._pending += 1
         self._settled.clear()
-        if sub._iter is not None:
+        if sub.iterator is not None:
             self._feed(sub, d)
-            return
-        sub._queue.append(d)
-        if len(sub._runners) < sub.options.concurrency:
-            runner = asyncio.get_running_loop().create_task(self._run(sub), name=f"test-broker-{sub.id}")
-            sub._runners.add(runner)
+        else:
+            sub.enqueue(d)
 
     def _settle(self, n: int = 1) -> None:
         self._pending -= n
@@ -374,7 +283,7 @@ class TestBroker(ConnectsInContext):
             self._pending = 0
             self._settled.set()
 
-    def _drop(self, items: deque[_Delivery]) -> None:
+    def _drop(self, items: deque[Delivery]) -> None:
         """Forget queued deliveries (disconnect): counted as dropped."""
         self._stats["dropped"] += len(items)
         items.clear()
@@ -416,7 +325,7 @@ class TestBroker(ConnectsInContext):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            subs = [s for s in self._subs.values() if s.topic == topic and s._handler is not None]
+            subs = [s for s in self._subs.values() if s.topic == topic and s.handler is not None]
             if subs:
                 break
             if loop.time() >= deadline:
@@ -425,7 +334,7 @@ class TestBroker(ConnectsInContext):
         n = self._rr.get((topic, "\0request"), 0)
         self._rr[(topic, "\0request")] = n + 1
         sub = subs[n % len(subs)]
-        handler = sub._handler
+        handler = sub.handler
         assert handler is not None
         event = Event(topic, Message(h, body))
 
@@ -510,12 +419,17 @@ class TestBroker(ConnectsInContext):
         if handler is not None and not callable(handler):
             raise BrokerError(f"handler must be callable, got {type(handler).__name__}")
         check_queue(queue)
-        limit = self._max_deliveries if max_deliveries is _UNSET else _check_max_deliveries(max_deliveries)
+        if max_deliveries is _UNSET:
+            limit = self._options.max_deliveries
+        else:
+            check_max_deliveries(max_deliveries)
+            limit = max_deliveries
         options = SubscribeOptions(queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending)
-        sub = TestSubscriber(self, f"hb-test-{self._id}-{next(self._ids)}", topic, handler, options, limit)
+        sub_id = f"hb-test-{self._id}-{next(self._ids)}"
+        sub = TestSubscriber(self, sub_id, topic, handler, options, limit, self._deliver, self._orphan)
         result: TestSubscriber | IterSubscriber = sub
         if handler is None:
-            sub._iter = result = IterSubscriber(
+            sub.iterator = result = IterSubscriber(
                 sub.id, topic, options, complete=self._iter_complete, unsubscribe=self._unsubscribe_iter
             )
         self._subs[sub.id] = sub
@@ -538,7 +452,7 @@ class TestBroker(ConnectsInContext):
         or at once (a task on the running loop) when connected; it is returned unchanged."""
         self._check_topic(topic)
         if max_deliveries is not _UNSET:
-            _check_max_deliveries(max_deliveries)
+            check_max_deliveries(max_deliveries)
         kw = decorator_kwargs(queue, auto_ack, max_deliveries, concurrency)
 
         def now(handler: Handler) -> None:
@@ -557,37 +471,19 @@ class TestBroker(ConnectsInContext):
     async def _unsubscribe(self, sub: TestSubscriber) -> None:
         if self._subs.pop(sub.id, None) is None:
             return
-        sub._active = False
-        if sub._iter is not None:
-            sub._iter.fail_pending("subscriber unsubscribed")
-            return
-        await self._stop_runners(sub)
-        if asyncio.current_task() not in sub._runners:
+        in_own_handler = await sub.end("subscriber unsubscribed")
+        if sub.iterator is None and not in_own_handler:
             self._orphan(sub)
-        # else: called from its own handler; the runner hands the rest over when it returns
-
-    async def _stop_runners(self, sub: TestSubscriber) -> None:
-        """Cancel and await the subscription's runners (not the calling one); what they held
-        goes back to the head of its queue."""
-        me = asyncio.current_task()
-        others = [r for r in sub._runners if r is not me]
-        for r in others:
-            r.cancel()
-        for r in others:
-            try:
-                await r
-            except asyncio.CancelledError:
-                pass
+        # else: an iterator's events fail on their own; a runner that called this hands the
+        # rest over when it returns
 
     def _orphan(self, sub: TestSubscriber) -> None:
         """Messages left on a subscription that ended: to another member of its queue group,
         else dropped."""
-        left = list(sub._queue)
-        sub._queue.clear()
-        for d in left:
+        for d in sub.take_queued():
             self._hand_over(sub, d)
 
-    def _hand_over(self, sub: TestSubscriber, d: _Delivery) -> None:
+    def _hand_over(self, sub: TestSubscriber, d: Delivery) -> None:
         """One message of a subscription that ended: to another member of its queue group, else
         dropped; settled here either way (re-enqueuing counts it again)."""
         members = [
@@ -603,27 +499,7 @@ class TestBroker(ConnectsInContext):
 
     # --- delivery -----------------------------------------------------------------------------
 
-    async def _run(self, sub: TestSubscriber) -> None:
-        """A runner of one subscription: takes deliveries from the head of its queue, one at a
-        time, each retried until it is handled or given up. One runner keeps arrival order;
-        ``concurrency`` runners overlap."""
-        try:
-            while sub._queue and sub._active:
-                d = sub._queue.popleft()
-                sub._running.append(d)
-                settled = False
-                try:
-                    settled = await self._deliver(sub, d)
-                finally:
-                    sub._running.remove(d)
-                    if not settled:
-                        sub._queue.appendleft(d)  # cut short: handed over with the rest
-        finally:
-            sub._runners.discard(asyncio.current_task())
-            if not sub._active and sub._queue and not sub._runners:
-                self._orphan(sub)
-
-    async def _deliver(self, sub: TestSubscriber, d: _Delivery) -> bool:
+    async def _deliver(self, sub: TestSubscriber, d: Delivery) -> bool:
         """Attempt ``d`` until it is handled or given up (True), or the subscription ended
         (False: the caller hands it over)."""
         while True:
@@ -638,14 +514,14 @@ class TestBroker(ConnectsInContext):
                 finally:
                     self._settle()
                 return True
-            if not sub._active:
+            if not sub.active:
                 return False
             self._stats["retried"] += 1
             await asyncio.sleep(self._options.retry_min)
-            if not sub._active:
+            if not sub.active:
                 return False
 
-    def _failed(self, sub: TestSubscriber, d: _Delivery, err: str) -> bool:
+    def _failed(self, sub: TestSubscriber, d: Delivery, err: str) -> bool:
         """Count a failed attempt; True when it was the last one allowed (``max_deliveries``)."""
         d.attempts += 1
         d.last_error = err
@@ -655,13 +531,13 @@ class TestBroker(ConnectsInContext):
 
     # --- delivery to an iterated subscription ---------------------------------------------------
 
-    def _feed(self, sub: TestSubscriber, d: _Delivery) -> None:
+    def _feed(self, sub: TestSubscriber, d: Delivery) -> None:
         """Hand one attempt of ``d`` to the subscription's iterator under a fresh token."""
-        assert sub._iter is not None
+        assert sub.iterator is not None
         token = next(self._iter_tokens)
         self._iter_deliveries[token] = (sub, d)
         self._stats["received"] += 1
-        sub._iter.push(token, Event(d.topic, d.message()))
+        sub.iterator.push(token, Event(d.topic, d.message()))
 
     def _iter_complete(self, results: list[Result], replies: Sequence[Reply] = ()) -> None:
         """Outcomes from an iterator (its ``complete``; an iterator never replies): settle,
@@ -683,31 +559,31 @@ class TestBroker(ConnectsInContext):
                 t = asyncio.get_running_loop().create_task(self._give_up_then_settle(sub, d, err))
                 self._tasks.add(t)
                 t.add_done_callback(self._tasks.discard)
-            elif not sub._active:
+            elif not sub.active:
                 self._hand_over(sub, d)
             else:
                 self._stats["retried"] += 1
                 asyncio.get_running_loop().call_later(self._options.retry_min, self._refeed, sub, d)
 
-    def _refeed(self, sub: TestSubscriber, d: _Delivery) -> None:
+    def _refeed(self, sub: TestSubscriber, d: Delivery) -> None:
         if not self._connected:
             return
-        if sub._active:
+        if sub.active:
             self._feed(sub, d)
         else:
             self._hand_over(sub, d)
 
-    async def _give_up_then_settle(self, sub: TestSubscriber, d: _Delivery, err: str) -> None:
+    async def _give_up_then_settle(self, sub: TestSubscriber, d: Delivery, err: str) -> None:
         try:
             await self._give_up(sub, d, err)
         finally:
             self._settle()
 
-    async def _attempt(self, sub: TestSubscriber, d: _Delivery) -> str | None:
+    async def _attempt(self, sub: TestSubscriber, d: Delivery) -> str | None:
         """Run the handler once; the failure text, or None when it succeeded."""
         ev = Event(d.topic, d.message())
         self._stats["received"] += 1
-        handler = sub._handler
+        handler = sub.handler
         assert handler is not None  # iterated subscriptions are fed, never run here
         try:
             r = handler(ev)
@@ -718,16 +594,16 @@ class TestBroker(ConnectsInContext):
             self.errors.append(e)
             if self._first_error is None:
                 self._first_error = e
-            return _describe(e)
+            return describe(e)
         if not sub.options.auto_ack and not ev.acked:
             self._stats["handler_errors"] += 1
             return _NOT_ACKED
         return None
 
-    async def _give_up(self, sub: TestSubscriber, d: _Delivery, reason: str) -> None:
+    async def _give_up(self, sub: TestSubscriber, d: Delivery, reason: str) -> None:
         """``max_deliveries`` attempts failed: on_undeliverable, then the dead-letter topic."""
         self._stats["dead_lettered"] += 1
-        callback = self._on_undeliverable
+        callback = self._options.on_undeliverable
         if callback is not None:
             try:
                 r = callback(d.topic, d.message(), reason)
@@ -738,7 +614,7 @@ class TestBroker(ConnectsInContext):
                 self.errors.append(e)
                 if self._first_error is None:
                     self._first_error = e
-        dlt = self._dead_letter_topic
+        dlt = self._options.dead_letter_topic
         if dlt is not None and dlt != d.topic and self._connected:
             header = dict(d.header or {})
             header[ORIGINAL_TOPIC_HEADER] = d.topic
