@@ -37,6 +37,10 @@ pub struct Wakeups {
     /// epoll, which the kernel may run on the publishing thread's CPU (a sync wake-up) instead
     /// of waking a parked worker on another one; None (no socketpair): `notify` instead
     kick_w: Option<UnixStream>,
+    /// the read end, polled by the dispatcher and owned here, so that it lives as long as the
+    /// write end: a kick after shutdown fills the buffer (and is ignored) instead of writing to
+    /// a closed peer (EPIPE; SIGPIPE where the embedding program does not ignore it)
+    kick_r: Option<tokio::net::UnixStream>,
     notify: Notify,
 }
 
@@ -53,12 +57,12 @@ impl Wakeups {
             Ok((r, w)) => (Some(r), Some(w)),
             Err(_) => (None, None),
         };
-        let w = Arc::new(Wakeups { ready: Mutex::default(), scheduled: AtomicBool::new(false), kick_w, notify: Notify::new() });
+        let w = Arc::new(Wakeups { ready: Mutex::default(), scheduled: AtomicBool::new(false), kick_w, kick_r, notify: Notify::new() });
         let d = w.clone();
         rt.spawn(async move {
             loop {
                 tokio::select! {
-                    _ = kicked(kick_r.as_ref(), &d.notify) => {}
+                    _ = kicked(d.kick_r.as_ref(), &d.notify) => {}
                     r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { return },
                 }
                 // stay on duty while publishes keep marking links: they need no kick meanwhile
@@ -162,5 +166,26 @@ mod tests {
             assert!(w.ready.lock().is_empty());
         }
         tx.send(true).unwrap();
+    }
+
+    #[test]
+    fn a_kick_after_shutdown_never_meets_a_closed_peer() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let w = Wakeups::start(rt.handle(), rx);
+        tx.send(true).unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // the dispatcher has returned
+        let l = Arc::new(link("n", true, 1 << 20));
+        w.wake(&l); // a publish after close: no dispatcher reads the kick any more
+        let kick = w.kick_w.as_ref().expect("a socketpair on Linux");
+        for _ in 0..100_000 {
+            // until the buffer is full: never a closed peer (EPIPE)
+            match (&*kick).write(&[1u8; 64]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("the kick's read end must outlive the dispatcher: {e}"),
+            }
+        }
+        panic!("the socket buffer never filled");
     }
 }
