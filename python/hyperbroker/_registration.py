@@ -54,6 +54,9 @@ class Registration:
         self._subscriptions = subscriptions
         #: topics of the micro.http.broker nodes last seen, per version (see _on_event)
         self._micro_topics: dict[str, set[str]] = {}
+        #: topics whose route is to be looked up again, oldest first (see _refresh_loop)
+        self._dirty: dict[str, None] = {}
+        self._dirty_set = asyncio.Event()
         self._watcher: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
@@ -62,6 +65,7 @@ class Registration:
         """Start watching the registry and the heartbeat (raises what ``registry.watch()`` raises)."""
         self._watcher = self.registry.watch()
         self._tasks.append(loop.create_task(self._watch_loop(self._watcher), name="hyperbroker-watch"))
+        self._tasks.append(loop.create_task(self._refresh_loop(), name="hyperbroker-routes"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="hyperbroker-heartbeat"))
 
     async def stop(self) -> None:
@@ -117,14 +121,15 @@ class Registration:
     async def _watch_loop(self, watcher: Any) -> None:
         try:
             async for ev in watcher:
-                await self._on_event(ev)
+                self._on_event(ev)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             log.exception("registry watch failed; routes are no longer updated")
             self._events.error(RegistryError(f"registry watch failed; routes are no longer updated: {e}"))
 
-    async def _on_event(self, ev: WatchEvent) -> None:
+    def _on_event(self, ev: WatchEvent) -> None:
+        """Mark the topics an event touches for a route lookup (``_refresh_loop`` does it)."""
         if ev.service.name == MICRO_SERVICE:
             # an update carries the new nodes only: the topics of nodes that left are remembered
             version = ev.service.version
@@ -133,11 +138,32 @@ class Registration:
             if ev.action != "delete":
                 self._micro_topics[version] = now
             for t in sorted(changed):
-                await self.refresh_topic(t)
-            return
-        topic = topic_of(ev.service.name)
-        if topic is not None:
-            await self.refresh_topic(topic)
+                self._dirty[t] = None
+        else:
+            topic = topic_of(ev.service.name)
+            if topic is None:
+                return
+            self._dirty[topic] = None
+        self._dirty_set.set()
+
+    async def _refresh_loop(self) -> None:
+        """Look up the routes of the topics events marked, oldest first. A topic marked again
+        while earlier events wait is looked up once: a burst of registrations (a thousand nodes
+        joining) costs one lookup per topic, not one per event. A lookup always reads the
+        registry's state at that moment, so merging marks loses no change."""
+        while True:
+            await self._dirty_set.wait()
+            self._dirty_set.clear()
+            while self._dirty:
+                topic = next(iter(self._dirty))
+                del self._dirty[topic]
+                try:
+                    await self.refresh_topic(topic)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("routes of %r could not be looked up: %s", topic, e)
+                    self._events.error(RegistryError(f"routes of {topic!r} could not be looked up: {e}"))
 
     async def _heartbeat_loop(self) -> None:
         while True:
