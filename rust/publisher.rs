@@ -178,33 +178,12 @@ impl Publisher {
         }
     }
 
-    /// `send_to_route` for many messages: a broadcast node takes all of them under one lock; a
-    /// queue group picks a member per message.
+    /// `send_to_route` for a list: one message goes as an array (no list per node).
     fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> bool {
         if msgs.len() == 1 {
-            return msgs.pop().is_some_and(|m| self.send_to_route(route, m));
+            return msgs.pop().is_some_and(|m| self.send_to_route(route, [m]));
         }
-        for m in &mut msgs {
-            m.renew_share();
-        }
-        let mut congested = false;
-        for g in route.groups() {
-            match g.queue() {
-                None => {
-                    for l in g.nodes() {
-                        congested |= self.enqueue(l, msgs.clone());
-                    }
-                }
-                Some(_) => {
-                    for m in &msgs {
-                        if let Some(l) = g.pick(None) {
-                            congested |= self.enqueue(l, [m.clone()]);
-                        }
-                    }
-                }
-            }
-        }
-        congested
+        self.send_to_route(route, msgs)
     }
 
     fn high_water(&self) -> usize {
@@ -226,20 +205,30 @@ impl Publisher {
         self.progress.wait_until(ROOM_TICK, timeout, || !self.congested()).await
     }
 
-    fn send_to_route(self: &Arc<Self>, route: &TopicRoute, mut msg: Msg) -> bool {
+    /// Dispatch `msgs` (one topic, in order) along `route`: a broadcast node takes all of them
+    /// under one lock of its queue; a queue group picks a member per message. True when a
+    /// healthy node is past the high-water mark.
+    fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, mut msgs: M) -> bool
+    where
+        M: AsRef<[Msg]> + AsMut<[Msg]> + IntoIterator<Item = Msg> + Clone,
+    {
         // a fresh dispatch: its copies share a new record of who holds them
-        msg.renew_share();
+        for m in msgs.as_mut() {
+            m.renew_share();
+        }
         let mut congested = false;
         for g in route.groups() {
             match g.queue() {
                 None => {
                     for l in g.nodes() {
-                        congested |= self.enqueue(l, [msg.clone()]);
+                        congested |= self.enqueue(l, msgs.clone());
                     }
                 }
                 Some(_) => {
-                    if let Some(l) = g.pick(None) {
-                        congested |= self.enqueue(l, [msg.clone()]);
+                    for m in msgs.as_ref() {
+                        if let Some(l) = g.pick(None) {
+                            congested |= self.enqueue(l, [m.clone()]);
+                        }
                     }
                 }
             }
