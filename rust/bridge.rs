@@ -182,12 +182,19 @@ impl Bridge {
     }
 
     fn push(&self, item: Item) -> bool {
+        self.queue_items(|items| items.push(item))
+    }
+
+    /// Under the queue's lock: unless the bridge is closed, let `add` queue items and schedule
+    /// the loop's one wake-up (only the empty -> non-empty transition writes to the socketpair).
+    /// False, `add` not called, when closed.
+    fn queue_items(&self, add: impl FnOnce(&mut Vec<Item>)) -> bool {
         let wake = {
             let mut q = self.queue.lock();
             if q.closed {
                 return false;
             }
-            q.items.push(item);
+            add(&mut q.items);
             !std::mem::replace(&mut q.scheduled, true)
         };
         if wake {
@@ -214,22 +221,16 @@ impl Bridge {
     /// lock, so that a `close` (which takes the queue's lock, then the pending one) cannot come
     /// between: either the events are queued and waited for, or, closed, nothing is queued and
     /// the request is answered unavailable at once.
-    fn submit_events(&self, first: u64, waiting: Waiting, events: impl ExactSizeIterator<Item = Item>) {
-        let wake = {
-            let mut q = self.queue.lock();
-            if q.closed {
-                drop(q);
-                waiting.finish();
-                return;
+    fn submit_events(&self, first: u64, waiting: Waiting, events: impl Iterator<Item = Item>) {
+        let mut waiting = Some(waiting);
+        self.queue_items(|items| {
+            if let Some(w) = waiting.take() {
+                self.pending.lock().insert(first, w);
             }
-            self.pending.lock().insert(first, waiting);
-            q.items.reserve(events.len());
-            q.items.extend(events);
-            !std::mem::replace(&mut q.scheduled, true)
-        };
-        if wake {
-            // A full socket buffer means a wake-up is pending already.
-            let _ = (&self.wake_w).write(&[1u8]);
+            items.extend(events);
+        });
+        if let Some(w) = waiting {
+            w.finish(); // closed: answered unavailable at once
         }
     }
 
