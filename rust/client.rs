@@ -231,7 +231,7 @@ impl Transport {
             Ok(Err(e)) => return SendResult::Unreachable(format!("could not read the response: {e}")),
             Err(_) => return SendResult::Unreachable("response timed out".into()),
         };
-        if status == StatusCode::OK && (link.spec.batch || link.spec.frames) && is_batch_reply {
+        if status == StatusCode::OK && link.spec.takes_batches() && is_batch_reply {
             return batch_result(&body, batch.len());
         }
         if classify(status.as_u16(), batch.len()) == Verdict::Delivered {

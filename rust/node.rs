@@ -39,6 +39,13 @@ pub struct NodeSpec {
     pub path: String,
 }
 
+impl NodeSpec {
+    /// Takes several messages per request (a batch, or frames) and answers per message.
+    pub fn takes_batches(&self) -> bool {
+        self.batch || self.frames
+    }
+}
+
 /// What `push_all_quiet` did.
 #[derive(Debug)]
 pub struct PushedAll {
@@ -283,7 +290,7 @@ impl NodeLink {
                 st.queue.push_front(m);
             }
         }
-        if self.spec.batch || self.spec.frames {
+        if self.spec.takes_batches() {
             let mut bytes = 0usize;
             while let Some(m) = st.queue.front() {
                 let len = m.payload.wire_len(self.spec.frames);

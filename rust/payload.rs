@@ -33,13 +33,18 @@ fn user_entries<'a>(header: impl Iterator<Item = (&'a str, &'a str)>) -> impl It
     header.filter(|(k, _)| *k != TOPIC_HEADER && *k != MICRO_TOPIC_HEADER)
 }
 
+/// The frame head of a `body_len`-byte message, in a buffer with room for `room` more bytes.
+fn head<'a>(topic: &str, header: impl Iterator<Item = (&'a str, &'a str)> + Clone, body_len: usize, room: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frames::head_len(topic, user_entries(header.clone())) + room);
+    frames::encode_head(&mut out, topic, user_entries(header), body_len);
+    out
+}
+
 impl Payload {
     /// A message whose body is copied into its frame. Topic, header entries and body must each
     /// be under 4 GiB (the frame's u32 lengths; `py::codec::payload_py` refuses bigger ones).
     pub fn new<'a>(topic: &str, header: impl Iterator<Item = (&'a str, &'a str)> + Clone, body: &[u8]) -> Self {
-        let head_len = frames::head_len(topic, user_entries(header.clone()));
-        let mut out = Vec::with_capacity(head_len + body.len());
-        frames::encode_head(&mut out, topic, user_entries(header), body.len());
+        let mut out = head(topic, header, body.len(), body.len());
         let head_len = out.len();
         out.extend_from_slice(body);
         Payload { frame: Bytes::from(out), head_len, body: None, json: OnceLock::new() }
@@ -50,8 +55,7 @@ impl Payload {
         if body.len() < BY_REFERENCE {
             return Payload::new(topic, header, &body);
         }
-        let mut out = Vec::with_capacity(frames::head_len(topic, user_entries(header.clone())));
-        frames::encode_head(&mut out, topic, user_entries(header), body.len());
+        let out = head(topic, header, body.len(), 0);
         Payload { head_len: out.len(), frame: Bytes::from(out), body: Some(body), json: OnceLock::new() }
     }
 
