@@ -5,7 +5,8 @@ A :class:`TestSubscriber` keeps arrival order with one runner (``concurrency=N``
 runners, order not kept). What an attempt means (handler call, retries, give-up, counters) is
 the broker's: each runner hands a delivery to the ``deliver`` callable it was made with and
 learns whether it was settled. When the subscription ends, what it still holds goes to the
-broker's ``orphan`` callable once its last runner is gone.
+broker's ``orphan`` callable once its last runner is gone; ``unsubscribe()`` is the broker's
+``unsubscribe`` callable.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .iteration import IterSubscriber
 from .message import Handler, Message
 from .subscriber import SubscribeOptions
-
-if TYPE_CHECKING:
-    from .testing import TestBroker
 
 __all__ = ["Delivery", "TestSubscriber"]
 
@@ -48,7 +45,6 @@ class TestSubscriber:
 
     def __init__(
         self,
-        broker: TestBroker,
         id: str,
         topic: str,
         handler: Handler | None,
@@ -56,6 +52,7 @@ class TestSubscriber:
         max_deliveries: int | None,
         deliver: Callable[[TestSubscriber, Delivery], Awaitable[bool]],
         orphan: Callable[[TestSubscriber], None],
+        unsubscribe: Callable[[TestSubscriber], Awaitable[None]],
     ) -> None:
         self.id = id
         self.topic = topic
@@ -63,10 +60,10 @@ class TestSubscriber:
         self.max_deliveries = max_deliveries
         #: without a handler: the iterator the consumer reads (the broker feeds it)
         self.iterator: IterSubscriber | None = None
-        self._broker = broker
         self._handler = handler
         self._deliver = deliver
         self._orphan = orphan
+        self._unsubscribe = unsubscribe
         self._queue: deque[Delivery] = deque()
         #: the runner tasks (at most ``options.concurrency``)
         self._runners: set[asyncio.Task[None]] = set()
@@ -89,7 +86,7 @@ class TestSubscriber:
     async def unsubscribe(self) -> None:
         """Stop receiving. Messages queued for this subscription go to another member of its
         queue group, or are dropped (counted). Idempotent."""
-        await self._broker._unsubscribe(self)
+        await self._unsubscribe(self)
 
     def __repr__(self) -> str:
         return f"TestSubscriber(id={self.id!r}, topic={self.topic!r}, queue={self.options.queue!r})"

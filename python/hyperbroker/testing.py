@@ -40,7 +40,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -191,7 +191,7 @@ class TestBroker(ConnectsInContext):
         self._connected = False
         for sub in list(self._subs.values()):
             await sub.end("subscriber closing")
-            self._stats["dropped"] += len(sub.take_queued())
+            self._drop(sub.take_queued())
         self._subs.clear()
         self._iter_deliveries.clear()
         for t in list(self._tasks):
@@ -283,7 +283,7 @@ class TestBroker(ConnectsInContext):
             self._pending = 0
             self._settled.set()
 
-    def _drop(self, items: deque[Delivery]) -> None:
+    def _drop(self, items: MutableSequence[Delivery]) -> None:
         """Forget queued deliveries (disconnect): counted as dropped."""
         self._stats["dropped"] += len(items)
         items.clear()
@@ -426,7 +426,7 @@ class TestBroker(ConnectsInContext):
             limit = max_deliveries
         options = SubscribeOptions(queue=queue, auto_ack=auto_ack, concurrency=concurrency, max_pending=max_pending)
         sub_id = f"hb-test-{self._id}-{next(self._ids)}"
-        sub = TestSubscriber(self, sub_id, topic, handler, options, limit, self._deliver, self._orphan)
+        sub = TestSubscriber(sub_id, topic, handler, options, limit, self._deliver, self._orphan, self._unsubscribe)
         result: TestSubscriber | IterSubscriber = sub
         if handler is None:
             sub.iterator = result = IterSubscriber(
