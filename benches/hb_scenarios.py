@@ -185,12 +185,16 @@ class SubscriberNodes:
         deadline_s: float = DEFAULT_DEADLINE_S,
         brokers: int = 1,
         distinct_topics: bool = False,
+        h2: bool = False,
     ) -> None:
         if not layout or min(layout) < 1 or brokers < 1:
             raise ValueError("every node needs at least one subscription, every process one broker")
         self.layout = list(layout)
         self.brokers = brokers
         self.queue = queue
+        #: announce the nodes with ``h2=1`` (publishers then speak HTTP/2 to them), as a
+        #: subscriber Broker with ``h2=True`` does; their endpoints take either
+        self.h2 = h2
         self.deadline_s = deadline_s
         self.procs: list[Any] = []
         self.conns: list[Connection] = []
@@ -245,7 +249,7 @@ class SubscriberNodes:
         group, one service whose version is the queue name with every member's node."""
         from hyperbroker import Node, Service
 
-        meta = node_metadata()
+        meta = {**node_metadata(), **({"h2": "1"} if self.h2 else {})}
         by_topic: dict[str, list[Any]] = {}
         for address, ids, topics in self.nodes:
             for sid, t in zip(ids, topics, strict=True):

@@ -121,6 +121,12 @@ def plot_topics(data: dict[str, Any], out: Path) -> Path:
         ax.plot(xs, ys, marker=marker, linewidth=2, label=label)
         _label_points(ax, xs, ys, ".2f")
     _log_x(ax, xs, [f"{x:,}" for x in xs], "topics with routes (round-robin publishing)", "µs")
+    h2 = data.get("topics_h2") or {}
+    hx = sorted(int(t) for t in h2 if "us_per_publish" in h2[t])
+    if hx:  # the same publisher with subscriber nodes announcing HTTP/2
+        ys = [float(h2[str(t)]["us_per_publish"]) for t in hx]
+        ax.plot(hx, ys, marker="D", linestyle="--", linewidth=2, label="publish() per call (wall), nodes with h2")
+        _label_points(ax, hx, ys, ".2f")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Publish cost by number of routed topics, 128 B — {_subtitle(data)}")
     ax.legend()

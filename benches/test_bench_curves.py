@@ -88,13 +88,18 @@ def test_memcpy_bound(measuring: bool) -> None:
 # --- b. topics with routes -------------------------------------------------------------------
 
 
+TOPIC_POINTS = [(t, False) for t in curves.TOPIC_COUNTS] + [(t, True) for t in curves.TOPIC_COUNTS_H2]
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.benchmark(group="curve-topics")
-@pytest.mark.parametrize("topics", curves.TOPIC_COUNTS, ids=[f"{t}topics" for t in curves.TOPIC_COUNTS])
-def test_topic_curve(benchmark: Any, measuring: bool, topics: int) -> None:
+@pytest.mark.parametrize(
+    ("topics", "h2"), TOPIC_POINTS, ids=[f"{t}topics{'-h2' if h2 else ''}" for t, h2 in TOPIC_POINTS]
+)
+def test_topic_curve(benchmark: Any, measuring: bool, topics: int, h2: bool) -> None:
     topics = topics if measuring else SMOKE_TOPICS[topics]
     calls = pick(curves.TOPIC_CALLS, measuring)
-    runs = pedantic(benchmark, measuring, lambda: curves.measure_topic_cost(topics, calls))
+    runs = pedantic(benchmark, measuring, lambda: curves.measure_topic_cost(topics, calls, h2=h2))
     for r in runs:
         assert r["loss"] == 0 and r["mismatched"] == 0 and r["dropped"] == 0, (
             f"hyperbroker lost or misrouted messages over {topics} topics: loss={r['loss']} "
@@ -109,10 +114,10 @@ def test_topic_curve(benchmark: Any, measuring: bool, topics: int) -> None:
         "route_setup_seconds",
         "delivery_rate",
     )
-    s.update(topics=topics, calls=calls)
-    FIG["topics"][str(topics)] = s
+    s.update(topics=topics, calls=calls, h2=h2)
+    FIG["topics_h2" if h2 else "topics"][str(topics)] = s
     report(
-        f"[curve topics] {topics:>6,} topics: publish() {s['us_per_publish']:.2f} us/call "
+        f"[curve topics{' h2' if h2 else ''}] {topics:>6,} topics: publish() {s['us_per_publish']:.2f} us/call "
         f"({s['us_cpu_per_publish']:.2f} us of the publishing thread's CPU), publish_many "
         f"{s['us_per_message_many']:.2f} us/msg; delivered {s['delivery_rate']:,.0f} msg/s with the flushes "
         f"(routes installed in {s['route_setup_seconds']:.2f} s)"
@@ -165,13 +170,14 @@ def _complete(measuring: bool) -> dict[str, bool]:
         (e := FIG["size"].get(str(s))) is not None and (not nats or e.get("nats") is not None) for s in curves.SIZES
     )
     topics = all(str(t if measuring else SMOKE_TOPICS[t]) in FIG["topics"] for t in curves.TOPIC_COUNTS)
+    topics_h2 = all(str(t if measuring else SMOKE_TOPICS[t]) in FIG["topics_h2"] for t in curves.TOPIC_COUNTS_H2)
     fanout = all(
         (e := FIG["fanout"].get(str(k))) is not None
         and (not nats or k not in pick(curves.NATS_FANOUT, measuring) or e.get("nats") is not None)
         for k in curves.FANOUT_NODES
     )
     memcpy = all(str(s) in FIG["memcpy"] for s in curves.MEMCPY_SIZES)
-    return {"size": size, "memcpy": memcpy, "topics": topics, "fanout": fanout}
+    return {"size": size, "memcpy": memcpy, "topics": topics, "topics_h2": topics_h2, "fanout": fanout}
 
 
 @pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # it only reads `measuring`

@@ -8,7 +8,8 @@
 //! (`publisher`: broadcast, queue group, retry, 404, eviction and re-admission). `py/` is the
 //! thin PyO3 layer on top.
 //!
-//! The publishing side, by concern: `publisher` (facade: dispatch, backlog, route updates, flush,
+//! The publishing side, by concern: `ingress` (accepted, not yet routed) -> `wakeups` (the
+//! dispatcher on the runtime) -> `publisher` (facade: routing, backlog, route updates, flush,
 //! close) -> `route` (routing table) -> `node` (one node's queue and state) -> `worker` (its send
 //! loop: retry, back-off, eviction, probing) -> `client` (HTTP pools, send, probe).
 
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod frames;
+pub mod ingress;
 pub mod listener;
 pub mod malloc;
 pub mod metrics;

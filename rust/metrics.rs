@@ -82,6 +82,7 @@ impl Exporter {
     /// Every topic with counters of its own, sorted, then `OTHER` when anything was counted
     /// under it.
     pub fn topics(&self) -> Vec<TopicRow> {
+        self.publisher.settle();
         let (entries, other) = self.publisher.topic_stats().entries();
         let mut rows: BTreeMap<String, TopicRow> = BTreeMap::new();
         for (t, c) in &entries {
@@ -119,6 +120,7 @@ impl Exporter {
 
     /// (routed topics, messages in the backlog), for `/healthz`.
     pub fn health_counts(&self) -> (usize, usize) {
+        self.publisher.settle();
         (self.publisher.routes().node_counts().len(), self.publisher.backlog.total_len())
     }
 
@@ -301,7 +303,7 @@ mod tests {
         };
         let stats = Arc::new(Stats::default());
         let topics = Arc::new(crate::topic_stats::TopicStats::new(max_topics, true));
-        let p = Arc::new(Publisher::new(cfg, stats.clone(), rt.handle().clone()).unwrap().with_topic_stats(topics));
+        let p = Publisher::new(cfg, stats.clone(), rt.handle().clone(), topics).unwrap();
         let e = Exporter::new(stats, p.clone(), true);
         (rt, p, e)
     }

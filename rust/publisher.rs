@@ -1,5 +1,6 @@
-//! The publishing side's facade (`Publisher`): accept messages, dispatch them along their
-//! topic's route onto node queues, park what has no route in the backlog, decide what becomes of
+//! The publishing side's facade (`Publisher`): accept messages (numbered and handed to the
+//! dispatcher on the runtime: `ingress.rs`, `wakeups.rs`), route them (`route_accepted`, on the
+//! dispatcher) along their topic's route onto node queues, park what has no route in the backlog, decide what becomes of
 //! a leaving node's messages (`leftovers`), apply route updates, and `flush` / `close`.
 //!
 //! Broadcast: every node of the broadcast version gets the message, each on its own queue with
@@ -14,13 +15,14 @@
 //! a request is never retried once a handler may have run.
 //!
 //! What it delegates: the routing table to `route.rs`, each node's queue and state to
-//! `node.rs`, waking the node workers (one coalesced wake-up per burst) to `wakeups.rs`, the
+//! `node.rs`, routing on the runtime and waking the node workers (one coalesced wake-up per
+//! burst) to `wakeups.rs`, the
 //! send loop, retries and eviction to `worker.rs`, HTTP to `client.rs`; a message's bytes in both
 //! wire forms are `payload.rs`'s.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +32,7 @@ use tokio::sync::watch;
 use crate::backlog::Backlog;
 use crate::client::{Answer, Attempt, Transport};
 use crate::error::Error;
+use crate::ingress::Entry;
 use crate::msg::{DeadLetter, Msg};
 use crate::node::{NodeLink, NodeSpec};
 use crate::notices::Notices;
@@ -38,7 +41,7 @@ use crate::progress::Progress;
 use crate::route::{Group, Routes, TopicRoute};
 use crate::stats::{Drop, Stats};
 use crate::topic_stats::{TopicCounters, TopicStats};
-use crate::wakeups::Wakeups;
+use crate::wakeups::{Router, Wakeups};
 use crate::worker;
 
 pub use crate::config::PubConfig;
@@ -68,8 +71,11 @@ pub struct Publisher {
     pub notices: Notices,
     /// per-topic counters (each link carries its topic's)
     topics: Arc<TopicStats>,
-    /// one coalesced wake-up of the node workers per burst of publishes
+    /// the dispatcher: routes accepted messages on the runtime, one coalesced wake-up of the
+    /// node workers per burst of publishes
     wakeups: Arc<Wakeups>,
+    /// the last batch the dispatcher routed put a healthy node past the high-water mark
+    congested: AtomicBool,
 }
 
 /// A topic's node links by node id.
@@ -78,34 +84,37 @@ type LinksOfTopic = HashMap<String, Arc<NodeLink>>;
 pub type DeadLetterSink = Box<dyn Fn(DeadLetter) + Send + Sync>;
 
 impl Publisher {
-    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle) -> Result<Self, Error> {
+    /// A publisher counting per topic into `topics`; its dispatcher runs on `rt`.
+    pub fn new(cfg: PubConfig, stats: Arc<Stats>, rt: tokio::runtime::Handle, topics: Arc<TopicStats>) -> Result<Arc<Self>, Error> {
         let _guard = rt.enter();
         // go-micro's default: https peers are accepted without verification
         let tls = crate::tls::client_config(None, None)?;
         let (shutdown, _) = watch::channel(false);
-        let wakeups = Wakeups::start(&rt, shutdown.subscribe());
-        Ok(Publisher {
-            routes: Routes::default(),
-            links: Mutex::new(HashMap::new()),
-            backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
-            transport: Transport::new(&tls, cfg.request_timeout),
-            stats,
-            cfg,
-            seq: AtomicU64::new(0),
-            progress: Progress::default(),
-            shutdown,
-            rt,
-            dead_letters: RwLock::new(None),
-            notices: Notices::default(),
-            topics: Arc::default(),
-            wakeups,
-        })
-    }
-
-    /// The same publisher, counting per topic into `topics` (call before any route is set).
-    pub fn with_topic_stats(mut self, topics: Arc<TopicStats>) -> Self {
-        self.topics = topics;
-        self
+        Ok(Arc::new_cyclic(|me: &Weak<Publisher>| {
+            let me = me.clone();
+            let router: Router = Box::new(move |batch| match me.upgrade() {
+                Some(p) => p.route_accepted(batch),
+                None => batch.clear(), // the publisher is gone, its messages with it
+            });
+            let wakeups = Wakeups::start(&rt, shutdown.subscribe(), router);
+            Publisher {
+                routes: Routes::default(),
+                links: Mutex::new(HashMap::new()),
+                backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
+                transport: Transport::new(&tls, cfg.request_timeout),
+                stats,
+                cfg,
+                seq: AtomicU64::new(0),
+                progress: Progress::default(),
+                shutdown,
+                rt,
+                dead_letters: RwLock::new(None),
+                notices: Notices::default(),
+                topics,
+                wakeups,
+                congested: AtomicBool::new(false),
+            }
+        }))
     }
 
     pub fn topic_stats(&self) -> &Arc<TopicStats> {
@@ -136,31 +145,90 @@ impl Publisher {
     }
 
     /// Accept one message (`payload`) for `topic`. Returns true when a healthy node's queue is past
-    /// the high-water mark (half of `node_queue`): the caller should wait for `wait_room` before
-    /// publishing more, so that a slow consumer slows the producer instead of losing messages.
+    /// the high-water mark (half of `node_queue`), as the dispatcher last saw, or as many
+    /// messages wait to be routed: the caller should wait for `wait_room` before publishing
+    /// more, so that a slow consumer slows the producer instead of losing messages.
     pub fn publish(self: &Arc<Self>, topic: Arc<str>, payload: Payload) -> bool {
-        self.publish_all(topic, vec![payload])
+        let mut m = Msg::new(0, topic, payload);
+        m.published_at = self.topics.timing().then(std::time::Instant::now);
+        self.accept(Entry::One(m))
     }
 
-    /// Accept many messages of one topic (`publish_many`), in order: one route lookup for the
-    /// lot, and one lock per broadcast node's queue. The congestion flag of `publish`.
+    /// Accept many messages of one topic (`publish_many`), in order: routed as one (one route
+    /// lookup, one lock per broadcast node's queue). The congestion flag of `publish`.
     pub fn publish_all(self: &Arc<Self>, topic: Arc<str>, payloads: Vec<Payload>) -> bool {
-        let n = payloads.len() as u64;
-        if n == 0 {
+        if payloads.is_empty() {
             return false;
         }
-        let first = self.seq.fetch_add(n, Ordering::AcqRel) + 1;
-        Stats::add(&self.stats.published, n);
         let now = self.topics.timing().then(std::time::Instant::now);
-        let msgs: Vec<Msg> = payloads
+        let msgs = payloads
             .into_iter()
-            .zip(first..)
-            .map(|(p, seq)| {
-                let mut m = Msg::new(seq, topic.clone(), p);
+            .map(|p| {
+                let mut m = Msg::new(0, topic.clone(), p);
                 m.published_at = now;
                 m
             })
             .collect();
+        self.accept(Entry::Many(msgs))
+    }
+
+    /// Number `entry` and hand it to the dispatcher, which routes it on the runtime. The
+    /// publishing thread touches nothing of the topic's own (its route, links, counters), so
+    /// this costs the same for one topic or ten thousand. Memory stays bounded without losing
+    /// anything: past `node_queue` messages waiting (a producer that ignores back-pressure and
+    /// outruns the dispatcher), the publishing thread routes them itself.
+    fn accept(self: &Arc<Self>, entry: Entry) -> bool {
+        Stats::add(&self.stats.published, entry.len() as u64);
+        match self.wakeups.accept(entry, &self.seq) {
+            Ok(waiting) if waiting > self.cfg.node_queue => {
+                self.settle();
+                self.congested.load(Ordering::Relaxed) || waiting >= self.high_water()
+            }
+            Ok(waiting) => waiting >= self.high_water() || self.congested.load(Ordering::Relaxed),
+            Err(entry) => {
+                self.route(entry.into_iter().collect()); // closed: parked, as without a route
+                false
+            }
+        }
+    }
+
+    /// Route what has been accepted so far, now, on the caller's thread (in order after a batch
+    /// the dispatcher is routing): a snapshot of counters or the backlog taken afterwards counts
+    /// every message published before.
+    pub fn settle(&self) {
+        self.wakeups.route_accepted();
+    }
+
+    /// Route a batch of accepted messages, in order (the dispatcher's `Router`). Consecutive
+    /// messages of one topic (a stream of `publish` calls) are routed as one run: one route
+    /// lookup, one lock per node queue, one backlog notice.
+    pub(crate) fn route_accepted(self: &Arc<Self>, batch: &mut Vec<Entry>) {
+        let mut congested = false;
+        let mut run: Vec<Msg> = Vec::new();
+        for entry in batch.drain(..) {
+            let same = match (run.first(), entry.topic()) {
+                (Some(m), Some(t)) => Arc::ptr_eq(&m.topic, &t) || m.topic == t,
+                _ => true,
+            };
+            if !same {
+                congested |= self.route(std::mem::take(&mut run));
+            }
+            run.extend(entry);
+        }
+        if !run.is_empty() {
+            congested |= self.route(run);
+        }
+        if self.congested.load(Ordering::Relaxed) != congested {
+            // written only on a change: the publishing thread reads it on every call
+            self.congested.store(congested, Ordering::Relaxed);
+        }
+    }
+
+    /// Send accepted messages of one topic (in order) along its route, or park them in the
+    /// backlog when it has none. True when a healthy node is past the high-water mark.
+    fn route(self: &Arc<Self>, mut msgs: Vec<Msg>) -> bool {
+        let Some(topic) = msgs.first().map(|m| m.topic.clone()) else { return false };
+        let n = msgs.len() as u64;
         let route = self.routes.get(&topic);
         // the topic's counters come with the route looked up anyway (any of its links)
         match route.as_deref().and_then(|r| r.groups().first()).and_then(|g| g.nodes().first()) {
@@ -168,22 +236,26 @@ impl Publisher {
             None => TopicCounters::add(&self.topics.get(&topic).published, n),
         }
         match route {
-            Some(r) if r.is_usable() => self.send_all_to_route(&r, msgs),
-            _ => {
-                for m in msgs {
-                    self.park(m);
+            Some(r) if r.is_usable() => {
+                if !self.backlog.is_empty() {
+                    self.drain_backlog(&topic); // what waits there is older: it goes first
                 }
+                match msgs.pop() {
+                    Some(m) if msgs.is_empty() => self.send_to_route(&r, [m]), // no list per node
+                    Some(m) => {
+                        msgs.push(m);
+                        self.send_to_route(&r, msgs)
+                    }
+                    None => false,
+                }
+            }
+            _ => {
+                self.park_all(&topic, msgs);
+                // a route set since the lookup drained the backlog before these got there
+                self.drain_backlog(&topic);
                 false
             }
         }
-    }
-
-    /// `send_to_route` for a list: one message goes as an array (no list per node).
-    fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> bool {
-        if msgs.len() == 1 {
-            return msgs.pop().is_some_and(|m| self.send_to_route(route, [m]));
-        }
-        self.send_to_route(route, msgs)
     }
 
     fn high_water(&self) -> usize {
@@ -197,7 +269,7 @@ impl Publisher {
     /// True while some healthy node still has more than a quarter of `node_queue` queued.
     fn congested(&self) -> bool {
         let low = self.cfg.node_queue / 4;
-        self.all_links().iter().any(|l| !l.is_failing() && l.queue_len() > low)
+        self.wakeups.accepted_len() > low || self.all_links().iter().any(|l| !l.is_failing() && l.queue_len() > low)
     }
 
     /// Wait until no healthy node is congested (or `timeout` passes; returns false then).
@@ -264,6 +336,13 @@ impl Publisher {
         pushed.len >= self.high_water() && !link.is_failing()
     }
 
+    /// Park messages of `topic` (oldest first), counting their overflow drops as one notice.
+    fn park_all(&self, topic: &Arc<str>, msgs: Vec<Msg>) {
+        Stats::add(&self.stats.backlogged, msgs.len() as u64);
+        let dropped = msgs.into_iter().map(|m| self.backlog.push(topic, m).dropped).sum();
+        self.count_drop(topic, Drop::BacklogOverflow, dropped);
+    }
+
     fn park(&self, msg: Msg) {
         Stats::add(&self.stats.backlogged, 1);
         let topic = msg.topic.clone();
@@ -292,7 +371,7 @@ impl Publisher {
             if items.is_empty() {
                 return;
             }
-            let _ = self.send_all_to_route(&route, items);
+            let _ = self.send_to_route(&route, items);
         }
     }
 
@@ -476,9 +555,13 @@ impl Publisher {
         &self.rt
     }
 
-    /// Lowest sequence number still owed by any node (queued or on the wire).
+    /// Lowest sequence number still owed: not yet routed, or by any node (queued or on the wire).
     fn min_pending(&self) -> Option<u64> {
-        self.all_links().iter().filter_map(|l| l.min_pending()).min()
+        let links = self.all_links().iter().filter_map(|l| l.min_pending()).min();
+        match (self.wakeups.accepted_min_pending(), links) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Wait until every message published up to `target` is delivered, refused or parked.
@@ -486,10 +569,17 @@ impl Publisher {
         self.progress.wait_until(FLUSH_TICK, timeout, || self.min_pending().is_none_or(|m| m > target)).await
     }
 
-    /// Stop every worker; what is still queued for a node or waiting in the backlog is counted
-    /// as dropped (reason: disconnect). The links are emptied before the workers are told to
-    /// stop, so no worker can take a message that is then counted nowhere.
+    /// Stop every worker; what is not routed yet, still queued for a node or waiting in the
+    /// backlog is counted as dropped (reason: disconnect). Routing stops first, then the links
+    /// are emptied before the workers are told to stop, so no message ends up counted nowhere.
     pub fn close(&self) {
+        for entry in self.wakeups.close_ingress() {
+            let (Some(topic), n) = (entry.topic(), entry.len() as u64) else { continue };
+            let counters = self.topics.get(&topic);
+            TopicCounters::add(&counters.published, n);
+            counters.count_drop(Drop::Disconnect, n);
+            self.stats.count_drop(Drop::Disconnect, n);
+        }
         let links: Vec<Arc<NodeLink>> = self.links.lock().drain().flat_map(|(_, by_id)| by_id.into_values()).collect();
         for l in links {
             let n = l.close() as u64;

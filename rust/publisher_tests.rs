@@ -126,7 +126,7 @@ fn run(test: impl std::future::Future<Output = ()>) {
 }
 
 fn publisher() -> Arc<Publisher> {
-    Arc::new(Publisher::new(config(), Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap())
+    Publisher::new(config(), Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap()
 }
 
 fn publish(p: &Arc<Publisher>, bodies: &[&str]) {
@@ -185,6 +185,7 @@ fn no_route_parks_and_a_new_route_drains() {
         let a = node(&[]).await;
         let p = publisher();
         publish(&p, &["1", "2"]);
+        p.settle();
         assert_eq!(p.backlog.len("t"), 2);
         assert_eq!(p.stats().backlogged.load(Relaxed), 2);
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
@@ -274,7 +275,7 @@ fn close_stops_routing_and_empties_every_queue() {
         let mut cfg = config();
         cfg.evict_after = 1000;
         cfg.retry_min = Duration::from_secs(5);
-        let p = Arc::new(Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap());
+        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
         publish(&p, &["1"]);
         let links = p.all_links();
@@ -297,7 +298,7 @@ fn a_failing_message_does_not_hold_back_the_ones_behind_it() {
         let a = node(&[500]).await;
         let mut cfg = config();
         cfg.retry_min = Duration::from_millis(300);
-        let p = Arc::new(Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap());
+        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
         publish(&p, &["1", "2", "3"]);
         assert!(flushed(&p).await);
@@ -358,7 +359,7 @@ fn a_leaving_node_parks_what_nobody_else_has_and_drops_what_others_have() {
         let b = node(&[]).await;
         let mut cfg = config();
         cfg.evict_after = 1000; // keep the dead node in the route: it is "leaving", not evicted
-        let p = Arc::new(Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current()).unwrap());
+        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
         // alone: its messages wait for the next subscriber
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![gone.clone()])]).unwrap();
         publish(&p, &["1", "2"]);
@@ -405,4 +406,91 @@ fn a_dead_queue_member_beside_a_live_one_is_evicted() {
         assert_eq!(p.route_count("t"), 1);
         p.close();
     });
+}
+
+/// A publisher whose runtime nobody drives: its dispatcher never runs, so what `publish`
+/// accepted stays accepted until the test routes it (`settle`) or closes the publisher.
+fn idle_publisher() -> (tokio::runtime::Runtime, Arc<Publisher>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let p = Publisher::new(config(), Arc::new(Stats::default()), rt.handle().clone(), Arc::default()).unwrap();
+    (rt, p)
+}
+
+#[test]
+fn publish_only_hands_over_and_the_dispatcher_routes_in_order() {
+    let (_rt, p) = idle_publisher();
+    let counters = p.topic_stats().get("t");
+    publish(&p, &["1", "2", "3"]);
+    // nothing of the topic's own was touched by publish: no counter, no backlog, no link
+    assert_eq!(counters.published.load(Relaxed), 0);
+    assert_eq!(p.backlog.len("t"), 0);
+    assert_eq!(p.min_pending(), Some(1), "flush waits for what is not routed yet");
+    p.settle();
+    assert_eq!(counters.published.load(Relaxed), 3);
+    let parked: Vec<u64> = p.backlog.drain("t", 10).iter().map(|m| m.seq).collect();
+    assert_eq!(parked, [1, 2, 3]);
+    assert_eq!(p.min_pending(), None);
+}
+
+#[test]
+fn close_counts_what_was_never_routed_as_dropped_on_disconnect() {
+    let (_rt, p) = idle_publisher();
+    publish(&p, &["1", "2"]);
+    let _ = p.publish_all(Arc::from("t"), (0..3).map(|_| Payload::new("t", std::iter::empty(), b"3")).collect());
+    p.close();
+    let s = p.stats();
+    assert_eq!((s.published.load(Relaxed), s.dropped.load(Relaxed)), (5, 5));
+    assert_eq!(p.topic_stats().get("t").published.load(Relaxed), 5);
+    assert_eq!(p.min_pending(), None);
+    // accepted after close: parked like a message without a route, not lost uncounted
+    publish(&p, &["6"]);
+    assert_eq!(p.backlog.len("t"), 1);
+}
+
+#[test]
+fn many_topics_published_while_routes_appear_lose_nothing() {
+    run(async {
+        let a = node(&[]).await;
+        // room for everything published before its route appears: nothing may be dropped
+        let cfg = PubConfig { backlog: 10_000, node_queue: 10_000, ..config() };
+        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let topics: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let pp = p.clone();
+        let names = topics.clone();
+        let producer = std::thread::spawn(move || {
+            for i in 0..2000 {
+                let t = &names[i % names.len()];
+                let _ = pp.publish(Arc::from(t.as_str()), Payload::new(t, std::iter::empty(), i.to_string().as_bytes()));
+            }
+        });
+        for t in &topics {
+            p.set_routes(t, vec![(BROADCAST_VERSION.into(), vec![a.spec(&format!("a-{t}"))])]).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        producer.join().unwrap();
+        assert!(flushed(&p).await);
+        let mut got: Vec<u32> = a.got().iter().map(|b| b.parse().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..2000).collect::<Vec<u32>>(), "every message exactly once");
+        p.close();
+    });
+}
+
+#[test]
+fn a_producer_outrunning_the_dispatcher_routes_itself_past_node_queue() {
+    let (_rt, p) = idle_publisher(); // node_queue 100, backlog 100
+    let mut told = 0;
+    for i in 0..250 {
+        let before = p.wakeups.accepted_len();
+        let congested = p.publish(Arc::from("t"), Payload::new("t", std::iter::empty(), b"x"));
+        assert!(p.wakeups.accepted_len() <= 100, "message {i}: {} waiting", p.wakeups.accepted_len());
+        // past half of node_queue waiting, the producer is told to wait for room
+        assert_eq!(congested, before + 1 >= 50, "message {i}");
+        told += usize::from(congested);
+    }
+    assert!(told > 0);
+    p.settle();
+    let s = p.stats();
+    // every message accounted for: parked (the newest 100) or dropped from the backlog
+    assert_eq!((s.published.load(Relaxed), s.backlogged.load(Relaxed), s.dropped.load(Relaxed)), (250, 250, 150));
 }

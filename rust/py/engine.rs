@@ -56,7 +56,7 @@ impl Engine {
         let bridge = Arc::new(Bridge::new().map_err(|e| Error::io(format!("could not create the wake-up socket: {e}")))?);
         let rt = runtime::get()?;
         let topics = Arc::new(TopicStats::new(metrics.max_topics, metrics.enabled));
-        let publisher = Arc::new(Publisher::new(pub_config, stats.clone(), rt.handle().clone())?.with_topic_stats(topics));
+        let publisher = Publisher::new(pub_config, stats.clone(), rt.handle().clone(), topics)?;
         let exporter = Arc::new(Exporter::new(stats.clone(), publisher.clone(), metrics.enabled));
         let server = Arc::new(ServerState {
             subs: Default::default(),
@@ -468,10 +468,12 @@ impl Engine {
     }
 
     fn backlog_len(&self, topic: &str) -> usize {
+        self.publisher.settle();
         self.publisher.backlog.len(topic)
     }
 
     fn backlog_dropped(&self, topic: &str) -> u64 {
+        self.publisher.settle();
         self.publisher.backlog.dropped(topic)
     }
 
@@ -504,6 +506,7 @@ impl Engine {
     /// Counters (exact) and gauges, plus `last_error` (str or None).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
+        self.publisher.settle(); // every message published so far is counted where it went
         for (k, v) in self.stats.snapshot() {
             d.set_item(k, v)?;
         }
