@@ -101,7 +101,7 @@ impl Publisher {
                 routes: Routes::default(),
                 links: Mutex::new(HashMap::new()),
                 backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
-                transport: Transport::new(&tls, cfg.request_timeout),
+                transport: Transport::new(&tls, cfg.request_timeout, cfg.node_inflight),
                 stats,
                 cfg,
                 seq: AtomicU64::new(0),

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,9 +30,14 @@ struct TestNode {
 
 impl TestNode {
     fn spec(&self, id: &str) -> NodeSpec {
+        NodeSpec { address: self.addr.to_string(), ..Self::spec_for(id) }
+    }
+
+    /// A plain HTTP/1.1 node `id` (one JSON envelope per POST) at no address yet.
+    fn spec_for(id: &str) -> NodeSpec {
         NodeSpec {
             id: id.into(),
-            address: self.addr.to_string(),
+            address: String::new(),
             batch: false,
             frames: false,
             secure: false,
@@ -493,4 +499,45 @@ fn a_producer_outrunning_the_dispatcher_routes_itself_past_node_queue() {
     let s = p.stats();
     // every message accounted for: parked (the newest 100) or dropped from the backlog
     assert_eq!((s.published.load(Relaxed), s.backlogged.load(Relaxed), s.dropped.load(Relaxed)), (250, 250, 150));
+}
+
+#[test]
+fn thousands_of_links_to_one_http1_node_share_a_bounded_number_of_connections() {
+    run(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (conns, got) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c, g) = (conns.clone(), got.clone());
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Relaxed);
+                let g = g.clone();
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let g = g.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        tokio::time::sleep(Duration::from_millis(20)).await; // requests overlap
+                        g.fetch_add(1, Relaxed);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+            }
+        });
+        let p = publisher();
+        let topics: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+        for t in &topics {
+            let spec = NodeSpec { address: addr.to_string(), ..TestNode::spec_for(t) };
+            p.set_routes(t, vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
+        }
+        for t in &topics {
+            let _ = p.publish(Arc::from(t.as_str()), Payload::new(t, std::iter::empty(), b"x"));
+        }
+        assert!(flushed(&p).await);
+        assert_eq!(got.load(Relaxed), 300);
+        let opened = conns.load(Relaxed);
+        assert!(opened <= crate::client::MAX_HTTP1_PER_NODE, "{opened} connections to one node");
+        p.close();
+        server.abort();
+    });
 }

@@ -108,7 +108,9 @@ class BrokerOptions:
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
     node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
-        more overlap requests on HTTP/2 streams or extra connections, in any order).
+        more overlap requests on HTTP/2 streams or extra connections, in any order). Over
+        HTTP/1.1 the deliveries in flight to one node address (all its subscriptions together)
+        are capped at max(32, node_inflight): so many connections at most.
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
     tls: a :class:`~hyperbroker.TLSConfig` for real certificates, verification and mTLS.
