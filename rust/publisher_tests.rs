@@ -417,8 +417,12 @@ fn a_dead_queue_member_beside_a_live_one_is_evicted() {
 /// A publisher whose runtime nobody drives: its dispatcher never runs, so what `publish`
 /// accepted stays accepted until the test routes it (`settle`) or closes the publisher.
 fn idle_publisher() -> (tokio::runtime::Runtime, Arc<Publisher>) {
+    idle_publisher_with(config())
+}
+
+fn idle_publisher_with(cfg: PubConfig) -> (tokio::runtime::Runtime, Arc<Publisher>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let p = Publisher::new(config(), Arc::new(Stats::default()), rt.handle().clone(), Arc::default()).unwrap();
+    let p = Publisher::new(cfg, Arc::new(Stats::default()), rt.handle().clone(), Arc::default()).unwrap();
     (rt, p)
 }
 
@@ -540,4 +544,20 @@ fn thousands_of_links_to_one_http1_node_share_a_bounded_number_of_connections() 
         p.close();
         server.abort();
     });
+}
+
+#[test]
+fn a_large_publish_many_is_routed_at_once_after_what_was_accepted_before() {
+    // no dispatcher runs: only the caller routes
+    let (_rt, p) = idle_publisher_with(PubConfig { backlog: 10_000, ..config() });
+    publish(&p, &["1", "2"]);
+    let n = ROUTE_INLINE as u64;
+    let _ = p.publish_all(Arc::from("t"), (0..n).map(|_| Payload::new("t", std::iter::empty(), b"x")).collect());
+    assert_eq!(p.wakeups.accepted_len(), 0, "routed by the call itself");
+    assert_eq!(p.topic_stats().get("t").published.load(Relaxed), n + 2);
+    let parked: Vec<u64> = p.backlog.drain("t", 10_000).iter().map(|m| m.seq).collect();
+    assert_eq!(parked, (1..=n + 2).collect::<Vec<u64>>(), "the two accepted before come first");
+    // a small call is only handed over
+    let _ = p.publish_all(Arc::from("t"), (0..3).map(|_| Payload::new("t", std::iter::empty(), b"x")).collect());
+    assert_eq!(p.wakeups.accepted_len(), 3);
 }
