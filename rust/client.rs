@@ -179,7 +179,8 @@ pub struct Transport {
 /// higher), hence the most connections the pool opens to it. Thousands of topics routed to one
 /// node are a link and a worker each; without a cap each concurrent request opened a
 /// connection of its own (measured, 10,000 topics over 10 nodes: 24k msg/s delivered and
-/// `publish()` 1.7x its one-topic cost; with it 58k msg/s and flat).
+/// `publish()` 1.7x its one-topic cost; with it 58k msg/s and flat). A delivery that waited a
+/// whole request timeout for a slot goes without one (see `send`).
 pub const MAX_HTTP1_PER_NODE: usize = 32;
 /// Idle per-address slots are forgotten once there are more addresses than this.
 const SLOTS_KEPT: usize = 256;
@@ -253,10 +254,16 @@ impl Transport {
         if let Some(a) = self.auth.read().clone() {
             req.headers_mut().insert(AUTHORIZATION, a);
         }
-        // h2c multiplexes one connection; anything else may be HTTP/1.1, a connection per request
+        // h2c multiplexes one connection; anything else may be HTTP/1.1, a connection per
+        // request. A slot not free within the request timeout (the node's other deliveries are
+        // slow or hang) is not waited for longer: this one goes on a connection of its own, so
+        // that slow handlers of other topics never starve it nor delay finding a dead node
         let _slot = match link.spec.h2 && !link.spec.secure {
             true => None,
-            false => self.http1_slot(&link.spec.address).acquire_owned().await.ok(),
+            false => {
+                let slot = self.http1_slot(&link.spec.address).acquire_owned();
+                tokio::time::timeout(self.request_timeout, slot).await.ok().and_then(Result::ok)
+            }
         };
         let resp = match tokio::time::timeout(self.request_timeout, self.request(&link.spec, req)).await {
             Err(_) => return SendResult::Unreachable("request timed out".into()),

@@ -571,8 +571,11 @@ impl Publisher {
 
     /// Lowest sequence number still owed: not yet routed, or by any node (queued or on the wire).
     fn min_pending(&self) -> Option<u64> {
+        // the hand-over first: once it shows a message routed, the links (read after) show it
+        // queued; read the other way round, a message routed in between would be in neither
+        let accepted = self.wakeups.accepted_min_pending();
         let links = self.all_links().iter().filter_map(|l| l.min_pending()).min();
-        match (self.wakeups.accepted_min_pending(), links) {
+        match (accepted, links) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -154,10 +154,10 @@ impl Wakeups {
         if !self.ingress.take(&mut batch) {
             return false;
         }
-        let n = batch.iter().map(Entry::len).sum();
+        // marked routed also if the router panics, so that `flush` and `wait_room` go on
+        let _routed = Routed(&self.ingress, batch.iter().map(Entry::len).sum());
         (self.router)(&mut batch);
         batch.clear();
-        self.ingress.routed(n);
         true
     }
 
@@ -180,6 +180,15 @@ impl Wakeups {
         }
         self.scheduled.store(true, Ordering::SeqCst);
         true
+    }
+}
+
+/// Marks a taken batch routed when dropped.
+struct Routed<'a>(&'a Ingress, usize);
+
+impl Drop for Routed<'_> {
+    fn drop(&mut self) {
+        self.0.routed(self.1);
     }
 }
 
@@ -238,6 +247,18 @@ mod tests {
             assert!(w.ready.lock().is_empty());
         }
         tx.send(true).unwrap();
+    }
+
+    #[test]
+    fn a_router_that_panics_leaves_nothing_pending() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(); // not driven
+        let (_tx, rx) = watch::channel(false);
+        let w = Wakeups::start(rt.handle(), rx, Box::new(|_| panic!("a bug in routing")));
+        let seq = AtomicU64::new(0);
+        assert!(w.accept(Entry::One(msg(0, 1)), &seq).is_ok());
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.route_accepted())).is_err());
+        // flush and wait_room would otherwise wait forever for a batch nobody routes
+        assert_eq!((w.accepted_len(), w.accepted_min_pending()), (0, None));
     }
 
     #[test]

@@ -110,7 +110,8 @@ class BrokerOptions:
     node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
         more overlap requests on HTTP/2 streams or extra connections, in any order). Over
         HTTP/1.1 the deliveries in flight to one node address (all its subscriptions together)
-        are capped at max(32, node_inflight): so many connections at most.
+        are capped at max(32, node_inflight), so many connections; one that waited a whole
+        request timeout for its turn goes on a connection of its own.
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
     tls: a :class:`~hyperbroker.TLSConfig` for real certificates, verification and mTLS.
