@@ -13,6 +13,7 @@ import statistics
 import time
 from typing import Any
 
+import pytest
 from conftest import report
 from hb_throughput import TOPIC, SubscriberProcess, _new_loop, bench_body, connected_publisher
 
@@ -21,6 +22,7 @@ ROUNDS = 9
 THROUGHPUT_N = 50_000
 
 
+@pytest.mark.filterwarnings("ignore:Benchmark fixture was not used")  # it only reads `measuring`
 def test_metrics_overhead(measuring: bool) -> None:
     rounds = ROUNDS if measuring else 1
     n = THROUGHPUT_N if measuring else 2000
