@@ -72,7 +72,7 @@ impl Pools {
 
     /// The one place that chooses the pool for a node.
     fn request(&self, spec: &NodeSpec, req: Request<batch::Chunks>) -> ResponseFuture {
-        if spec.h2 && !spec.secure {
+        if spec.is_h2c() {
             self.h2c.request(req)
         } else {
             self.https_or_http.request(req)
@@ -258,7 +258,7 @@ impl Transport {
         // request. A slot not free within the request timeout (the node's other deliveries are
         // slow or hang) is not waited for longer: this one goes on a connection of its own, so
         // that slow handlers of other topics never starve it nor delay finding a dead node
-        let _slot = match link.spec.h2 && !link.spec.secure {
+        let _slot = match link.spec.is_h2c() {
             true => None,
             false => {
                 let slot = self.http1_slot(&link.spec.address).acquire_owned();

@@ -139,11 +139,7 @@ impl Ingress {
     /// Lowest sequence number waiting here (queued or being routed).
     pub fn min_pending(&self) -> Option<u64> {
         let st = self.state.lock();
-        let queued = st.queue.iter().find_map(Entry::first_seq);
-        match (st.routing_from, queued) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        st.routing_from.into_iter().chain(st.queue.iter().find_map(Entry::first_seq)).min()
     }
 
     /// Something is queued (not counting a batch being routed).

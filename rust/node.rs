@@ -44,6 +44,11 @@ impl NodeSpec {
     pub fn takes_batches(&self) -> bool {
         self.batch || self.frames
     }
+
+    /// Reached over HTTP/2 with prior knowledge (plain TCP): one multiplexed connection.
+    pub fn is_h2c(&self) -> bool {
+        self.h2 && !self.secure
+    }
 }
 
 /// What `push_all_quiet` did.

@@ -194,11 +194,12 @@ impl Publisher {
     fn accept(self: &Arc<Self>, entry: Entry) -> bool {
         Stats::add(&self.stats.published, entry.len() as u64);
         match self.wakeups.accept(entry, &self.seq) {
-            Ok(waiting) if waiting > self.cfg.node_queue => {
-                self.settle();
-                self.congested.load(Ordering::Relaxed) || waiting >= self.high_water()
+            Ok(waiting) => {
+                if waiting > self.cfg.node_queue {
+                    self.settle();
+                }
+                waiting >= self.high_water() || self.congested.load(Ordering::Relaxed)
             }
-            Ok(waiting) => waiting >= self.high_water() || self.congested.load(Ordering::Relaxed),
             Err(entry) => {
                 self.route(entry.into_iter().collect()); // closed: parked, as without a route
                 false
@@ -240,7 +241,7 @@ impl Publisher {
 
     /// Send accepted messages of one topic (in order) along its route, or park them in the
     /// backlog when it has none. True when a healthy node is past the high-water mark.
-    fn route(self: &Arc<Self>, mut msgs: Vec<Msg>) -> bool {
+    fn route(self: &Arc<Self>, msgs: Vec<Msg>) -> bool {
         let Some(topic) = msgs.first().map(|m| m.topic.clone()) else { return false };
         let n = msgs.len() as u64;
         let route = self.routes.get(&topic);
@@ -254,14 +255,7 @@ impl Publisher {
                 if !self.backlog.is_empty() {
                     self.drain_backlog(&topic); // what waits there is older: it goes first
                 }
-                match msgs.pop() {
-                    Some(m) if msgs.is_empty() => self.send_to_route(&r, [m]), // no list per node
-                    Some(m) => {
-                        msgs.push(m);
-                        self.send_to_route(&r, msgs)
-                    }
-                    None => false,
-                }
+                self.send_all_to_route(&r, msgs)
             }
             _ => {
                 self.park_all(&topic, msgs);
@@ -270,6 +264,14 @@ impl Publisher {
                 false
             }
         }
+    }
+
+    /// `send_to_route` for a list: one message goes as an array (no list per node).
+    fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> bool {
+        if msgs.len() == 1 {
+            return msgs.pop().is_some_and(|m| self.send_to_route(route, [m]));
+        }
+        self.send_to_route(route, msgs)
     }
 
     fn high_water(&self) -> usize {
@@ -341,9 +343,7 @@ impl Publisher {
         }
         if !pushed.gone.is_empty() {
             Stats::sub(&self.stats.in_flight, pushed.gone.len() as u64);
-            for m in pushed.gone {
-                self.park(m);
-            }
+            self.park_all(&link.topic, pushed.gone);
             return false;
         }
         self.wakeups.wake(link);
@@ -355,13 +355,6 @@ impl Publisher {
         Stats::add(&self.stats.backlogged, msgs.len() as u64);
         let dropped = msgs.into_iter().map(|m| self.backlog.push(topic, m).dropped).sum();
         self.count_drop(topic, Drop::BacklogOverflow, dropped);
-    }
-
-    fn park(&self, msg: Msg) {
-        Stats::add(&self.stats.backlogged, 1);
-        let topic = msg.topic.clone();
-        let out = self.backlog.push(&topic, msg);
-        self.count_drop(&topic, Drop::BacklogOverflow, out.dropped);
     }
 
     fn park_front(&self, topic: &Arc<str>, mut msgs: Vec<Msg>) {
@@ -385,7 +378,7 @@ impl Publisher {
             if items.is_empty() {
                 return;
             }
-            let _ = self.send_to_route(&route, items);
+            let _ = self.send_all_to_route(&route, items);
         }
     }
 
@@ -575,10 +568,7 @@ impl Publisher {
         // queued; read the other way round, a message routed in between would be in neither
         let accepted = self.wakeups.accepted_min_pending();
         let links = self.all_links().iter().filter_map(|l| l.min_pending()).min();
-        match (accepted, links) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        accepted.into_iter().chain(links).min()
     }
 
     /// Wait until every message published up to `target` is delivered, refused or parked.
