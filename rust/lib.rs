@@ -33,6 +33,7 @@ pub mod progress;
 pub mod publisher;
 #[cfg(feature = "python")]
 mod py;
+pub mod receipt;
 pub mod route;
 pub mod runtime;
 pub mod server;

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::Buf;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use hyper::http::request::Parts;
@@ -35,6 +35,7 @@ use crate::bridge::{Bridge, Outcome};
 use crate::codec;
 use crate::frames;
 use crate::metrics::Exporter;
+use crate::receipt::{self, AnswerBody};
 use crate::stats::Stats;
 use crate::topic_stats::TopicCounters;
 
@@ -91,8 +92,8 @@ pub struct ServerState {
     pub exporter: Arc<Exporter>,
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+fn text(status: StatusCode, msg: impl Into<String>) -> Response<AnswerBody> {
+    let mut r = Response::new(AnswerBody::whole(msg.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     r
@@ -213,7 +214,7 @@ struct PendingBody {
     started: bool,
 }
 
-pub(crate) async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub(crate) async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> Result<Response<AnswerBody>, Infallible> {
     let (parts, body) = req.into_parts();
     let mut pending = PendingBody { body: Some(body), started: false };
     let mut r = handle_inner(&state, &parts, &mut pending).await;
@@ -234,7 +235,7 @@ pub(crate) async fn handle(state: Arc<ServerState>, req: Request<Incoming>) -> R
 /// do); hyper closes the connection once the body is gone. Not done when the body is empty,
 /// over HTTP/2 (the stream is reset on its own), for an `Expect: 100-continue` client that was
 /// never told to send, or when the announced rest is over the bound.
-fn linger(parts: &Parts, body: Incoming, started: bool, r: &mut Response<Full<Bytes>>) {
+fn linger(parts: &Parts, body: Incoming, started: bool, r: &mut Response<AnswerBody>) {
     if body.is_end_stream() || parts.version >= Version::HTTP_2 {
         return;
     }
@@ -261,7 +262,7 @@ fn linger(parts: &Parts, body: Incoming, started: bool, r: &mut Response<Full<By
 }
 
 /// The bearer-token check: the 401 answer when a token is required and not (rightly) given.
-fn unauthorized(state: &ServerState, req: &Parts) -> Option<Response<Full<Bytes>>> {
+fn unauthorized(state: &ServerState, req: &Parts) -> Option<Response<AnswerBody>> {
     let tokens = state.tokens.read();
     if tokens.is_empty() {
         return None;
@@ -280,7 +281,7 @@ fn unauthorized(state: &ServerState, req: &Parts) -> Option<Response<Full<Bytes>
 }
 
 /// `GET /healthz`: status and counts only (no topic names), so no token is asked for.
-fn healthz(state: &ServerState) -> Response<Full<Bytes>> {
+fn healthz(state: &ServerState) -> Response<AnswerBody> {
     use std::sync::atomic::Ordering::Acquire;
     let status = if state.closing.load(Acquire) {
         "closing"
@@ -296,7 +297,7 @@ fn healthz(state: &ServerState) -> Response<Full<Bytes>> {
         "routes": routes,
         "backlog": backlog,
     });
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut r = Response::new(AnswerBody::whole(body.to_string()));
     if status != "serving" {
         *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
@@ -305,19 +306,19 @@ fn healthz(state: &ServerState) -> Response<Full<Bytes>> {
 }
 
 /// `GET /metrics` (with the `metrics` option): the Prometheus text exposition.
-fn metrics(state: &ServerState, req: &Parts) -> Response<Full<Bytes>> {
+fn metrics(state: &ServerState, req: &Parts) -> Response<AnswerBody> {
     if !state.exporter.serve_metrics {
         return text(StatusCode::NOT_FOUND, "metrics are off (Broker(metrics=True) serves them)");
     }
     if let Some(r) = unauthorized(state, req) {
         return r;
     }
-    let mut r = Response::new(Full::new(Bytes::from(state.exporter.render())));
+    let mut r = Response::new(AnswerBody::whole(state.exporter.render()));
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     r
 }
 
-async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut PendingBody) -> Response<Full<Bytes>> {
+async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut PendingBody) -> Response<AnswerBody> {
     if req.method == Method::GET || req.method == Method::HEAD {
         match req.uri.path() {
             "/healthz" => return healthz(state),
@@ -348,6 +349,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     let content_type = req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let is_frames = content_type.starts_with(frames::CONTENT_TYPE);
     let is_batch = content_type.starts_with(batch::CONTENT_TYPE);
+    let receipt = req.headers.get(receipt::HEADER).is_some_and(|v| v.as_bytes() == b"1");
     let Some(incoming) = pending.body.as_mut() else {
         return text(StatusCode::BAD_REQUEST, "the request body was already read");
     };
@@ -384,7 +386,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
         return match decoded {
             Ok(items) => {
                 let items = items.into_iter().map(|f| checked(state, f)).collect();
-                deliver_batch(state, id, items).await
+                deliver_batch(state, id, items, receipt).await
             }
             Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
         };
@@ -392,7 +394,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     let body = collected.to_bytes();
     if is_batch {
         let items = batch::split(&body).into_iter().map(|line| checked(state, codec::decode_message(line))).collect();
-        return deliver_batch(state, id, items).await;
+        return deliver_batch(state, id, items, receipt).await;
     }
     let env = match codec::decode_message(&body) {
         Ok(env) => env,
@@ -418,7 +420,7 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
     }
     match outcome {
         Ok(Outcome::Replied(reply)) => {
-            let mut r = Response::new(Full::new(reply));
+            let mut r = Response::new(AnswerBody::whole(reply));
             r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(REPLY_CONTENT_TYPE));
             r
         }
@@ -431,7 +433,14 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
 
 /// Hand the decoded messages of one batch (or frames) request to the subscriber and answer with
 /// the per-message batch response; `items` are in request order, undecodable ones as errors.
-async fn deliver_batch(state: &Arc<ServerState>, id: String, items: Vec<Result<codec::Envelope, String>>) -> Response<Full<Bytes>> {
+/// With `receipt` (the publisher asked, `receipt.rs`) the answer goes out as soon as the
+/// messages are queued for the handlers: the receipt mark first, the batch response after.
+async fn deliver_batch(
+    state: &Arc<ServerState>,
+    id: String,
+    items: Vec<Result<codec::Envelope, String>>,
+    receipt: bool,
+) -> Response<AnswerBody> {
     let mut failed = Vec::new();
     let mut envs = Vec::new();
     let mut indexes = Vec::new();
@@ -457,33 +466,43 @@ async fn deliver_batch(state: &Arc<ServerState>, id: String, items: Vec<Result<c
         TopicCounters::add(&c.received, n as u64);
     }
     let started = state.exporter.timing().then(std::time::Instant::now);
-    let outcomes = state.bridge.submit_batch(&id, envs).await;
-    if let (Some(c), Some(t)) = (&counters, started) {
-        let d = t.elapsed();
-        for _ in 0..n {
-            c.handler.observe(d);
+    let queued = state.bridge.submit_batch(&id, envs);
+    let answer = async move {
+        let outcomes = queued.await;
+        if let (Some(c), Some(t)) = (&counters, started) {
+            let d = t.elapsed();
+            for _ in 0..n {
+                c.handler.observe(d);
+            }
         }
-    }
-    if let (Some(c), Ok(o)) = (&counters, &outcomes) {
-        TopicCounters::add(&c.handler_errors, o.iter().filter(|o| matches!(o, Outcome::Failed(_))).count() as u64);
-    }
-    let outcomes = match outcomes {
-        Ok(o) => o,
-        Err(_) => vec![Outcome::Unavailable; indexes.len()],
+        if let (Some(c), Ok(o)) = (&counters, &outcomes) {
+            TopicCounters::add(&c.handler_errors, o.iter().filter(|o| matches!(o, Outcome::Failed(_))).count() as u64);
+        }
+        let outcomes = match outcomes {
+            Ok(o) => o,
+            Err(_) => vec![Outcome::Unavailable; indexes.len()],
+        };
+        let mut replies = Vec::new();
+        for (index, o) in indexes.into_iter().zip(outcomes) {
+            if let Outcome::Replied(reply) = o {
+                replies.push((index, reply));
+                continue;
+            }
+            let (status, error) = outcome_status(Ok(o));
+            if status != StatusCode::OK {
+                failed.push(batch::Failure { index, status: status.as_u16(), error });
+            }
+        }
+        failed.sort_by_key(|f| f.index);
+        batch::encode_response(received, failed, &replies)
     };
-    let mut replies = Vec::new();
-    for (index, o) in indexes.into_iter().zip(outcomes) {
-        if let Outcome::Replied(reply) = o {
-            replies.push((index, reply));
-            continue;
-        }
-        let (status, error) = outcome_status(Ok(o));
-        if status != StatusCode::OK {
-            failed.push(batch::Failure { index, status: status.as_u16(), error });
-        }
-    }
-    failed.sort_by_key(|f| f.index);
-    let mut r = Response::new(Full::new(batch::encode_response(received, failed, &replies)));
+    let mut r = if receipt {
+        let mut r = Response::new(AnswerBody::receipted(Box::pin(answer)));
+        r.headers_mut().insert(receipt::HEADER, hyper::header::HeaderValue::from_static("1"));
+        r
+    } else {
+        Response::new(AnswerBody::whole(answer.await))
+    };
     r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
 }

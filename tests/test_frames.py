@@ -130,6 +130,62 @@ async def test_a_refused_frame_fails_alone(sub: Any, http: aiohttp.ClientSession
     assert_counters(b.stats(), received=2)
 
 
+async def test_a_receipt_comes_when_the_batch_is_queued_and_the_results_after_the_handlers(
+    sub: Any, http: aiohttp.ClientSession
+) -> None:
+    """``X-Hyperbroker-Receipt: 1`` (the publisher's ordered pipeline): the answer's headers and
+    its first byte, the receipt mark, come while the handler still runs; the batch response
+    follows once it finished. Without the header the answer is the batch response alone."""
+    b, s, sink = sub
+    data = frame(TOPIC, b"slow", {"slow": "0.5"}) + frame(TOPIC, b"boom", {"raise": "no"})
+    headers = {"Content-Type": FRAMES, "X-Hyperbroker-Receipt": "1"}
+    async with http.post(url(b, s), data=data, headers=headers) as r:
+        assert r.status == 200
+        assert r.headers["X-Hyperbroker-Receipt"] == "1"
+        assert await r.content.readexactly(1) == b"+"
+        assert sink.events == [], "the receipt came before the handler finished"
+        rest = await r.read()
+    assert sink.bodies == [b"slow"]
+    doc = json.loads(rest)
+    assert doc["received"] == 2
+    assert [(f["index"], f["status"]) for f in doc["failed"]] == [(1, 500)]
+    # no receipt asked: none given
+    async with http.post(url(b, s), data=frame(TOPIC, b"plain"), headers={"Content-Type": FRAMES}) as r:
+        assert "X-Hyperbroker-Receipt" not in r.headers
+        assert json.loads(await r.read()) == {"received": 1, "failed": []}
+    # an error status carries no receipt either: nothing was queued
+    async with http.post(url(b, s), data=frame(TOPIC, b"cut")[:-1], headers=headers) as r:
+        assert r.status == 400 and "X-Hyperbroker-Receipt" not in r.headers
+        assert "truncated" in await r.text()
+
+
+async def test_pipelined_batches_reach_a_slow_handler_in_order(make_broker: MakeBroker) -> None:
+    """The ordered mode (``node_inflight=1``) sends the next batch once the node received the
+    last one: many small batches to a handler that yields between messages arrive in order."""
+    sub_b = await make_broker()
+    got: list[bytes] = []
+    done = asyncio.Event()
+    n = 3000
+
+    async def handler(ev: Any) -> None:
+        got.append(ev.message.body)
+        if len(got) % 97 == 0:
+            await asyncio.sleep(0.001)
+        if len(got) == n:
+            done.set()
+
+    await sub_b.subscribe(TOPIC, handler)
+    pub = await make_broker(max_batch=50)
+    await pub.wait_for_route(TOPIC, timeout=5)
+    bodies = [str(i).encode() for i in range(n)]
+    for i in range(0, n, 500):
+        await pub.publish_many(TOPIC, bodies[i : i + 500])
+    await pub.flush(timeout=20)
+    await asyncio.wait_for(done.wait(), 10)
+    assert got == bodies
+    assert_counters(pub.stats(), dropped=0, delivered=n)
+
+
 # --- negotiation --------------------------------------------------------------------------------
 
 
