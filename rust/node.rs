@@ -72,6 +72,11 @@ struct LinkState {
     /// set when the node left the route (how it left does not matter: `Publisher::leftovers`
     /// treats every way alike)
     removed: bool,
+    /// the ordered pipeline (`receipt.rs`): a worker takes a batch only while no other one has
+    /// a batch the node has not yet received
+    gated: bool,
+    /// the worker whose batch the node has not yet received (gated links only)
+    gate: Option<usize>,
 }
 
 /// One subscriber node of one topic. `spec`, `topic`, `queue_group` and `uri` never change.
@@ -204,10 +209,29 @@ impl NodeLink {
 
     // --- workers ---
 
-    /// `n` workers are about to start: one in-flight slot each.
-    pub fn start_workers(&self, n: usize) {
-        self.state.lock().inflight = vec![None; n];
+    /// `n` workers are about to start: one in-flight slot each. `gated`: they form the ordered
+    /// pipeline (`receipt.rs`): one takes a batch only once the node received the last one.
+    pub fn start_workers(&self, n: usize, gated: bool) {
+        let mut st = self.state.lock();
+        st.inflight = vec![None; n];
+        st.gated = gated;
+        drop(st);
         self.live_workers.store(n, Ordering::Release);
+    }
+
+    /// The node received worker `slot`'s batch (its receipt), or the worker is done with it:
+    /// another worker may take the next one. Nothing when `slot` does not hold the gate.
+    pub fn open_gate(&self, slot: usize) {
+        let mut st = self.state.lock();
+        if st.gate != Some(slot) {
+            return;
+        }
+        st.gate = None;
+        let more = !st.queue.is_empty() || !st.deferred.is_empty();
+        drop(st);
+        if more {
+            self.notify.notify_one();
+        }
     }
 
     /// A worker stops. True for the last one (it hands on what is left); otherwise a sibling is
@@ -278,6 +302,9 @@ impl NodeLink {
         if self.is_evicted() {
             return Take::Batch(out); // the worker that evicted it probes; the others wait
         }
+        if st.gated && st.gate.is_some() {
+            return Take::Batch(out); // the node has not received the last batch yet
+        }
         if !st.deferred.is_empty() {
             // retries that are due go first, oldest first, ahead of the queue
             let now = Instant::now();
@@ -313,8 +340,11 @@ impl NodeLink {
         if let Some(s) = st.inflight.get_mut(slot) {
             *s = out.iter().map(|m| m.seq).min();
         }
+        if st.gated && !out.is_empty() {
+            st.gate = Some(slot); // `open_gate` wakes the next worker
+        }
         let more = !st.queue.is_empty();
-        let several_workers = st.inflight.len() > 1;
+        let several_workers = st.inflight.len() > 1 && !st.gated;
         drop(st);
         if more && several_workers {
             self.notify.notify_one(); // let another worker of this node take the next batch
@@ -505,7 +535,7 @@ pub(crate) mod tests {
     #[test]
     fn take_batch_stops_at_the_count_cap() {
         let l = link("n", true, usize::MAX);
-        l.start_workers(1);
+        l.start_workers(1, false);
         for s in 1..=5 {
             let _ = push(&l, msg(s, 10), 100);
         }
@@ -522,7 +552,7 @@ pub(crate) mod tests {
         for frames in [false, true] {
             let w = msg(0, 10).payload.wire_len(frames);
             let l = NodeLink::new(NodeSpec { frames, ..spec("n", !frames) }, Arc::from("t"), None, 2 * w + 1).unwrap();
-            l.start_workers(1);
+            l.start_workers(1, false);
             for s in 1..=3 {
                 let _ = push(&l, msg(s, 10), 100);
             }
@@ -539,7 +569,7 @@ pub(crate) mod tests {
     #[test]
     fn an_oversize_envelope_still_goes_alone() {
         let l = link("n", true, 8);
-        l.start_workers(1);
+        l.start_workers(1, false);
         let _ = push(&l, msg(1, 100), 100);
         let _ = push(&l, msg(2, 100), 100);
         assert_eq!(batch(l.take_batch(0, 100)), vec![1]);
@@ -549,7 +579,7 @@ pub(crate) mod tests {
     #[test]
     fn a_node_without_batches_gets_one_envelope_at_a_time() {
         let l = link("n", false, usize::MAX);
-        l.start_workers(1);
+        l.start_workers(1, false);
         for s in 1..=3 {
             let _ = push(&l, msg(s, 1), 100);
         }
@@ -559,7 +589,7 @@ pub(crate) mod tests {
     #[test]
     fn each_worker_slot_remembers_what_it_has_on_the_wire() {
         let l = link("n", true, usize::MAX);
-        l.start_workers(2);
+        l.start_workers(2, false);
         for s in 1..=4 {
             let _ = push(&l, msg(s, 1), 100);
         }
@@ -579,6 +609,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_gated_link_hands_out_the_next_batch_only_once_the_last_was_received() {
+        let l = link("n", true, usize::MAX);
+        l.start_workers(2, true);
+        for s in 1..=6 {
+            let _ = push(&l, msg(s, 1), 100);
+        }
+        assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
+        assert!(batch(l.take_batch(1, 2)).is_empty(), "slot 0's batch is not received yet");
+        l.open_gate(1); // not the holder: nothing changes
+        assert!(batch(l.take_batch(1, 2)).is_empty());
+        l.open_gate(0); // slot 0's receipt
+        assert_eq!(batch(l.take_batch(1, 2)), vec![3, 4], "the next batch, in order, while 1-2 are handled");
+        assert!(batch(l.take_batch(0, 2)).is_empty(), "slot 1 holds the gate now");
+        assert_eq!(l.min_pending(), Some(1), "both batches are owed");
+        l.clear_inflight(0);
+        l.open_gate(1);
+        assert_eq!(batch(l.take_batch(0, 2)), vec![5, 6]);
+        // an ungated link with two workers hands out batches at once
+        let u = link("u", true, usize::MAX);
+        u.start_workers(2, false);
+        for s in 1..=4 {
+            let _ = push(&u, msg(s, 1), 100);
+        }
+        assert_eq!(batch(u.take_batch(0, 2)), vec![1, 2]);
+        assert_eq!(batch(u.take_batch(1, 2)), vec![3, 4]);
+    }
+
+    #[test]
     fn push_displaces_the_oldest_at_the_cap_and_releases_its_copy() {
         let l = link("n", true, usize::MAX);
         let first = msg(1, 1);
@@ -593,7 +651,7 @@ pub(crate) mod tests {
     #[test]
     fn push_all_is_push_in_order_under_one_lock() {
         let l = link("n", true, usize::MAX);
-        l.start_workers(1);
+        l.start_workers(1, false);
         let first = msg(1, 1);
         let pushed = l.push_all_quiet(vec![first.clone(), msg(2, 1), msg(3, 1)], 2);
         assert_eq!((pushed.dropped, pushed.len, pushed.gone.len()), (1, 2, 0));
@@ -608,7 +666,7 @@ pub(crate) mod tests {
     #[test]
     fn an_evicted_or_removed_link_hands_messages_back() {
         let l = link("n", true, usize::MAX);
-        l.start_workers(1);
+        l.start_workers(1, false);
         let _ = push(&l, msg(1, 1), 10);
         assert!(l.evict());
         assert!(!l.evict(), "only the first caller evicts");
@@ -645,7 +703,7 @@ pub(crate) mod tests {
         l.lower_batch_cap(50);
         l.lower_batch_cap(70); // never raised
         assert_eq!(l.batch_cap(), 50);
-        l.start_workers(2);
+        l.start_workers(2, false);
         assert!(!l.worker_exited());
         assert!(l.worker_exited());
         let other = link("m", false, 1);

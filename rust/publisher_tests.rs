@@ -561,3 +561,81 @@ fn a_large_publish_many_is_routed_at_once_after_what_was_accepted_before() {
     let _ = p.publish_all(Arc::from("t"), (0..3).map(|_| Payload::new("t", std::iter::empty(), b"x")).collect());
     assert_eq!(p.wakeups.accepted_len(), 3);
 }
+
+/// A frames node that records each request's bodies in arrival order and how many requests it
+/// had open at once; with `receipts` it answers with a receipt at once and the batch response
+/// after `hold` (its "handlers" run), otherwise with the whole answer after `hold`.
+async fn frames_node(
+    receipts: bool,
+    hold: Duration,
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use crate::receipt::{AnswerBody, HEADER};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (g, m) = (got.clone(), most.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (g, open, m) = (g.clone(), open.clone(), m.clone());
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (g, open, m) = (g.clone(), open.clone(), m.clone());
+                async move {
+                    let asked = req.headers().get(HEADER).is_some_and(|v| v.as_bytes() == b"1");
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let envs: Vec<String> = crate::frames::decode(body)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| String::from_utf8_lossy(&e.unwrap().body).into_owned())
+                        .collect();
+                    let n = envs.len();
+                    g.lock().extend(envs);
+                    m.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
+                    let rest = async move {
+                        tokio::time::sleep(hold).await;
+                        open.fetch_sub(1, Relaxed);
+                        crate::batch::encode_response(n, Vec::new(), &[])
+                    };
+                    let mut r = if receipts && asked {
+                        let mut r = Response::new(AnswerBody::receipted(Box::pin(rest)));
+                        r.headers_mut().insert(HEADER, hyper::header::HeaderValue::from_static("1"));
+                        r
+                    } else {
+                        Response::new(AnswerBody::whole(rest.await))
+                    };
+                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }
+    });
+    (addr, got, most, task)
+}
+
+#[test]
+fn the_ordered_mode_pipelines_batches_to_a_node_that_gives_receipts_and_keeps_their_order() {
+    for receipts in [true, false] {
+        run(async {
+            let (addr, got, most, task) = frames_node(receipts, Duration::from_millis(30)).await;
+            let p = publisher(); // node_inflight 1: the ordered mode
+            let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
+            p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
+            let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+            publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(flushed(&p).await);
+            assert_eq!(*got.lock(), bodies, "every message once, in order (receipts: {receipts})");
+            let most = most.load(Relaxed);
+            if receipts {
+                // the next batch went out while the node's handlers still ran the last one
+                assert!(most >= 2, "batches were not pipelined: at most {most} open at once");
+                assert!(most <= 3, "{most} batches open at once: the pipeline holds three");
+            } else {
+                assert_eq!(most, 1, "a node without receipts gets one batch at a time");
+            }
+            assert_eq!(p.stats().delivered.load(Relaxed), 60);
+            p.close();
+            task.abort();
+        });
+    }
+}

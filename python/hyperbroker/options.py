@@ -108,7 +108,9 @@ class BrokerOptions:
     evict_after: consecutive refused connections after which a node leaves its route (its
         queued messages wait in the backlog) until a probe finds it answering again.
     node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
-        more overlap requests on HTTP/2 streams or extra connections, in any order). Over
+        more overlap requests on HTTP/2 streams or extra connections, in any order). With 1, a
+        node that gives receipts (hyperbroker) gets its next batch as soon as it queued the last
+        one, up to three batches on their way, still in order (README, "Receipts"). Over
         HTTP/1.1 the deliveries in flight to one node address (all its subscriptions together)
         are capped at max(32, node_inflight), so many connections; one that waited a whole
         request timeout for its turn goes on a connection of its own.
