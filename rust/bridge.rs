@@ -204,6 +204,11 @@ impl Bridge {
         true
     }
 
+    /// Whether events are still taken (false once the bridge closed).
+    pub fn is_open(&self) -> bool {
+        !self.queue.lock().closed
+    }
+
     /// Queue an event for the loop; the receiver resolves when Python reports the outcome.
     pub fn submit(&self, sub_id: String, env: Envelope) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();

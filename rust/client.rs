@@ -236,10 +236,11 @@ impl Transport {
     }
 
     /// POST `batch` (not empty) to the node: frames to a node that takes them, else one JSON
-    /// envelope, or a batch of them to a node that takes batches. A batch or frames request asks
-    /// for a receipt (`receipt.rs`): `on_receipt` runs when the node says the batch is queued
-    /// for its handlers (never, if it does not say so), before the handlers' results arrive.
-    pub async fn send(&self, link: &NodeLink, batch: &[Msg], on_receipt: impl FnOnce()) -> SendResult {
+    /// envelope, or a batch of them to a node that takes batches. With `on_receipt` the request
+    /// asks for a receipt (`receipt.rs`): it runs when the node says the batch is queued for
+    /// its handlers (never, if it does not say so), before the handlers' results arrive; those
+    /// then get `PIPELINE` request timeouts (the batch may wait behind others).
+    pub async fn send(&self, link: &NodeLink, batch: &[Msg], on_receipt: Option<impl FnOnce()>) -> SendResult {
         // anything that may be HTTP/2 (h2c, or ALPN under TLS) gets one contiguous DATA payload:
         // many small DATA frames from concurrent streams made hyper's h2 fail
         let flat = link.spec.h2 || link.spec.secure;
@@ -257,7 +258,7 @@ impl Transport {
         if let Some(a) = self.auth.read().clone() {
             req.headers_mut().insert(AUTHORIZATION, a);
         }
-        if link.spec.takes_batches() {
+        if on_receipt.is_some() {
             req.headers_mut().insert(receipt::HEADER, HeaderValue::from_static("1"));
         }
         // h2c multiplexes one connection; anything else may be HTTP/1.1, a connection per
@@ -280,10 +281,17 @@ impl Transport {
         let is_batch_reply =
             resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
         let receipted = status == StatusCode::OK && resp.headers().get(receipt::HEADER).is_some_and(|v| v.as_bytes() == b"1");
-        let body = match receipt::read_answer(resp.into_body(), MAX_RESPONSE, self.request_timeout, receipted, on_receipt).await {
-            Ok(b) => b,
-            Err(receipt::ReadError::Failed(e)) => return SendResult::Unreachable(e),
-            Err(receipt::ReadError::TimedOut) => return SendResult::Unreachable("response timed out".into()),
+        let timeout = match on_receipt.filter(|_| receipted) {
+            Some(received) => {
+                received(); // the batch is queued for the node's handlers: the next may go
+                self.request_timeout * receipt::PIPELINE as u32
+            }
+            None => self.request_timeout,
+        };
+        let body = match tokio::time::timeout(timeout, Limited::new(resp.into_body(), MAX_RESPONSE).collect()).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => return SendResult::Unreachable(format!("could not read the response: {e}")),
+            Err(_) => return SendResult::Unreachable("response timed out".into()),
         };
         if status == StatusCode::OK && link.spec.takes_batches() && is_batch_reply {
             return batch_result(&body, batch.len());

@@ -72,9 +72,6 @@ struct LinkState {
     /// set when the node left the route (how it left does not matter: `Publisher::leftovers`
     /// treats every way alike)
     removed: bool,
-    /// the ordered pipeline (`receipt.rs`): a worker takes a batch only while no other one has
-    /// a batch the node has not yet received
-    gated: bool,
     /// the worker whose batch the node has not yet received (gated links only)
     gate: Option<usize>,
 }
@@ -100,6 +97,9 @@ pub struct NodeLink {
     unreachable: AtomicU32,
     /// workers still running for this node
     live_workers: AtomicUsize,
+    /// the ordered pipeline (`receipt.rs`): a worker takes a batch only while no other one has
+    /// a batch the node has not yet received
+    gated: AtomicBool,
     /// the counters of the link's topic (shared by every link of the topic)
     pub counters: Arc<TopicCounters>,
 }
@@ -109,6 +109,9 @@ pub struct NodeLink {
 pub enum Take {
     /// the next batch (empty: nothing to send now, wait for `notified`)
     Batch(Vec<Msg>),
+    /// another worker's batch is not received yet (the ordered pipeline): wait for `notified`,
+    /// which `open_gate` gives
+    Gated,
     /// the node left its route: everything it still had queued, for `leftovers`
     Removed { left: Vec<Msg> },
 }
@@ -135,6 +138,7 @@ impl NodeLink {
             batch_cap: AtomicUsize::new(batch_cap),
             unreachable: AtomicU32::new(0),
             live_workers: AtomicUsize::new(0),
+            gated: AtomicBool::new(false),
             counters: Arc::default(),
         })
     }
@@ -212,11 +216,14 @@ impl NodeLink {
     /// `n` workers are about to start: one in-flight slot each. `gated`: they form the ordered
     /// pipeline (`receipt.rs`): one takes a batch only once the node received the last one.
     pub fn start_workers(&self, n: usize, gated: bool) {
-        let mut st = self.state.lock();
-        st.inflight = vec![None; n];
-        st.gated = gated;
-        drop(st);
+        self.gated.store(gated, Ordering::Release);
+        self.state.lock().inflight = vec![None; n];
         self.live_workers.store(n, Ordering::Release);
+    }
+
+    /// The workers form the ordered pipeline: their sends ask for receipts.
+    pub fn is_gated(&self) -> bool {
+        self.gated.load(Ordering::Acquire)
     }
 
     /// The node received worker `slot`'s batch (its receipt), or the worker is done with it:
@@ -302,8 +309,9 @@ impl NodeLink {
         if self.is_evicted() {
             return Take::Batch(out); // the worker that evicted it probes; the others wait
         }
-        if st.gated && st.gate.is_some() {
-            return Take::Batch(out); // the node has not received the last batch yet
+        let gated = self.is_gated();
+        if gated && st.gate.is_some() {
+            return Take::Gated;
         }
         if !st.deferred.is_empty() {
             // retries that are due go first, oldest first, ahead of the queue
@@ -340,11 +348,11 @@ impl NodeLink {
         if let Some(s) = st.inflight.get_mut(slot) {
             *s = out.iter().map(|m| m.seq).min();
         }
-        if st.gated && !out.is_empty() {
+        if gated && !out.is_empty() {
             st.gate = Some(slot); // `open_gate` wakes the next worker
         }
         let more = !st.queue.is_empty();
-        let several_workers = st.inflight.len() > 1 && !st.gated;
+        let several_workers = st.inflight.len() > 1 && !gated;
         drop(st);
         if more && several_workers {
             self.notify.notify_one(); // let another worker of this node take the next batch
@@ -393,18 +401,13 @@ impl NodeLink {
         if self.is_evicted() {
             return Err(msgs);
         }
-        for m in msgs.into_iter().rev() {
-            st.queue.push_front(m);
-        }
+        st.put_back(msgs);
         Ok(())
     }
 
     /// Put messages back at the head of the queue (in their order), after a failed send.
     pub fn requeue_front(&self, msgs: Vec<Msg>) {
-        let mut st = self.state.lock();
-        for m in msgs.into_iter().rev() {
-            st.queue.push_front(m);
-        }
+        self.state.lock().put_back(msgs);
     }
 
     pub fn queue_len(&self) -> usize {
@@ -455,6 +458,24 @@ impl NodeLink {
 }
 
 impl LinkState {
+    /// Put `msgs` (in sequence order) back into the queue where their sequence numbers belong:
+    /// at the head, unless a sibling worker put back a newer batch first (the ordered pipeline
+    /// has several on the wire), then merged.
+    fn put_back(&mut self, msgs: Vec<Msg>) {
+        let (Some(last), Some(front)) = (msgs.last(), self.queue.front()) else {
+            msgs.into_iter().rev().for_each(|m| self.queue.push_front(m));
+            return;
+        };
+        if last.seq < front.seq {
+            msgs.into_iter().rev().for_each(|m| self.queue.push_front(m));
+            return;
+        }
+        let mut all: Vec<Msg> = msgs;
+        all.extend(self.queue.drain(..));
+        all.sort_by_key(|m| m.seq);
+        self.queue = all.into();
+    }
+
     /// The queue and the deferred retries, oldest first.
     fn take_everything(&mut self) -> Vec<Msg> {
         let mut all: Vec<Msg> = self.queue.drain(..).collect();
@@ -518,6 +539,7 @@ pub(crate) mod tests {
         match t {
             Take::Batch(b) => b.iter().map(|m| m.seq).collect(),
             Take::Removed { .. } => panic!("removed"),
+            Take::Gated => panic!("gated"),
         }
     }
 
@@ -612,16 +634,17 @@ pub(crate) mod tests {
     fn a_gated_link_hands_out_the_next_batch_only_once_the_last_was_received() {
         let l = link("n", true, usize::MAX);
         l.start_workers(2, true);
+        assert!(l.is_gated());
         for s in 1..=6 {
             let _ = push(&l, msg(s, 1), 100);
         }
         assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
-        assert!(batch(l.take_batch(1, 2)).is_empty(), "slot 0's batch is not received yet");
+        assert!(matches!(l.take_batch(1, 2), Take::Gated), "slot 0's batch is not received yet");
         l.open_gate(1); // not the holder: nothing changes
-        assert!(batch(l.take_batch(1, 2)).is_empty());
+        assert!(matches!(l.take_batch(1, 2), Take::Gated));
         l.open_gate(0); // slot 0's receipt
         assert_eq!(batch(l.take_batch(1, 2)), vec![3, 4], "the next batch, in order, while 1-2 are handled");
-        assert!(batch(l.take_batch(0, 2)).is_empty(), "slot 1 holds the gate now");
+        assert!(matches!(l.take_batch(0, 2), Take::Gated), "slot 1 holds the gate now");
         assert_eq!(l.min_pending(), Some(1), "both batches are owed");
         l.clear_inflight(0);
         l.open_gate(1);
@@ -629,11 +652,32 @@ pub(crate) mod tests {
         // an ungated link with two workers hands out batches at once
         let u = link("u", true, usize::MAX);
         u.start_workers(2, false);
+        assert!(!u.is_gated());
         for s in 1..=4 {
             let _ = push(&u, msg(s, 1), 100);
         }
         assert_eq!(batch(u.take_batch(0, 2)), vec![1, 2]);
         assert_eq!(batch(u.take_batch(1, 2)), vec![3, 4]);
+    }
+
+    #[test]
+    fn batches_put_back_in_any_order_return_to_sequence_order() {
+        // three pipelined batches fail and come back newest first: the queue stays in order
+        let l = link("n", true, usize::MAX);
+        l.start_workers(3, true);
+        for s in 7..=8 {
+            let _ = push(&l, msg(s, 1), 100);
+        }
+        l.requeue_front(vec![msg(5, 1), msg(6, 1)]);
+        l.requeue_front(vec![msg(3, 1), msg(4, 1)]);
+        assert_eq!(l.requeue_front_unless_evicted(vec![msg(1, 1), msg(2, 1)]).map_err(|_| ()), Ok(()));
+        assert_eq!(batch(l.take_batch(0, 100)), (1..=8).collect::<Vec<u64>>());
+        l.open_gate(0);
+        l.requeue_front(vec![msg(1, 1), msg(2, 1)]); // the usual case: older than the head
+        let _ = push(&l, msg(9, 1), 100);
+        l.requeue_front(vec![msg(4, 1), msg(5, 1)]);
+        l.requeue_front(vec![msg(3, 1)]);
+        assert_eq!(batch(l.take_batch(0, 100)), vec![1, 2, 3, 4, 5, 9]);
     }
 
     #[test]
@@ -680,9 +724,10 @@ pub(crate) mod tests {
         l.mark_removed(); // twice is once
         match l.take_batch(0, 10) {
             Take::Removed { left } => {
-                assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![3, 1]);
+                // put back where its sequence number belongs
+                assert_eq!(left.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 3]);
             }
-            Take::Batch(_) => panic!("should be removed"),
+            _ => panic!("should be removed"),
         }
         assert_eq!(push(&l, msg(4, 1), 10).gone.len(), 1);
     }

@@ -597,7 +597,7 @@ async fn frames_node(
                         crate::batch::encode_response(n, Vec::new(), &[])
                     };
                     let mut r = if receipts && asked {
-                        let mut r = Response::new(AnswerBody::receipted(Box::pin(rest)));
+                        let mut r = Response::new(AnswerBody::later(Box::pin(rest)));
                         r.headers_mut().insert(HEADER, hyper::header::HeaderValue::from_static("1"));
                         r
                     } else {

@@ -433,8 +433,8 @@ async fn handle_inner(state: &Arc<ServerState>, req: &Parts, pending: &mut Pendi
 
 /// Hand the decoded messages of one batch (or frames) request to the subscriber and answer with
 /// the per-message batch response; `items` are in request order, undecodable ones as errors.
-/// With `receipt` (the publisher asked, `receipt.rs`) the answer goes out as soon as the
-/// messages are queued for the handlers: the receipt mark first, the batch response after.
+/// With `receipt` (the publisher asked, `receipt.rs`) the answer's head goes out as soon as the
+/// messages are queued for the handlers (the receipt), the batch response after them.
 async fn deliver_batch(
     state: &Arc<ServerState>,
     id: String,
@@ -466,6 +466,8 @@ async fn deliver_batch(
         TopicCounters::add(&c.received, n as u64);
     }
     let started = state.exporter.timing().then(std::time::Instant::now);
+    // a receipt says that messages were queued for the handlers: none when nothing was
+    let receipt = receipt && n > 0 && state.bridge.is_open();
     let queued = state.bridge.submit_batch(&id, envs);
     let answer = async move {
         let outcomes = queued.await;
@@ -497,7 +499,7 @@ async fn deliver_batch(
         batch::encode_response(received, failed, &replies)
     };
     let mut r = if receipt {
-        let mut r = Response::new(AnswerBody::receipted(Box::pin(answer)));
+        let mut r = Response::new(AnswerBody::later(Box::pin(answer)));
         r.headers_mut().insert(receipt::HEADER, hyper::header::HeaderValue::from_static("1"));
         r
     } else {

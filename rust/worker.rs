@@ -5,7 +5,8 @@
 //! `settle` is the pure part: it sorts one send's messages into buckets and counters and touches
 //! nothing else. The worker applies that to the link, the counters and the publisher (which
 //! owns routes, the backlog and what happens to messages a node gives up: `leftovers`).
-//! `node_inflight` workers run per node, each with its own in-flight slot on the link.
+//! `node_inflight` workers run per node, each with its own in-flight slot on the link; in the
+//! ordered mode to a node that takes batches, `receipt::PIPELINE` of them, gated on receipts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::client::{classify, SendResult, Verdict};
 use crate::msg::Msg;
 use crate::node::{NodeLink, Take};
 use crate::publisher::Publisher;
+use crate::receipt;
 use crate::stats::Stats;
 use crate::topic_stats::TopicCounters;
 
@@ -102,11 +104,6 @@ async fn sleep_until_opt(at: Option<std::time::Instant>) {
     }
 }
 
-/// Batches on their way to (or being handled by) one node in the ordered mode: one being handled,
-/// one received and queued behind it, one on the wire. Measured at 128 B (publish_many to a
-/// Python handler, 2 cores): 1.58M msg/s with one, 1.85–1.94M with two, 2.0–2.1M with three.
-pub const PIPELINE: usize = 3;
-
 /// Whether the loop goes on after a step.
 enum Flow {
     Next,
@@ -127,12 +124,12 @@ pub(crate) struct Worker {
 
 /// Start the workers of a new link on the publisher's runtime: `node_inflight` of them, or, in
 /// the ordered mode (`node_inflight = 1`) to a node that takes batches, the ordered pipeline
-/// (`receipt.rs`): [`PIPELINE`] workers, each taking a batch only once the node received the
+/// (`receipt.rs`): `PIPELINE` workers, each taking a batch only once the node received the
 /// last one sent.
 pub(crate) fn spawn(publisher: &Arc<Publisher>, link: Arc<NodeLink>) {
     let inflight = publisher.config().node_inflight.max(1);
     let gated = inflight == 1 && link.spec.takes_batches();
-    let n = if gated { PIPELINE } else { inflight };
+    let n = if gated { receipt::PIPELINE } else { inflight };
     link.start_workers(n, gated);
     for slot in 0..n {
         let w = Worker {
@@ -155,6 +152,14 @@ impl Worker {
             }
             let batch = match self.link.take_batch(self.slot, self.publisher.config().max_batch) {
                 Take::Batch(b) => b,
+                Take::Gated => {
+                    // another worker's batch is not received yet: its `open_gate` wakes us
+                    tokio::select! {
+                        _ = self.link.notified() => {}
+                        _ = self.shutdown.changed() => {}
+                    }
+                    continue;
+                }
                 Take::Removed { left } => {
                     self.publisher.leftovers(&self.link, left);
                     break;
@@ -178,7 +183,8 @@ impl Worker {
                 continue;
             }
             let flow = self.deliver(batch).await;
-            // after a failed send's back-off: the sibling does not retry around it meanwhile
+            // a batch that got no receipt holds the gate through its back-off: the siblings
+            // do not retry around it meanwhile
             self.link.open_gate(self.slot);
             if let Flow::Stop = flow {
                 break;
@@ -192,8 +198,13 @@ impl Worker {
         let p = self.publisher.clone();
         let link = self.link.clone();
         let sent = batch.len();
-        let (gate, slot) = (link.clone(), self.slot);
-        let result = p.transport().send(&link, &batch, move || gate.open_gate(slot)).await;
+        // a receipt is asked for when more waits behind this batch: at a trickle each message
+        // goes as before, answered in one piece
+        let receipt = (link.is_gated() && link.queue_len() > 0).then(|| {
+            let (gate, slot) = (link.clone(), self.slot);
+            move || gate.open_gate(slot)
+        });
+        let result = p.transport().send(&link, &batch, receipt).await;
         let cap = link.batch_cap().min(p.config().max_batch_bytes);
         let s = settle(&link.spec.address, batch, result, cap);
         self.record(&s);

@@ -133,30 +133,31 @@ async def test_a_refused_frame_fails_alone(sub: Any, http: aiohttp.ClientSession
 async def test_a_receipt_comes_when_the_batch_is_queued_and_the_results_after_the_handlers(
     sub: Any, http: aiohttp.ClientSession
 ) -> None:
-    """``X-Hyperbroker-Receipt: 1`` (the publisher's ordered pipeline): the answer's headers and
-    its first byte, the receipt mark, come while the handler still runs; the batch response
-    follows once it finished. Without the header the answer is the batch response alone."""
+    """``X-Hyperbroker-Receipt: 1`` (the publisher's ordered pipeline): the answer's head, 200
+    with the same header, comes while the handler still runs; its body, the batch response,
+    once it finished. Without the header, or when nothing was queued, no receipt."""
     b, s, sink = sub
     data = frame(TOPIC, b"slow", {"slow": "0.5"}) + frame(TOPIC, b"boom", {"raise": "no"})
     headers = {"Content-Type": FRAMES, "X-Hyperbroker-Receipt": "1"}
     async with http.post(url(b, s), data=data, headers=headers) as r:
         assert r.status == 200
         assert r.headers["X-Hyperbroker-Receipt"] == "1"
-        assert await r.content.readexactly(1) == b"+"
         assert sink.events == [], "the receipt came before the handler finished"
-        rest = await r.read()
+        doc = json.loads(await r.read())
     assert sink.bodies == [b"slow"]
-    doc = json.loads(rest)
     assert doc["received"] == 2
     assert [(f["index"], f["status"]) for f in doc["failed"]] == [(1, 500)]
     # no receipt asked: none given
     async with http.post(url(b, s), data=frame(TOPIC, b"plain"), headers={"Content-Type": FRAMES}) as r:
         assert "X-Hyperbroker-Receipt" not in r.headers
         assert json.loads(await r.read()) == {"received": 1, "failed": []}
-    # an error status carries no receipt either: nothing was queued
+    # nothing queued (a refused body, an unknown subscriber): no receipt
     async with http.post(url(b, s), data=frame(TOPIC, b"cut")[:-1], headers=headers) as r:
         assert r.status == 400 and "X-Hyperbroker-Receipt" not in r.headers
         assert "truncated" in await r.text()
+    async with http.post(f"http://{b.address}/_sub?id=nobody", data=frame(TOPIC, b"x"), headers=headers) as r:
+        assert "X-Hyperbroker-Receipt" not in r.headers
+        assert json.loads(await r.read())["failed"][0]["status"] == 404
 
 
 async def test_pipelined_batches_reach_a_slow_handler_in_order(make_broker: MakeBroker) -> None:

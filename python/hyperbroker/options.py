@@ -91,7 +91,9 @@ class BrokerOptions:
         towards nodes that announce it; go-micro peers never see it. A frames request carries
         several messages, so it is announced only together with ``batch``.
     retry_min / retry_max: back-off bounds (seconds) for a failing node.
-    request_timeout: seconds one delivery may take, handler included.
+    request_timeout: seconds one delivery may take, handler included (a batch the node received
+        through the ordered pipeline, see node_inflight, gets three times this: it may wait
+        behind two others).
     header_read_timeout: seconds a client has to send its request headers.
     register_interval / register_ttl: heartbeat period and registry TTL (go-micro: 30 s / 60 s).
     disconnect_timeout: how long ``disconnect()`` waits for queued deliveries.
@@ -110,10 +112,10 @@ class BrokerOptions:
     node_inflight: requests in flight per subscriber node, 1..256 (1 keeps each subscriber's order;
         more overlap requests on HTTP/2 streams or extra connections, in any order). With 1, a
         node that gives receipts (hyperbroker) gets its next batch as soon as it queued the last
-        one, up to three batches on their way, still in order (README, "Receipts"). Over
-        HTTP/1.1 the deliveries in flight to one node address (all its subscriptions together)
-        are capped at max(32, node_inflight), so many connections; one that waited a whole
-        request timeout for its turn goes on a connection of its own.
+        one, up to three batches on their way, in order while deliveries succeed (README,
+        "Receipts"). Over HTTP/1.1 the deliveries in flight to one node address (all its
+        subscriptions together) are capped at max(32, node_inflight), so many connections;
+        one that waited a whole request timeout for its turn goes on a connection of its own.
     secure: serve HTTPS with a self-signed certificate made at connect (go-micro's Secure);
         publishers accept such peers without verification.
     tls: a :class:`~hyperbroker.TLSConfig` for real certificates, verification and mTLS.
