@@ -359,13 +359,13 @@ async def _subscriber_main(conn: Connection, expected: int, deadline_s: float, n
     perf_counter = time.perf_counter
 
     def on_message(_topic: str, _header: dict[str, str], _body: bytes) -> None:
+        # the clock at the first and the last message only, as every receiver here reads it
         nonlocal count, first_ts, last_ts
-        now = perf_counter()
-        if first_ts is None:
-            first_ts = now
-        last_ts = now
         count += 1
+        if count == 1:
+            first_ts = perf_counter()
         if count >= expected:
+            last_ts = perf_counter()
             done.set()
 
     if expected <= 0:
@@ -379,6 +379,8 @@ async def _subscriber_main(conn: Connection, expected: int, deadline_s: float, n
             await asyncio.wait_for(done.wait(), deadline_s)
         except TimeoutError:
             pass  # report what arrived
+        if count and last_ts is None:  # some never came: the last one came by now
+            last_ts = perf_counter()
         conn.send(("done", count, first_ts, last_ts))
     finally:
         await sub.stop()  # graceful: the last responses are written before connections close

@@ -316,7 +316,20 @@ async def _subscriber_main(
             if count == target:
                 done.set()
 
-    else:
+    elif target > 0:
+
+        async def on_msg(msg: Any) -> None:
+            # the clock at the first and the last message only, as the hyperbroker and zmq
+            # receivers read it
+            nonlocal count, first_ts, last_ts
+            count += 1
+            if count == 1:
+                first_ts = perf_counter()
+            if count == target:
+                last_ts = perf_counter()
+                done.set()
+
+    else:  # no count to wait for: the last message is whichever came last
 
         async def on_msg(msg: Any) -> None:
             nonlocal count, first_ts, last_ts
@@ -325,8 +338,6 @@ async def _subscriber_main(
                 first_ts = now
             last_ts = now
             count += 1
-            if count == target:
-                done.set()
 
     errors: list[str] = []
     nc = await _connect(url, f"bench-sub-{os.getpid()}", errors)
@@ -361,6 +372,8 @@ async def _subscriber_main(
                 break
         if errors:
             print(f"nats subscriber {os.getpid()}: {errors}", file=sys.stderr)
+        if count and last_ts is None:  # some never came: the last one came when progress stopped
+            last_ts = perf_counter() - (time.monotonic() - last_progress)
         report: tuple[Any, ...] = ("done", count, first_ts, last_ts)
         if mode == "latency":
             report += (latencies,)

@@ -85,14 +85,17 @@ async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadlin
     last: float | None = None
     done = asyncio.Event()
 
+    perf_counter = time.perf_counter
+
     def on_message(ev: Event) -> None:
+        # the clock is read at the first and the last message only, as zmq's receive loop does
+        # (a clock read per message cost ~10 % of the 128 B rate)
         nonlocal count, first, last
-        now = time.perf_counter()
-        if first is None:
-            first = now
-        last = now
         count += 1
+        if count == 1:
+            first = perf_counter()
         if count >= expected:
+            last = perf_counter()
             done.set()
 
     async with Broker(address="127.0.0.1:0", registry=MemoryRegistry(), batch=batch) as broker:
@@ -104,6 +107,8 @@ async def _subscriber_main(conn: Connection, expected: int, batch: bool, deadlin
             await asyncio.wait_for(done.wait(), deadline_s)
         except TimeoutError:
             pass
+        if count and last is None:  # some never came: the last one came by now
+            last = perf_counter()
         conn.send(("done", count, first, last, _cpu_seconds() - cpu0))
         # answer the last responses before the endpoint goes away
         await asyncio.sleep(0.05)
