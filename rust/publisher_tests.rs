@@ -639,3 +639,21 @@ fn the_ordered_mode_pipelines_batches_to_a_node_that_gives_receipts_and_keeps_th
         });
     }
 }
+
+#[test]
+fn a_queue_group_member_gets_one_batch_at_a_time() {
+    // the members' handlers overlap each other already: no pipeline (see worker::spawn)
+    run(async {
+        let (addr, got, most, task) = frames_node(true, Duration::from_millis(30)).await;
+        let p = publisher();
+        let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
+        p.set_routes("t", vec![("q".into(), vec![spec])]).unwrap();
+        let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+        publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(flushed(&p).await);
+        assert_eq!(*got.lock(), bodies);
+        assert_eq!(most.load(Relaxed), 1, "one batch at a time to a queue member");
+        p.close();
+        task.abort();
+    });
+}
