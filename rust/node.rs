@@ -630,14 +630,20 @@ pub(crate) mod tests {
         l.clear_inflight(7);
     }
 
-    #[test]
-    fn a_gated_link_hands_out_the_next_batch_only_once_the_last_was_received() {
+    /// A batch-taking link with `workers` (gated or not) and messages `seqs` queued.
+    fn queued_link(workers: usize, gated: bool, seqs: std::ops::RangeInclusive<u64>) -> NodeLink {
         let l = link("n", true, usize::MAX);
-        l.start_workers(2, true);
-        assert!(l.is_gated());
-        for s in 1..=6 {
+        l.start_workers(workers, gated);
+        for s in seqs {
             let _ = push(&l, msg(s, 1), 100);
         }
+        l
+    }
+
+    #[test]
+    fn a_gated_link_hands_out_the_next_batch_only_once_the_last_was_received() {
+        let l = queued_link(2, true, 1..=6);
+        assert!(l.is_gated());
         assert_eq!(batch(l.take_batch(0, 2)), vec![1, 2]);
         assert!(matches!(l.take_batch(1, 2), Take::Gated), "slot 0's batch is not received yet");
         l.open_gate(1); // not the holder: nothing changes
@@ -650,12 +656,8 @@ pub(crate) mod tests {
         l.open_gate(1);
         assert_eq!(batch(l.take_batch(0, 2)), vec![5, 6]);
         // an ungated link with two workers hands out batches at once
-        let u = link("u", true, usize::MAX);
-        u.start_workers(2, false);
+        let u = queued_link(2, false, 1..=4);
         assert!(!u.is_gated());
-        for s in 1..=4 {
-            let _ = push(&u, msg(s, 1), 100);
-        }
         assert_eq!(batch(u.take_batch(0, 2)), vec![1, 2]);
         assert_eq!(batch(u.take_batch(1, 2)), vec![3, 4]);
     }
@@ -663,11 +665,7 @@ pub(crate) mod tests {
     #[test]
     fn batches_put_back_in_any_order_return_to_sequence_order() {
         // three pipelined batches fail and come back newest first: the queue stays in order
-        let l = link("n", true, usize::MAX);
-        l.start_workers(3, true);
-        for s in 7..=8 {
-            let _ = push(&l, msg(s, 1), 100);
-        }
+        let l = queued_link(3, true, 7..=8);
         l.requeue_front(vec![msg(5, 1), msg(6, 1)]);
         l.requeue_front(vec![msg(3, 1), msg(4, 1)]);
         assert_eq!(l.requeue_front_unless_evicted(vec![msg(1, 1), msg(2, 1)]).map_err(|_| ()), Ok(()));
