@@ -562,39 +562,47 @@ fn a_large_publish_many_is_routed_at_once_after_what_was_accepted_before() {
     assert_eq!(p.wakeups.accepted_len(), 3);
 }
 
-/// A frames node that records each request's bodies in arrival order and how many requests it
-/// had open at once; with `receipts` it answers with a receipt at once and the batch response
-/// after `hold` (its "handlers" run), otherwise with the whole answer after `hold`.
+/// A frames node that records each request's handled bodies in arrival order and how many
+/// requests it had open at once; with `receipts` it answers with a receipt at once and the
+/// batch response after `hold` (its "handlers" run), otherwise with the whole answer after
+/// `hold`. The first `fail_first` requests' first envelope fails (500: its handler raised).
 async fn frames_node(
     receipts: bool,
     hold: Duration,
+    fail_first: usize,
 ) -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
     use crate::receipt::{AnswerBody, HEADER};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let (open, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let requests = Arc::new(AtomicUsize::new(0));
     let (g, m) = (got.clone(), most.clone());
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (g, open, m) = (g.clone(), open.clone(), m.clone());
+            let (g, open, m, requests) = (g.clone(), open.clone(), m.clone(), requests.clone());
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (g, open, m) = (g.clone(), open.clone(), m.clone());
+                let (g, open, m, requests) = (g.clone(), open.clone(), m.clone(), requests.clone());
                 async move {
                     let asked = req.headers().get(HEADER).is_some_and(|v| v.as_bytes() == b"1");
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let envs: Vec<String> = crate::frames::decode(body)
+                    let mut envs: Vec<String> = crate::frames::decode(body)
                         .unwrap()
                         .into_iter()
                         .map(|e| String::from_utf8_lossy(&e.unwrap().body).into_owned())
                         .collect();
                     let n = envs.len();
+                    let mut failed = Vec::new();
+                    if requests.fetch_add(1, Relaxed) < fail_first {
+                        envs.remove(0);
+                        failed.push(crate::batch::Failure { index: 0, status: 500, error: "raised".into() });
+                    }
                     g.lock().extend(envs);
                     m.fetch_max(open.fetch_add(1, Relaxed) + 1, Relaxed);
                     let rest = async move {
                         tokio::time::sleep(hold).await;
                         open.fetch_sub(1, Relaxed);
-                        crate::batch::encode_response(n, Vec::new(), &[])
+                        crate::batch::encode_response(n, failed, &[])
                     };
                     let mut r = if receipts && asked {
                         let mut r = Response::new(AnswerBody::later(Box::pin(rest)));
@@ -617,7 +625,7 @@ async fn frames_node(
 fn the_ordered_mode_pipelines_batches_to_a_node_that_gives_receipts_and_keeps_their_order() {
     for receipts in [true, false] {
         run(async {
-            let (addr, got, most, task) = frames_node(receipts, Duration::from_millis(30)).await;
+            let (addr, got, most, task) = frames_node(receipts, Duration::from_millis(30), 0).await;
             let p = publisher(); // node_inflight 1: the ordered mode
             let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
             p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
@@ -644,7 +652,7 @@ fn the_ordered_mode_pipelines_batches_to_a_node_that_gives_receipts_and_keeps_th
 fn a_queue_group_member_gets_one_batch_at_a_time() {
     // the members' handlers overlap each other already: no pipeline (see worker::spawn)
     run(async {
-        let (addr, got, most, task) = frames_node(true, Duration::from_millis(30)).await;
+        let (addr, got, most, task) = frames_node(true, Duration::from_millis(30), 0).await;
         let p = publisher();
         let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
         p.set_routes("t", vec![("q".into(), vec![spec])]).unwrap();
@@ -653,6 +661,30 @@ fn a_queue_group_member_gets_one_batch_at_a_time() {
         assert!(flushed(&p).await);
         assert_eq!(*got.lock(), bodies);
         assert_eq!(most.load(Relaxed), 1, "one batch at a time to a queue member");
+        p.close();
+        task.abort();
+    });
+}
+
+#[test]
+fn a_handler_failure_inside_the_pipeline_is_retried_and_nothing_is_lost() {
+    // the first three (pipelined, receipted) batches each have a message whose handler raised:
+    // each is retried on its own while the batches behind it go on; every message is handled
+    run(async {
+        let (addr, got, most, task) = frames_node(true, Duration::from_millis(20), 3).await;
+        let p = publisher();
+        let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
+        let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+        publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(flushed(&p).await);
+        let mut handled = got.lock().clone();
+        handled.sort_by_key(|b| b.parse::<u32>().unwrap());
+        assert_eq!(handled, bodies, "every message handled exactly once");
+        assert!(most.load(Relaxed) >= 2, "the batches were pipelined");
+        let s = p.stats();
+        assert_eq!((s.delivered.load(Relaxed), s.dropped.load(Relaxed), s.failed.load(Relaxed)), (60, 0, 0));
+        assert!(s.retried.load(Relaxed) >= 3, "each failed message was retried");
         p.close();
         task.abort();
     });
