@@ -621,17 +621,24 @@ async fn frames_node(
     (addr, got, most, task)
 }
 
+/// A publisher routing topic "t" to the frames node at `addr` (registry version `version`:
+/// broadcast, or a queue group's name) that published "0".."59" and flushed.
+async fn sixty_flushed_to(addr: SocketAddr, version: &str) -> (Arc<Publisher>, Vec<String>) {
+    let p = publisher();
+    let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
+    p.set_routes("t", vec![(version.into(), vec![spec])]).unwrap();
+    let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
+    publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(flushed(&p).await);
+    (p, bodies)
+}
+
 #[test]
 fn the_ordered_mode_pipelines_batches_to_a_node_that_gives_receipts_and_keeps_their_order() {
     for receipts in [true, false] {
         run(async {
             let (addr, got, most, task) = frames_node(receipts, Duration::from_millis(30), 0).await;
-            let p = publisher(); // node_inflight 1: the ordered mode
-            let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
-            p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
-            let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
-            publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
-            assert!(flushed(&p).await);
+            let (p, bodies) = sixty_flushed_to(addr, BROADCAST_VERSION).await; // node_inflight 1: the ordered mode
             assert_eq!(*got.lock(), bodies, "every message once, in order (receipts: {receipts})");
             let most = most.load(Relaxed);
             if receipts {
@@ -653,12 +660,7 @@ fn a_queue_group_member_gets_one_batch_at_a_time() {
     // the members' handlers overlap each other already: no pipeline (see worker::spawn)
     run(async {
         let (addr, got, most, task) = frames_node(true, Duration::from_millis(30), 0).await;
-        let p = publisher();
-        let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
-        p.set_routes("t", vec![("q".into(), vec![spec])]).unwrap();
-        let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
-        publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(flushed(&p).await);
+        let (p, bodies) = sixty_flushed_to(addr, "q").await;
         assert_eq!(*got.lock(), bodies);
         assert_eq!(most.load(Relaxed), 1, "one batch at a time to a queue member");
         p.close();
@@ -672,12 +674,7 @@ fn a_handler_failure_inside_the_pipeline_is_retried_and_nothing_is_lost() {
     // each is retried on its own while the batches behind it go on; every message is handled
     run(async {
         let (addr, got, most, task) = frames_node(true, Duration::from_millis(20), 3).await;
-        let p = publisher();
-        let spec = NodeSpec { address: addr.to_string(), batch: true, frames: true, ..TestNode::spec_for("f") };
-        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
-        let bodies: Vec<String> = (0..60).map(|i| i.to_string()).collect();
-        publish(&p, &bodies.iter().map(String::as_str).collect::<Vec<_>>());
-        assert!(flushed(&p).await);
+        let (p, bodies) = sixty_flushed_to(addr, BROADCAST_VERSION).await;
         let mut handled = got.lock().clone();
         handled.sort_by_key(|b| b.parse::<u32>().unwrap());
         assert_eq!(handled, bodies, "every message handled exactly once");
