@@ -462,11 +462,11 @@ impl LinkState {
     /// at the head, unless a sibling worker put back a newer batch first (the ordered pipeline
     /// has several on the wire), then merged.
     fn put_back(&mut self, msgs: Vec<Msg>) {
-        let (Some(last), Some(front)) = (msgs.last(), self.queue.front()) else {
-            msgs.into_iter().rev().for_each(|m| self.queue.push_front(m));
-            return;
+        let older_than_head = match (msgs.last(), self.queue.front()) {
+            (Some(last), Some(front)) => last.seq < front.seq,
+            _ => true,
         };
-        if last.seq < front.seq {
+        if older_than_head {
             msgs.into_iter().rev().for_each(|m| self.queue.push_front(m));
             return;
         }
