@@ -294,7 +294,8 @@ impl Publisher {
     }
 
     /// Dispatch `msgs` (one topic, in order) along `route`: a broadcast node takes all of them
-    /// under one lock of its queue; a queue group picks a member per message. True when a
+    /// under one lock of its queue; a queue group picks a member per message, and each member
+    /// takes its share under one lock. True when a
     /// healthy node is past the high-water mark.
     fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, mut msgs: M) -> bool
     where
@@ -312,11 +313,14 @@ impl Publisher {
                         congested |= self.enqueue(l, msgs.clone());
                     }
                 }
+                Some(_) if msgs.as_ref().len() == 1 => {
+                    if let Some(l) = g.pick(None) {
+                        congested |= self.enqueue(l, msgs.clone());
+                    }
+                }
                 Some(_) => {
-                    for m in msgs.as_ref() {
-                        if let Some(l) = g.pick(None) {
-                            congested |= self.enqueue(l, [m.clone()]);
-                        }
+                    for (l, share) in g.deal(msgs.as_ref()) {
+                        congested |= self.enqueue(l, share);
                     }
                 }
             }

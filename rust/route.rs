@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::msg::Msg;
 use crate::node::NodeLink;
 
 /// Registry version of a broadcast subscription (go-micro's).
@@ -51,17 +52,35 @@ impl Group {
 
     /// Round-robin over healthy nodes (any node when all fail), skipping `except`.
     pub fn pick(&self, except: Option<&NodeLink>) -> Option<&Arc<NodeLink>> {
+        self.pick_index(except).map(|i| &self.nodes[i])
+    }
+
+    /// `pick`, as the member's position in `nodes`.
+    fn pick_index(&self, except: Option<&NodeLink>) -> Option<usize> {
         let n = self.nodes.len();
         if n == 0 {
             return None;
         }
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        let eligible = |l: &&Arc<NodeLink>| except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(l), e));
+        let eligible = |&i: &usize| except.is_none_or(|e| !std::ptr::eq(Arc::as_ptr(&self.nodes[i]), e));
         (0..n)
-            .map(|i| &self.nodes[(start + i) % n])
+            .map(|i| (start + i) % n)
             .filter(eligible)
-            .find(|l| !l.is_failing())
-            .or_else(|| (0..n).map(|i| &self.nodes[(start + i) % n]).find(eligible))
+            .find(|&i| !self.nodes[i].is_failing())
+            .or_else(|| (0..n).map(|i| (start + i) % n).find(eligible))
+    }
+
+    /// Deal `msgs` out over the members as `pick` would one by one, each member's share in the
+    /// order given: the members that got some, with their share. A run is then queued with one
+    /// lock and one wake-up per member rather than per message.
+    pub fn deal(&self, msgs: &[Msg]) -> Vec<(&Arc<NodeLink>, Vec<Msg>)> {
+        let mut shares: Vec<Vec<Msg>> = vec![Vec::new(); self.nodes.len()];
+        for m in msgs {
+            if let Some(i) = self.pick_index(None) {
+                shares[i].push(m.clone());
+            }
+        }
+        self.nodes.iter().zip(shares).filter(|(_, s)| !s.is_empty()).collect()
     }
 
     /// Some member other than `link` is in this group.
@@ -215,6 +234,21 @@ mod tests {
     fn pick_goes_round_robin() {
         let g = Group::new(Some("q".into()), vec![node("a", Some("q")), node("b", Some("q")), node("c", Some("q"))]);
         assert_eq!(ids((0..6).map(|_| g.pick(None))), ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn deal_shares_out_as_pick_would_each_share_in_order() {
+        let g = Group::new(Some("q".into()), vec![node("a", Some("q")), node("b", Some("q")), node("c", Some("q"))]);
+        g.nodes[1].mark_failing();
+        let msgs: Vec<Msg> =
+            (0..7).map(|seq| Msg::new(seq, Arc::from("t"), crate::payload::Payload::new("t", std::iter::empty(), b"x"))).collect();
+        let dealt: Vec<(String, Vec<u64>)> =
+            g.deal(&msgs).into_iter().map(|(l, share)| (l.spec.id.clone(), share.iter().map(|m| m.seq).collect())).collect();
+        // positions 0..6: a, (b failing -> c), c, a, (b -> c), c, a
+        assert_eq!(dealt, [("a".to_string(), vec![0, 3, 6]), ("c".to_string(), vec![1, 2, 4, 5])]);
+        // the round-robin position moved on by one per message, as seven picks would
+        assert_eq!(ids((0..1).map(|_| g.pick(None))), ["c"]);
+        assert!(Group::new(Some("q".into()), Vec::new()).deal(&msgs).is_empty());
     }
 
     #[test]
