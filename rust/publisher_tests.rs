@@ -686,3 +686,42 @@ fn a_handler_failure_inside_the_pipeline_is_retried_and_nothing_is_lost() {
         task.abort();
     });
 }
+
+/// `flush` must never see a message as done while a worker puts its failed batch back: a
+/// checker thread reads what `flush` reads, in a tight loop, while the node answers 503 (retry
+/// at the head of the queue) and then 500 (handler failed: deferred) many times over.
+#[test]
+fn flush_never_counts_a_failed_batch_done_while_it_is_put_back() {
+    run(async {
+        let script: Vec<u16> = (0..400).map(|i| if i % 2 == 0 { 503 } else { 500 }).collect();
+        let a = node(&script).await;
+        let cfg =
+            PubConfig { retry_min: Duration::from_micros(200), retry_max: Duration::from_micros(400), max_deliveries: None, ..config() };
+        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
+        publish(&p, &["x"]);
+        let seq = p.last_seq();
+        let (p2, got) = (p.clone(), a.got.clone());
+        let early = tokio::task::spawn_blocking(move || {
+            let (mut early, mut checks) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // the node records a body before it answers 200, so "done" read first and "not
+            // received" read after means done too early
+            while Instant::now() < deadline {
+                let done = p2.min_pending().is_none_or(|m| m > seq);
+                if !got.lock().is_empty() {
+                    break;
+                }
+                checks += 1;
+                early += u64::from(done);
+            }
+            (early, checks)
+        });
+        let (early, checks) = early.await.unwrap();
+        assert!(flushed(&p).await);
+        assert_eq!(a.got(), ["x"]);
+        assert!(checks > 1000, "the checker ran {checks} times only");
+        assert_eq!(early, 0, "flush would have returned {early} times with the message not delivered ({checks} checks)");
+        p.close();
+    });
+}

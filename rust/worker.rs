@@ -147,6 +147,21 @@ pub(crate) fn spawn(publisher: &Arc<Publisher>, link: Arc<NodeLink>) {
     }
 }
 
+/// A worker's batch on the wire: its in-flight slot (the lowest sequence number taken, which
+/// `flush` waits for) is cleared when this is dropped, once whatever failed of the batch is put
+/// back in a queue, deferred, handed to another node or parked; never before, or `flush` could
+/// see those messages counted nowhere and return while they are not delivered.
+struct OnTheWire<'a> {
+    link: &'a NodeLink,
+    slot: usize,
+}
+
+impl Drop for OnTheWire<'_> {
+    fn drop(&mut self) {
+        self.link.clear_inflight(self.slot);
+    }
+}
+
 impl Worker {
     async fn run(mut self) {
         loop {
@@ -208,6 +223,8 @@ impl Worker {
             move || gate.open_gate(slot)
         });
         let result = p.transport().send(&link, &batch, receipt).await;
+        // the batch counts as on the wire (for `flush`) until what failed of it is put back
+        let on_the_wire = OnTheWire { link: &link, slot: self.slot };
         let cap = link.batch_cap().min(p.config().max_batch_bytes);
         let s = settle(&link.spec.address, batch, result, cap);
         self.record(&s);
@@ -218,7 +235,6 @@ impl Worker {
         for m in rejected {
             m.share.release(false);
         }
-        link.clear_inflight(self.slot);
         // handler failures wait for their own retry; what could not be set aside is retried the
         // old way below (at the head of the queue, after a back-off)
         retry.extend(self.set_aside_failed(handler_failed));
@@ -227,6 +243,7 @@ impl Worker {
         if !retry.is_empty() && link.is_evicted() {
             // another worker of this node evicted it while this batch was on the wire
             p.leftovers(&link, retry);
+            drop(on_the_wire);
             p.progress().notify();
             return Flow::Next;
         }
@@ -246,12 +263,14 @@ impl Worker {
             // the node does not know this subscription any more (404): drop the route
             self.requeue_or_hand_over(retry);
             link.mark_removed();
+            drop(on_the_wire);
             p.routes().remove_link(&link);
             p.notices.route(&link.topic);
             p.progress().notify();
             return Flow::Next;
         }
         if retry.is_empty() {
+            drop(on_the_wire);
             self.backoff = p.config().retry_min;
             self.probe_backoff = p.config().retry_min;
             if link.mark_healthy() {
@@ -268,6 +287,7 @@ impl Worker {
         }
         let retry = p.failover(&link, retry);
         self.requeue_or_hand_over(retry);
+        drop(on_the_wire); // put back: the back-off does not hold `flush`
         p.progress().notify();
         tokio::select! {
             _ = tokio::time::sleep(self.backoff) => {}
@@ -390,6 +410,7 @@ impl Worker {
         Stats::add(&p.stats().evicted, 1);
         p.notices.evicted(&link.spec.address, &link.topic, "unreachable");
         p.leftovers(&link, left);
+        link.clear_inflight(self.slot); // the batch that failed is handed on: probing holds nothing
         p.progress().notify();
         if !self.probe_until_back().await {
             return Flow::Stop;
