@@ -74,6 +74,9 @@ struct LinkState {
     removed: bool,
     /// the worker whose batch the node has not yet received (gated links only)
     gate: Option<usize>,
+    /// lowest sequence number of each lot taken out to be handed on (`take_everything`) and
+    /// not yet placed elsewhere (`handed_on`): `flush` waits for them meanwhile
+    handing_on: Vec<u64>,
 }
 
 /// One subscriber node of one topic. `spec`, `topic`, `queue_group` and `uri` never change.
@@ -419,13 +422,19 @@ impl NodeLink {
         self.state.lock().deferred.len()
     }
 
-    /// Lowest sequence number this link still owes (queued or on the wire).
+    /// Lowest sequence number this link still owes (queued, on the wire, or being handed on).
     pub fn min_pending(&self) -> Option<u64> {
         let st = self.state.lock();
-        let q = st.queue.iter().chain(st.deferred.iter().map(|(_, m)| m)).map(|m| m.seq).min();
-        match (q, st.inflight.iter().flatten().min().copied()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let q = st.queue.iter().chain(st.deferred.iter().map(|(_, m)| m)).map(|m| m.seq);
+        q.chain(st.inflight.iter().flatten().copied()).chain(st.handing_on.iter().copied()).min()
+    }
+
+    /// The lot taken out by `take_all` (or a removed link's `Take::Removed`) whose lowest
+    /// sequence number is `first` is placed elsewhere now. Unknown numbers are ignored.
+    pub fn handed_on(&self, first: u64) {
+        let mut st = self.state.lock();
+        if let Some(i) = st.handing_on.iter().position(|&s| s == first) {
+            st.handing_on.swap_remove(i);
         }
     }
 
@@ -477,11 +486,15 @@ impl LinkState {
     }
 
     /// The queue and the deferred retries, oldest first.
+    /// Everything queued or deferred, in order; counted as being handed on until `handed_on`.
     fn take_everything(&mut self) -> Vec<Msg> {
         let mut all: Vec<Msg> = self.queue.drain(..).collect();
         if !self.deferred.is_empty() {
             all.extend(self.deferred.drain(..).map(|(_, m)| m));
             all.sort_by_key(|m| m.seq);
+        }
+        if let Some(first) = all.iter().map(|m| m.seq).min() {
+            self.handing_on.push(first);
         }
         all
     }
@@ -624,8 +637,15 @@ pub(crate) mod tests {
         l.requeue_front(vec![msg(2, 1)]);
         assert_eq!(l.min_pending(), Some(2), "queued counts too");
         l.clear_inflight(1);
-        let _ = l.take_all();
+        let _ = push(&l, msg(5, 1), 100);
+        assert_eq!(l.take_all().iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 5]);
+        assert_eq!(l.min_pending(), Some(2), "taken out to be handed on: still owed until placed");
+        l.handed_on(99); // not a lot of this link: ignored
+        assert_eq!(l.min_pending(), Some(2));
+        l.handed_on(2);
         assert_eq!(l.min_pending(), None);
+        assert!(l.take_all().is_empty());
+        assert_eq!(l.min_pending(), None, "an empty lot is nothing to wait for");
         // an unknown slot is ignored, not a panic
         l.clear_inflight(7);
     }

@@ -55,10 +55,26 @@ pub const ROUTE_INLINE: usize = 256;
 /// How often a request without a reachable subscriber looks again.
 const REQUEST_TICK: Duration = Duration::from_millis(10);
 
+/// Tells a link, when dropped, that the lot it handed on (lowest sequence number `first`) is
+/// placed elsewhere (`NodeLink::handed_on`).
+struct HandedOn<'a> {
+    link: &'a NodeLink,
+    first: u64,
+}
+
+impl std::ops::Drop for HandedOn<'_> {
+    fn drop(&mut self) {
+        self.link.handed_on(self.first);
+    }
+}
+
 pub struct Publisher {
     routes: Routes,
     /// every node link, by topic and node id, including evicted ones (their worker probes)
     links: Mutex<HashMap<Arc<str>, LinksOfTopic>>,
+    /// links replaced by a new one of the same node id, until their last worker has handed on
+    /// what they still held (`forget_link`): `flush` and `close` still see them
+    retired: Mutex<Vec<Arc<NodeLink>>>,
     pub backlog: Backlog<Msg>,
     transport: Transport,
     stats: Arc<Stats>,
@@ -102,6 +118,7 @@ impl Publisher {
             Publisher {
                 routes: Routes::default(),
                 links: Mutex::new(HashMap::new()),
+                retired: Mutex::new(Vec::new()),
                 backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
                 transport: Transport::new(&tls, cfg.request_timeout, cfg.node_inflight),
                 stats,
@@ -279,7 +296,9 @@ impl Publisher {
     }
 
     fn all_links(&self) -> Vec<Arc<NodeLink>> {
-        self.links.lock().values().flat_map(|by_id| by_id.values().cloned()).collect()
+        let mut all: Vec<Arc<NodeLink>> = self.links.lock().values().flat_map(|by_id| by_id.values().cloned()).collect();
+        all.extend(self.retired.lock().iter().cloned());
+        all
     }
 
     /// True while some healthy node still has more than a quarter of `node_queue` queued.
@@ -415,6 +434,7 @@ impl Publisher {
                             let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap)?.with_counters(counters));
                             if let Some(old) = links.insert(key, l.clone()) {
                                 old.mark_removed();
+                                self.retired.lock().push(old);
                             }
                             spawn.push(l.clone());
                             l
@@ -450,9 +470,9 @@ impl Publisher {
     /// or will get it (another node holds a copy, or one delivered it); otherwise it waits in the
     /// backlog, ahead of newer messages, for the next subscriber.
     pub(crate) fn leftovers(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>) {
-        if msgs.is_empty() {
-            return;
-        }
+        let Some(first) = msgs.iter().map(|m| m.seq).min() else { return };
+        // taken out of `link` (`take_all`): counted there for `flush` until placed here
+        let _placed = HandedOn { link, first };
         Stats::sub(&self.stats.in_flight, msgs.len() as u64);
         if link.queue_group.is_some() {
             let route = self.routes.get(&link.topic);
@@ -544,6 +564,7 @@ impl Publisher {
                 all.remove(&link.topic);
             }
         }
+        self.retired.lock().retain(|l| !Arc::ptr_eq(l, link));
     }
 
     pub(crate) fn routes(&self) -> &Routes {
@@ -591,7 +612,8 @@ impl Publisher {
             counters.count_drop(Drop::Disconnect, n);
             self.stats.count_drop(Drop::Disconnect, n);
         }
-        let links: Vec<Arc<NodeLink>> = self.links.lock().drain().flat_map(|(_, by_id)| by_id.into_values()).collect();
+        let mut links: Vec<Arc<NodeLink>> = self.links.lock().drain().flat_map(|(_, by_id)| by_id.into_values()).collect();
+        links.append(&mut self.retired.lock());
         for l in links {
             let n = l.close() as u64;
             Stats::sub(&self.stats.in_flight, n);

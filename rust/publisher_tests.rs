@@ -725,3 +725,24 @@ fn flush_never_counts_a_failed_batch_done_while_it_is_put_back() {
         p.close();
     });
 }
+
+/// A node re-announced under the same id with another address gets a new link at once; the
+/// old one, with messages still queued, hands them on only when its worker next looks. `flush`
+/// must wait for that, not return as if the old queue did not exist.
+#[test]
+fn flush_waits_for_the_queue_of_a_replaced_link() {
+    run(async {
+        let (_refusing, spec) = refusing_port();
+        let b = node(&[]).await;
+        let p = publisher();
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
+        publish(&p, &["1", "2"]);
+        eventually("a failed send", || p.stats().retried.load(Relaxed) > 0).await;
+        // the same node id, now at b's address
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![b.spec("a")])]).unwrap();
+        assert!(flushed(&p).await);
+        let (got, parked) = (b.got().len(), p.backlog.len("t"));
+        assert_eq!(got + parked, 2, "flush returned with {got} delivered and {parked} parked of 2");
+        p.close();
+    });
+}
