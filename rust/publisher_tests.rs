@@ -446,7 +446,7 @@ fn publish_only_hands_over_and_the_dispatcher_routes_in_order() {
 fn close_counts_what_was_never_routed_as_dropped_on_disconnect() {
     let (_rt, p) = idle_publisher();
     publish(&p, &["1", "2"]);
-    let _ = p.publish_all(Arc::from("t"), (0..3).map(|_| Payload::new("t", std::iter::empty(), b"3")).collect());
+    let _ = p.publish_all((0..3).map(|_| Msg::new(0, Arc::from("t"), Payload::new("t", std::iter::empty(), b"3"))).collect());
     p.close();
     let s = p.stats();
     assert_eq!((s.published.load(Relaxed), s.dropped.load(Relaxed)), (5, 5));
@@ -552,13 +552,13 @@ fn a_large_publish_many_is_routed_at_once_after_what_was_accepted_before() {
     let (_rt, p) = idle_publisher_with(PubConfig { backlog: 10_000, ..config() });
     publish(&p, &["1", "2"]);
     let n = ROUTE_INLINE as u64;
-    let _ = p.publish_all(Arc::from("t"), (0..n).map(|_| Payload::new("t", std::iter::empty(), b"x")).collect());
+    let _ = p.publish_all((0..n).map(|_| Msg::new(0, Arc::from("t"), Payload::new("t", std::iter::empty(), b"x"))).collect());
     assert_eq!(p.wakeups.accepted_len(), 0, "routed by the call itself");
     assert_eq!(p.topic_stats().get("t").published.load(Relaxed), n + 2);
     let parked: Vec<u64> = p.backlog.drain("t", 10_000).iter().map(|m| m.seq).collect();
     assert_eq!(parked, (1..=n + 2).collect::<Vec<u64>>(), "the two accepted before come first");
     // a small call is only handed over
-    let _ = p.publish_all(Arc::from("t"), (0..3).map(|_| Payload::new("t", std::iter::empty(), b"x")).collect());
+    let _ = p.publish_all((0..3).map(|_| Msg::new(0, Arc::from("t"), Payload::new("t", std::iter::empty(), b"x"))).collect());
     assert_eq!(p.wakeups.accepted_len(), 3);
 }
 

@@ -20,6 +20,7 @@ use crate::bridge::{Bridge, Item, Outcome};
 use crate::client::Answer;
 use crate::error::Error;
 use crate::metrics::Exporter;
+use crate::msg::Msg;
 use crate::notices;
 use crate::publisher::Publisher;
 use crate::runtime;
@@ -361,18 +362,20 @@ impl Engine {
         let t = topic.to_str()?;
         self.check_topic(t)?;
         let topic: Arc<str> = Arc::from(t);
-        let mut payloads = Vec::with_capacity(messages.len().unwrap_or(0).min(1 << 16));
+        let mut msgs = Vec::with_capacity(messages.len().unwrap_or(0).min(1 << 16));
         for it in messages.try_iter()? {
             let it = it?;
-            if let Ok(b) = it.cast_exact::<PyBytes>() {
-                payloads.push(payload_py(t, None, b)?);
-                continue;
-            }
-            let (h, b): (Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = to_wire.call1((it,))?.extract()?;
-            payloads.push(payload_py(t, h.as_ref(), &b)?);
+            let payload = match it.cast_exact::<PyBytes>() {
+                Ok(b) => payload_py(t, None, b)?,
+                Err(_) => {
+                    let (h, b): (Option<Bound<'_, PyDict>>, Bound<'_, PyBytes>) = to_wire.call1((it,))?.extract()?;
+                    payload_py(t, h.as_ref(), &b)?
+                }
+            };
+            msgs.push(Msg::new(0, topic.clone(), payload));
         }
-        let n = payloads.len();
-        Ok((self.publisher.publish_all(topic, payloads), n))
+        let n = msgs.len();
+        Ok((self.publisher.publish_all(msgs), n))
     }
 
     /// Send one request: `topic`, `header`, `body` go to one subscriber node, whose handler's
