@@ -132,7 +132,12 @@ fn run(test: impl std::future::Future<Output = ()>) {
 }
 
 fn publisher() -> Arc<Publisher> {
-    Publisher::new(config(), Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap()
+    publisher_with(config())
+}
+
+/// A publisher with `cfg` on the current runtime.
+fn publisher_with(cfg: PubConfig) -> Arc<Publisher> {
+    Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap()
 }
 
 fn publish(p: &Arc<Publisher>, bodies: &[&str]) {
@@ -281,7 +286,7 @@ fn close_stops_routing_and_empties_every_queue() {
         let mut cfg = config();
         cfg.evict_after = 1000;
         cfg.retry_min = Duration::from_secs(5);
-        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let p = publisher_with(cfg);
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![spec])]).unwrap();
         publish(&p, &["1"]);
         let links = p.all_links();
@@ -304,7 +309,7 @@ fn a_failing_message_does_not_hold_back_the_ones_behind_it() {
         let a = node(&[500]).await;
         let mut cfg = config();
         cfg.retry_min = Duration::from_millis(300);
-        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let p = publisher_with(cfg);
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
         publish(&p, &["1", "2", "3"]);
         assert!(flushed(&p).await);
@@ -365,7 +370,7 @@ fn a_leaving_node_parks_what_nobody_else_has_and_drops_what_others_have() {
         let b = node(&[]).await;
         let mut cfg = config();
         cfg.evict_after = 1000; // keep the dead node in the route: it is "leaving", not evicted
-        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let p = publisher_with(cfg);
         // alone: its messages wait for the next subscriber
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![gone.clone()])]).unwrap();
         publish(&p, &["1", "2"]);
@@ -463,7 +468,7 @@ fn many_topics_published_while_routes_appear_lose_nothing() {
         let a = node(&[]).await;
         // room for everything published before its route appears: nothing may be dropped
         let cfg = PubConfig { backlog: 10_000, node_queue: 10_000, ..config() };
-        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let p = publisher_with(cfg);
         let topics: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
         let pp = p.clone();
         let names = topics.clone();
@@ -697,7 +702,7 @@ fn flush_never_counts_a_failed_batch_done_while_it_is_put_back() {
         let a = node(&script).await;
         let cfg =
             PubConfig { retry_min: Duration::from_micros(200), retry_max: Duration::from_micros(400), max_deliveries: None, ..config() };
-        let p = Publisher::new(cfg, Arc::new(Stats::default()), tokio::runtime::Handle::current(), Arc::default()).unwrap();
+        let p = publisher_with(cfg);
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
         publish(&p, &["x"]);
         let seq = p.last_seq();
