@@ -411,11 +411,13 @@ impl Publisher {
     }
 
     /// Replace the route of `topic`: `groups` are (registry version, nodes). Nodes that left are
-    /// stopped (their queued messages handled by `leftovers`), new ones get workers.
+    /// stopped (their queued messages handled by `leftovers`), new ones get workers. A node with
+    /// an unusable address is left out and the rest applied; the first such error is returned.
     pub fn set_routes(self: &Arc<Self>, topic: &str, groups: Vec<(String, Vec<NodeSpec>)>) -> Result<(), Error> {
         let topic_arc: Arc<str> = Arc::from(topic);
         let mut new_groups = Vec::with_capacity(groups.len());
         let mut spawn = Vec::new();
+        let mut unusable = None;
         {
             let mut all = self.links.lock();
             let links = all.entry(topic_arc.clone()).or_default();
@@ -436,7 +438,16 @@ impl Publisher {
                                 .max_body
                                 .map_or(self.cfg.max_batch_bytes, |m| self.cfg.max_batch_bytes.min(m.saturating_sub(1024).max(1)));
                             let counters = self.topics.get(topic);
-                            let l = Arc::new(NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap)?.with_counters(counters));
+                            let l = match NodeLink::new(spec, topic_arc.clone(), queue.clone(), cap) {
+                                Ok(l) => Arc::new(l.with_counters(counters)),
+                                Err(e) => {
+                                    // this node is left out (an old link of its id leaves too);
+                                    // the others are routed, and their workers started, all the same
+                                    keep.remove(&key);
+                                    unusable.get_or_insert(e);
+                                    continue;
+                                }
+                            };
                             if let Some(old) = links.insert(key, l.clone()) {
                                 old.mark_removed();
                                 self.retired.lock().push(old);
@@ -466,7 +477,7 @@ impl Publisher {
             worker::spawn(self, l);
         }
         self.drain_backlog(topic);
-        Ok(())
+        unusable.map_or(Ok(()), Err)
     }
 
     /// Messages of a node that left (unsubscribed, disconnected, answered 404, or evicted), one

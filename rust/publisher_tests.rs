@@ -751,3 +751,22 @@ fn flush_waits_for_the_queue_of_a_replaced_link() {
         p.close();
     });
 }
+
+/// A node whose announced address cannot be used is left out; the others of the same update
+/// are routed and get their workers (before, the error returned half-way: nodes listed before
+/// the bad one were installed without workers, and `flush` waited for them for ever).
+#[test]
+fn an_unusable_address_leaves_that_node_out_and_routes_the_rest() {
+    run(async {
+        let a = node(&[]).await;
+        let p = publisher();
+        let bad = NodeSpec { address: "bad address:80".into(), ..TestNode::spec_for("b") };
+        let err = p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a"), bad])]).unwrap_err();
+        assert!(err.to_string().contains("unusable address"), "{err}");
+        assert_eq!(p.route_count("t"), 1);
+        publish(&p, &["1"]);
+        assert!(p.clone().flush(p.last_seq(), Duration::from_secs(10)).await, "a's worker never ran");
+        assert_eq!(a.got(), ["1"]);
+        p.close();
+    });
+}

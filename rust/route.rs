@@ -178,9 +178,17 @@ impl Routes {
         });
     }
 
-    /// Put `link` back into its topic's route, in its group (made anew if it went).
-    pub fn readd_link(&self, link: &Arc<NodeLink>) {
+    /// Put `link` back into its topic's route, in its group (made anew if it went). False when
+    /// the link was removed meanwhile (it stays out).
+    pub fn readd_link(&self, link: &Arc<NodeLink>) -> bool {
+        let mut routed = false;
         self.rebuild(&link.topic, |groups| {
+            // checked under the routes' lock: `set_routes` marks a link removed before it
+            // replaces the route, so a removed link is never put back behind its back
+            if link.is_removed() {
+                return false;
+            }
+            routed = true;
             match groups.iter_mut().find(|g| g.queue == link.queue_group) {
                 Some(g) if g.nodes.iter().any(|l| Arc::ptr_eq(l, link)) => return false,
                 Some(g) => g.nodes.push(link.clone()),
@@ -188,6 +196,7 @@ impl Routes {
             }
             true
         });
+        routed
     }
 
     pub fn clear(&self) {
@@ -332,11 +341,22 @@ mod tests {
         assert_eq!(ids(r.groups()[0].nodes().iter().map(Some)), ["a", "c"]);
         assert_eq!(ids(std::iter::once(r.groups()[0].pick(None))), ["c"], "position 1 of [a, c]");
 
-        routes.readd_link(&b);
-        routes.readd_link(&b); // already there: no change
+        assert!(routes.readd_link(&b));
+        assert!(routes.readd_link(&b), "already there: no change, still routed");
         let r = routes.get("t").unwrap();
         assert_eq!(ids(r.groups()[0].nodes().iter().map(Some)), ["a", "c", "b"]);
         assert_eq!(ids(std::iter::once(r.groups()[0].pick(None))), ["b"], "position 2 of [a, c, b]");
+    }
+
+    #[test]
+    fn a_removed_link_is_never_put_back() {
+        // an evicted node's prober gets an answer after the registry took the node away
+        let routes = Routes::default();
+        let (a, b) = (node("a", None), node("b", None));
+        routes.replace("t", vec![Group::new(None, vec![a.clone()])]);
+        b.mark_removed();
+        assert!(!routes.readd_link(&b));
+        assert_eq!(ids(routes.get("t").unwrap().groups()[0].nodes().iter().map(Some)), ["a"]);
     }
 
     #[test]

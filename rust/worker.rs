@@ -441,7 +441,9 @@ impl Worker {
             match p.transport().probe(&link).await {
                 Ok(()) => {
                     link.readmit();
-                    p.routes().readd_link(&link);
+                    if !p.routes().readd_link(&link) {
+                        return false; // removed while the probe was out: this worker stops
+                    }
                     p.notices.readded(&link.spec.address, &link.topic);
                     p.drain_backlog(&link.topic);
                     return true;

@@ -340,6 +340,27 @@ class PartitionableRegistry:
         pass
 
 
+async def test_a_node_announced_at_an_unusable_address_is_left_out(
+    make_broker: MakeBroker, registry: MemoryRegistry
+) -> None:
+    """Some other service announced a node of our topic at an address no HTTP client can use:
+    subscribing and publishing still work, the usable node gets the message, and the bad node
+    is reported through on_error."""
+    errors: list[BrokerError] = []
+    await registry.register(Service("topic:mixed", BROADCAST_VERSION, (Node("bad", "bad address", {}),)))
+    sub = await make_broker()
+    got: list[bytes] = []
+    await sub.subscribe("mixed", lambda ev: got.append(ev.message.body))
+    pub = await make_broker(on_error=errors.append)
+    await pub.subscribe("other", noop)  # a subscribe that looks its own topic up: no error
+    await until(lambda: pub.route_count("mixed") == 1, 5, "the usable node's route")
+    await pub.publish("mixed", b"x")
+    await pub.flush(timeout=5)
+    await until(lambda: got == [b"x"], 5, "the usable node to get the message")
+    await until(lambda: bool(errors), 5, "the report of the unusable node")
+    assert any('node "bad" has an unusable address "bad address"' in str(e) for e in errors), errors
+
+
 async def test_heartbeat_keeps_node_then_it_expires(make_broker: MakeBroker, registry: MemoryRegistry) -> None:
     flaky = PartitionableRegistry(registry)
     b = await make_broker(registry=flaky, register_interval=0.1, register_ttl=0.3)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._routes import RouteGroup, route_groups, topics_of
 from .callbacks import Events
-from .errors import RegistryError
+from .errors import BrokerError, RegistryError
 from .options import BrokerOptions
 from .registry.base import BROADCAST_VERSION, MICRO_SERVICE, Node, Registry, Service, WatchEvent, service_name, topic_of
 from .subscriber import SubscriptionBase
@@ -109,14 +109,22 @@ class Registration:
         await self.registry.deregister(self.service(sub))
 
     async def refresh_topic(self, topic: str) -> None:
-        """Look ``topic``'s subscribers up in both go-micro layouts and hand the engine its routes."""
+        """Look ``topic``'s subscribers up in both go-micro layouts and hand the engine its routes.
+        A node whose address cannot be used is left out and reported through ``on_error``."""
         if self._stopped:
             return
         v1 = await self.registry.get_service(service_name(topic))
         micro = await self.registry.get_service(MICRO_SERVICE)
         groups = route_groups(v1, micro, topic)
-        if not self._stopped:
+        if self._stopped:
+            return
+        try:
             self._set_routes(topic, groups)
+        except BrokerError as e:
+            # a node announced at an unusable address is left out, the rest routed: reported,
+            # not raised into the subscribe or unsubscribe that looked the topic up
+            log.warning("routes of %r: %s", topic, e)
+            self._events.error(RegistryError(f"routes of {topic!r}: {e}"))
 
     async def _watch_loop(self, watcher: Any) -> None:
         try:
