@@ -52,6 +52,8 @@ const ROOM_TICK: Duration = Duration::from_millis(20);
 const FLUSH_TICK: Duration = Duration::from_millis(50);
 /// `publish_all` calls of this many messages or more are routed on the calling thread.
 pub const ROUTE_INLINE: usize = 256;
+/// Passes of `min_pending` over the links before it gives up on a moment without moves.
+const MIN_PENDING_TRIES: usize = 8;
 /// How often a request without a reachable subscriber looks again.
 const REQUEST_TICK: Duration = Duration::from_millis(10);
 
@@ -80,6 +82,9 @@ pub struct Publisher {
     stats: Arc<Stats>,
     cfg: PubConfig,
     seq: AtomicU64,
+    /// how many times messages moved from one node's queue to another's (failover, a member
+    /// that left): `min_pending` reads the links again when this changed while it read them
+    moved: AtomicU64,
     progress: Progress,
     shutdown: watch::Sender<bool>,
     rt: tokio::runtime::Handle,
@@ -124,6 +129,7 @@ impl Publisher {
                 stats,
                 cfg,
                 seq: AtomicU64::new(0),
+                moved: AtomicU64::new(0),
                 progress: Progress::default(),
                 shutdown,
                 rt,
@@ -499,6 +505,7 @@ impl Publisher {
                         let _ = self.enqueue(l, [m]);
                     }
                 }
+                self.note_moved();
                 return;
             }
         }
@@ -534,6 +541,7 @@ impl Publisher {
         let shares: Vec<_> = msgs.iter().map(|m| m.share.clone()).collect();
         Stats::sub(&self.stats.in_flight, msgs.len() as u64); // `enqueue` counts them again
         let _ = self.enqueue(&other, msgs);
+        self.note_moved();
         for share in shares {
             share.release(false); // the copy moved: this node no longer holds it
         }
@@ -603,13 +611,42 @@ impl Publisher {
         &self.rt
     }
 
-    /// Lowest sequence number still owed: not yet routed, or by any node (queued or on the wire).
+    /// Lowest sequence number still owed: not yet routed, or by any node (queued, on the wire or
+    /// being handed on).
     fn min_pending(&self) -> Option<u64> {
-        // the hand-over first: once it shows a message routed, the links (read after) show it
-        // queued; read the other way round, a message routed in between would be in neither
-        let accepted = self.wakeups.accepted_min_pending();
-        let links = self.all_links().iter().filter_map(|l| l.min_pending()).min();
-        accepted.into_iter().chain(links).min()
+        self.min_pending_reading(|| {})
+    }
+
+    /// `min_pending`, calling `between` after the first link was read (a test's hook). The links
+    /// are read one after another, so a message moving from a link not yet read to one already
+    /// read would be seen on neither: a move counts in `moved` after the message reached its new
+    /// link and before the old one lets go of it, and a read that saw `moved` change is made
+    /// again (a read that keeps being overtaken answers "0 still owed": wait and look again).
+    fn min_pending_reading(&self, between: impl Fn()) -> Option<u64> {
+        for _ in 0..MIN_PENDING_TRIES {
+            let moved = self.moved.load(Ordering::SeqCst);
+            // the hand-over first: once it shows a message routed, the links (read after) show
+            // it queued; read the other way round, a message routed in between would be in neither
+            let mut min = self.wakeups.accepted_min_pending();
+            for (i, l) in self.all_links().iter().enumerate() {
+                if i == 1 {
+                    between();
+                }
+                min = match (min, l.min_pending()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            if self.moved.load(Ordering::SeqCst) == moved {
+                return min;
+            }
+        }
+        Some(0)
+    }
+
+    /// Messages just reached another node's queue (before their old node lets go of them).
+    fn note_moved(&self) {
+        self.moved.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Wait until every message published up to `target` is delivered, refused or parked.

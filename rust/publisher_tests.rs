@@ -770,3 +770,39 @@ fn an_unusable_address_leaves_that_node_out_and_routes_the_rest() {
         p.close();
     });
 }
+
+/// `flush` reads the links one after another. A message moving from a link it has not read yet
+/// to one it has read already must not be missed: the hook runs the move right between the two
+/// reads (the first link read is the destination, the second the source).
+#[test]
+fn flush_sees_a_message_that_moves_between_links_while_it_reads_them() {
+    run(async {
+        let ((_s1, mut x), (_s2, mut y)) = (refusing_port(), refusing_port());
+        (x.id, y.id) = ("x".into(), "y".into());
+        let cfg = PubConfig { retry_min: Duration::from_secs(30), retry_max: Duration::from_secs(30), evict_after: 1000, ..config() };
+        let p = publisher_with(cfg);
+        p.set_routes("t", vec![("q".into(), vec![x, y])]).unwrap();
+        publish(&p, &["m"]);
+        let seq = p.last_seq();
+        // both members refuse: the message ends up waiting in one queue (its worker backs off)
+        eventually("the message waits in a queue", || p.all_links().iter().map(|l| l.queue_len()).sum::<usize>() == 1).await;
+        let links = p.all_links();
+        let (first, second) = (links[0].clone(), links[1].clone());
+        if first.queue_len() == 1 {
+            let m = first.take_all();
+            p.leftovers(&first, m); // onto the other member: the second link read
+        }
+        assert_eq!(second.queue_len(), 1);
+        let moved = std::sync::atomic::AtomicBool::new(false);
+        let pending = p.min_pending_reading(|| {
+            if !moved.swap(true, Relaxed) {
+                let m = second.take_all();
+                p.leftovers(&second, m); // to the first link, read already
+            }
+        });
+        assert!(moved.load(Relaxed));
+        assert_eq!(first.queue_len(), 1, "the message moved to the first link");
+        assert!(pending.is_some_and(|m| m <= seq), "flush would have seen the message done while it moved: {pending:?}");
+        p.close();
+    });
+}
