@@ -1,7 +1,8 @@
 //! The publishing side's facade (`Publisher`): accept messages (numbered and handed to the
 //! dispatcher on the runtime: `ingress.rs`, `wakeups.rs`), route them (`route_accepted`, on the
 //! dispatcher) along their topic's route onto node queues, park what has no route in the backlog, decide what becomes of
-//! a leaving node's messages (`leftovers`), apply route updates, and `flush` / `close`.
+//! a leaving node's messages (`leftovers`, in `publisher/handover.rs`), apply route updates,
+//! and `flush` / `close`.
 //!
 //! Broadcast: every node of the broadcast version gets the message, each on its own queue with
 //! its own retry state. Queue group: one node per message, round-robin over healthy nodes, and a
@@ -56,19 +57,6 @@ pub const ROUTE_INLINE: usize = 256;
 const MIN_PENDING_TRIES: usize = 8;
 /// How often a request without a reachable subscriber looks again.
 const REQUEST_TICK: Duration = Duration::from_millis(10);
-
-/// Tells a link, when dropped, that the lot it handed on (lowest sequence number `first`) is
-/// placed elsewhere (`NodeLink::handed_on`).
-struct HandedOn<'a> {
-    link: &'a NodeLink,
-    first: u64,
-}
-
-impl std::ops::Drop for HandedOn<'_> {
-    fn drop(&mut self) {
-        self.link.handed_on(self.first);
-    }
-}
 
 pub struct Publisher {
     routes: Routes,
@@ -384,36 +372,10 @@ impl Publisher {
         pushed.len >= self.high_water() && !link.is_failing()
     }
 
-    /// Park messages of `topic` (oldest first), counting their overflow drops as one notice.
-    fn park_all(&self, topic: &Arc<str>, msgs: Vec<Msg>) {
-        Stats::add(&self.stats.backlogged, msgs.len() as u64);
-        let dropped = msgs.into_iter().map(|m| self.backlog.push(topic, m).dropped).sum();
-        self.count_drop(topic, Drop::BacklogOverflow, dropped);
-    }
-
-    fn park_front(&self, topic: &Arc<str>, mut msgs: Vec<Msg>) {
-        msgs.sort_by_key(|m| m.seq);
-        Stats::add(&self.stats.backlogged, msgs.len() as u64);
-        let out = self.backlog.push_front_all(topic, msgs);
-        self.count_drop(topic, Drop::BacklogOverflow, out.dropped);
-    }
-
     /// Count `n` dropped messages of `topic` (the counters, and a notice for callbacks and logs).
     fn count_drop(&self, topic: &Arc<str>, reason: Drop, n: u64) {
         self.stats.count_drop(reason, n);
         self.notices.dropped(topic, reason, n);
-    }
-
-    /// Send what waits in the backlog for `topic` to its route, oldest first.
-    pub fn drain_backlog(self: &Arc<Self>, topic: &str) {
-        loop {
-            let Some(route) = self.routes.get(topic).filter(|r| r.is_usable()) else { return };
-            let items = self.backlog.drain(topic, 256);
-            if items.is_empty() {
-                return;
-            }
-            let _ = self.send_all_to_route(&route, items);
-        }
     }
 
     /// Replace the route of `topic`: `groups` are (registry version, nodes). Nodes that left are
@@ -484,93 +446,6 @@ impl Publisher {
         }
         self.drain_backlog(topic);
         unusable.map_or(Ok(()), Err)
-    }
-
-    /// Messages of a node that left (unsubscribed, disconnected, answered 404, or evicted), one
-    /// rule for all: a queue group hands them to another member (or, with none left, to the
-    /// backlog); a broadcast copy is dropped only when another subscription of the topic has it
-    /// or will get it (another node holds a copy, or one delivered it); otherwise it waits in the
-    /// backlog, ahead of newer messages, for the next subscriber.
-    pub(crate) fn leftovers(self: &Arc<Self>, link: &Arc<NodeLink>, msgs: Vec<Msg>) {
-        let Some(first) = msgs.iter().map(|m| m.seq).min() else { return };
-        // taken out of `link` (`take_all`): counted there for `flush` until placed here
-        let _placed = HandedOn { link, first };
-        Stats::sub(&self.stats.in_flight, msgs.len() as u64);
-        if link.queue_group.is_some() {
-            let route = self.routes.get(&link.topic);
-            if let Some(g) = route.as_ref().and_then(|r| r.group(&link.queue_group)).filter(|g| g.has_other_than(link)) {
-                for m in msgs {
-                    m.share.release(false);
-                    if let Some(l) = g.pick(Some(link)) {
-                        let _ = self.enqueue(l, [m]);
-                    }
-                }
-                self.note_moved();
-                return;
-            }
-        }
-        let mut park = Vec::with_capacity(msgs.len());
-        let mut dropped = 0u64;
-        for m in msgs {
-            let others = m.share.release(false);
-            let covered = others > 0 || m.share.reached_someone();
-            if link.queue_group.is_none() && covered {
-                dropped += 1;
-            } else {
-                park.push(m); // nobody else has it: wait for the next subscriber
-            }
-        }
-        self.count_drop(&link.topic, Drop::LeftWhileOthersHaveIt, dropped);
-        link.counters.count_drop(Drop::LeftWhileOthersHaveIt, dropped);
-        if park.is_empty() {
-            return;
-        }
-        // they are older than what was parked while the node was failing: they go first
-        self.park_front(&link.topic, park);
-        self.drain_backlog(&link.topic);
-    }
-
-    /// For a queue group, hand failed messages to a healthy member; returns what stays here.
-    pub(crate) fn failover(&self, link: &Arc<NodeLink>, msgs: Vec<Msg>) -> Vec<Msg> {
-        if link.queue_group.is_none() {
-            return msgs;
-        }
-        let Some(route) = self.routes.get(&link.topic) else { return msgs };
-        let Some(g) = route.group(&link.queue_group) else { return msgs };
-        let Some(other) = g.pick(Some(link)).filter(|o| !o.is_failing()).cloned() else { return msgs };
-        let shares: Vec<_> = msgs.iter().map(|m| m.share.clone()).collect();
-        Stats::sub(&self.stats.in_flight, msgs.len() as u64); // `enqueue` counts them again
-        let _ = self.enqueue(&other, msgs);
-        self.note_moved();
-        for share in shares {
-            share.release(false); // the copy moved: this node no longer holds it
-        }
-        Vec::new()
-    }
-
-    /// Where undeliverable messages go from now on (without a sink they are only counted).
-    pub fn set_dead_letter_sink(&self, sink: DeadLetterSink) {
-        *self.dead_letters.write() = Some(sink);
-    }
-
-    /// `m` failed `max_deliveries` handler attempts on `link`: it leaves the delivery machinery
-    /// (counted as dead-lettered, not dropped) and goes to the dead-letter sink.
-    pub(crate) fn undeliverable(&self, link: &NodeLink, m: Msg, error: String) {
-        m.share.release(false);
-        Stats::sub(&self.stats.in_flight, 1);
-        Stats::add(&self.stats.dead_lettered, 1);
-        self.set_error(format!("{} failed {} times on {}: {error}", m.topic, m.attempts, link.spec.address));
-        if let Some(sink) = self.dead_letters.read().as_ref() {
-            sink(DeadLetter {
-                topic: m.topic.clone(),
-                payload: m.payload.clone(),
-                node: link.spec.id.clone(),
-                address: link.spec.address.clone(),
-                error,
-                attempts: m.attempts,
-            });
-        }
-        self.progress.notify();
     }
 
     /// A delivery error: `stats()["last_error"]`, and a notice for `on_error`.
@@ -644,11 +519,6 @@ impl Publisher {
         Some(0)
     }
 
-    /// Messages just reached another node's queue (before their old node lets go of them).
-    fn note_moved(&self) {
-        self.moved.fetch_add(1, Ordering::SeqCst);
-    }
-
     /// Wait until every message published up to `target` is delivered, refused or parked.
     pub async fn flush(self: Arc<Self>, target: u64, timeout: Duration) -> bool {
         self.progress.wait_until(FLUSH_TICK, timeout, || self.min_pending().is_none_or(|m| m > target)).await
@@ -714,6 +584,8 @@ impl Publisher {
         self.routes.get(topic).map_or(0, |r| r.node_count())
     }
 }
+
+mod handover;
 
 #[cfg(test)]
 #[path = "publisher_tests.rs"]
