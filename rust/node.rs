@@ -485,8 +485,7 @@ impl LinkState {
         self.queue = all.into();
     }
 
-    /// The queue and the deferred retries, oldest first.
-    /// Everything queued or deferred, in order; counted as being handed on until `handed_on`.
+    /// Everything queued or deferred, oldest first; counted as being handed on until `handed_on`.
     fn take_everything(&mut self) -> Vec<Msg> {
         let mut all: Vec<Msg> = self.queue.drain(..).collect();
         if !self.deferred.is_empty() {

@@ -332,6 +332,7 @@ impl Publisher {
                     congested |= self.enqueue(last, msgs.clone());
                 }
                 Some(_) if msgs.as_ref().len() == 1 => {
+                    // a lone `publish`: one pick, without `deal`'s list per member
                     if let Some(l) = g.pick(None) {
                         congested |= self.enqueue(l, msgs.clone());
                     }
@@ -507,10 +508,7 @@ impl Publisher {
                 if i == 1 {
                     between();
                 }
-                min = match (min, l.min_pending()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                min = min.into_iter().chain(l.min_pending()).min();
             }
             if self.moved.load(Ordering::SeqCst) == moved {
                 return min;

@@ -126,9 +126,9 @@ pub(crate) struct Worker {
 /// the ordered mode (`node_inflight = 1`) to a broadcast node that takes batches, the ordered
 /// pipeline (`receipt.rs`): `PIPELINE` workers, each taking a batch only once the node received
 /// the last one sent. Queue group members are not pipelined: each member's idle time between
-/// batches is the others' busy time already, and on 2 cores a queue group of 4 processes
-/// measured 0.9–2.1M msg/s pipelined against 1.7–2.3M one batch at a time (more memory in
-/// flight, more runnable threads than cores).
+/// batches is the others' busy time already, and pipelining them showed no gain on 2 cores
+/// (0.9–2.1M msg/s against 1.7–2.3M, measured one build after the other on a machine where both
+/// swing between those two levels: `benches/README.md`, section 3).
 pub(crate) fn spawn(publisher: &Arc<Publisher>, link: Arc<NodeLink>) {
     let inflight = publisher.config().node_inflight.max(1);
     let gated = inflight == 1 && link.spec.takes_batches() && link.queue_group.is_none();
