@@ -58,6 +58,15 @@ const MIN_PENDING_TRIES: usize = 8;
 /// How often a request without a reachable subscriber looks again.
 const REQUEST_TICK: Duration = Duration::from_millis(10);
 
+/// What one dispatch along a route did (`send_to_route`).
+#[derive(Default)]
+struct Dispatched {
+    /// a healthy node is past the high-water mark
+    congested: bool,
+    /// messages nodes refused that went nowhere else (`place_refused`): oldest first, once each
+    unplaced: Vec<Msg>,
+}
+
 pub struct Publisher {
     routes: Routes,
     /// every node link, by topic and node id, including evicted ones (their worker probes)
@@ -264,7 +273,13 @@ impl Publisher {
                 if !self.backlog.is_empty() {
                     self.drain_backlog(&topic); // what waits there is older: it goes first
                 }
-                self.send_all_to_route(&r, msgs)
+                let sent = self.send_all_to_route(&r, msgs);
+                if !sent.unplaced.is_empty() {
+                    self.park_all(&topic, sent.unplaced);
+                    // a route set since the lookup drained the backlog before these got there
+                    self.drain_backlog(&topic);
+                }
+                sent.congested
             }
             _ => {
                 self.park_all(&topic, msgs);
@@ -276,9 +291,12 @@ impl Publisher {
     }
 
     /// `send_to_route` for a list: one message goes as an array (no list per node).
-    fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> bool {
+    fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> Dispatched {
         if msgs.len() == 1 {
-            return msgs.pop().is_some_and(|m| self.send_to_route(route, [m]));
+            return match msgs.pop() {
+                Some(m) => self.send_to_route(route, [m]),
+                None => Dispatched::default(),
+            };
         }
         self.send_to_route(route, msgs)
     }
@@ -306,9 +324,10 @@ impl Publisher {
 
     /// Dispatch `msgs` (one topic, in order) along `route`: a broadcast node takes all of them
     /// under one lock of its queue; a queue group picks a member per message, and each member
-    /// takes its share under one lock. True when a
-    /// healthy node is past the high-water mark.
-    fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, mut msgs: M) -> bool
+    /// takes its share under one lock. What nodes refused because they left since the route
+    /// was looked up is placed once the dispatch is done (`place_refused`): what is left of it
+    /// comes back in `unplaced`, for the caller to park.
+    fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, mut msgs: M) -> Dispatched
     where
         M: AsRef<[Msg]> + AsMut<[Msg]> + IntoIterator<Item = Msg> + Clone,
     {
@@ -317,39 +336,62 @@ impl Publisher {
             m.renew_share();
         }
         let mut congested = false;
+        let mut refused = Vec::new();
         let groups = route.groups();
+        let mut rest = Some(msgs);
         for (i, g) in groups.iter().enumerate() {
+            let Some(msgs) = rest.as_ref() else { break };
             match g.queue() {
                 None => {
                     let Some((last, others)) = g.nodes().split_last() else { continue };
                     for l in others {
-                        congested |= self.enqueue(l, msgs.clone());
+                        congested |= self.enqueue_or_refuse(l, &mut refused, msgs.clone());
                     }
                     if i + 1 == groups.len() {
                         // the last node of all takes the list itself, not a copy
-                        return self.enqueue(last, msgs) || congested;
+                        if let Some(all) = rest.take() {
+                            congested |= self.enqueue_or_refuse(last, &mut refused, all);
+                        }
+                    } else {
+                        congested |= self.enqueue_or_refuse(last, &mut refused, msgs.clone());
                     }
-                    congested |= self.enqueue(last, msgs.clone());
                 }
                 Some(_) if msgs.as_ref().len() == 1 => {
                     // a lone `publish`: one pick, without `deal`'s list per member
                     if let Some(l) = g.pick(None) {
-                        congested |= self.enqueue(l, msgs.clone());
+                        congested |= self.enqueue_or_refuse(l, &mut refused, msgs.clone());
                     }
                 }
                 Some(_) => {
                     for (l, share) in g.deal(msgs.as_ref()) {
-                        congested |= self.enqueue(l, share);
+                        congested |= self.enqueue_or_refuse(l, &mut refused, share);
                     }
                 }
             }
         }
-        congested
+        Dispatched { congested, unplaced: self.place_refused(refused) }
     }
 
     /// Queue messages on one node under one lock of its queue (`[msg]` for one); returns true
-    /// when that healthy node is past the high-water mark.
+    /// when that healthy node is past the high-water mark. What the node refuses (it left) is
+    /// parked.
     fn enqueue<M: AsRef<[Msg]> + IntoIterator<Item = Msg>>(&self, link: &Arc<NodeLink>, msgs: M) -> bool {
+        let mut refused = Vec::new();
+        let past_high_water = self.enqueue_or_refuse(link, &mut refused, msgs);
+        for (_, gone) in refused {
+            self.park_all(&link.topic, gone);
+        }
+        past_high_water
+    }
+
+    /// `enqueue`, but what the node refuses (it was removed or evicted since the route was
+    /// looked up) goes into `refused` with the node, not to the backlog.
+    fn enqueue_or_refuse<M: AsRef<[Msg]> + IntoIterator<Item = Msg>>(
+        &self,
+        link: &Arc<NodeLink>,
+        refused: &mut Vec<(Arc<NodeLink>, Vec<Msg>)>,
+        msgs: M,
+    ) -> bool {
         if !link.spec.frames {
             for m in msgs.as_ref() {
                 let _ = m.payload.json(); // made here, once, not under the node's queue lock
@@ -366,7 +408,7 @@ impl Publisher {
         }
         if !pushed.gone.is_empty() {
             Stats::sub(&self.stats.in_flight, pushed.gone.len() as u64);
-            self.park_all(&link.topic, pushed.gone);
+            refused.push((link.clone(), pushed.gone));
             return false;
         }
         self.wakeups.wake(link);

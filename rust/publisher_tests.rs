@@ -190,6 +190,52 @@ fn a_queue_group_takes_turns() {
     });
 }
 
+/// Nodes marked removed while the route still lists them: a route update racing a dispatch
+/// (`set_routes` marks the nodes that left, then replaces the route).
+fn remove_all_but(p: &Arc<Publisher>, keep: &[&str]) {
+    let route = p.routes().get("t").expect("a route");
+    for l in route.groups().iter().flat_map(|g| g.nodes()) {
+        if !keep.contains(&l.spec.id.as_str()) {
+            l.mark_removed();
+        }
+    }
+}
+
+#[test]
+fn a_queue_group_that_left_during_the_dispatch_parks_its_shares_in_order() {
+    run(async {
+        let (a, b) = (node(&[]).await, node(&[]).await);
+        let p = publisher();
+        p.set_routes("t", vec![("q".into(), vec![a.spec("a"), b.spec("b")])]).unwrap();
+        remove_all_but(&p, &[]);
+        let msgs = (1..=6).map(|i| Msg::new(0, Arc::from("t"), Payload::new("t", std::iter::empty(), i.to_string().as_bytes())));
+        let _ = p.publish_all(msgs.collect()); // one run, dealt a: 1 3 5, b: 2 4 6
+        p.settle();
+        let parked: Vec<u64> = p.backlog.drain("t", 100).iter().map(|m| m.seq).collect();
+        assert_eq!(parked, [1, 2, 3, 4, 5, 6], "both shares refused: parked in publish order, once each");
+        assert!(a.got().is_empty() && b.got().is_empty());
+        p.close();
+    });
+}
+
+#[test]
+fn a_broadcast_node_that_left_during_the_dispatch_does_not_park_what_another_node_took() {
+    run(async {
+        let (x, y) = (node(&[]).await, node(&[]).await);
+        let p = publisher();
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![x.spec("x"), y.spec("y")])]).unwrap();
+        remove_all_but(&p, &["y"]);
+        publish(&p, &["1", "2", "3"]);
+        assert!(flushed(&p).await);
+        // parked, x's copies would reach y a second time once the backlog drained to the route
+        assert_eq!(y.got(), ["1", "2", "3"], "y got each message once");
+        assert!(x.got().is_empty());
+        assert_eq!(p.backlog.len("t"), 0, "nothing parked: y has every message");
+        assert_eq!(p.stats().backlogged.load(Relaxed), 0);
+        p.close();
+    });
+}
+
 #[test]
 fn no_route_parks_and_a_new_route_drains() {
     run(async {
