@@ -311,10 +311,18 @@ impl Publisher {
         all
     }
 
-    /// True while some healthy node still has more than a quarter of `node_queue` queued.
+    /// True while some healthy node that messages go to still has more than a quarter of
+    /// `node_queue` queued. A link that left (replaced or removed) does not count: its queue goes
+    /// elsewhere once its worker looks, which can take a whole request timeout, and counts there.
     fn congested(&self) -> bool {
         let low = self.cfg.node_queue / 4;
-        self.wakeups.accepted_len() > low || self.all_links().iter().any(|l| !l.is_failing() && l.queue_len() > low)
+        self.wakeups.accepted_len() > low
+            || self
+                .links
+                .lock()
+                .values()
+                .flat_map(|by_id| by_id.values())
+                .any(|l| !l.is_failing() && !l.is_removed() && l.queue_len() > low)
     }
 
     /// Wait until no healthy node is congested (or `timeout` passes; returns false then).

@@ -798,6 +798,35 @@ fn flush_waits_for_the_queue_of_a_replaced_link() {
     });
 }
 
+/// A replaced link's queue (the node re-announced at another address) waits until its worker
+/// hands it on, which can take a whole request timeout; it goes to other links then, and until
+/// then it must not hold back the producer: `wait_room` looks at the links messages go to.
+#[test]
+fn the_queue_of_a_replaced_link_does_not_hold_back_the_producer() {
+    run(async {
+        // a node that takes connections and never answers: the worker's send hangs
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hanging = NodeSpec { address: listener.local_addr().unwrap().to_string(), ..TestNode::spec_for("a") };
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let b = node(&[]).await;
+        let p = publisher_with(PubConfig { node_queue: 8, ..config() });
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![hanging])]).unwrap();
+        publish(&p, &["1", "2", "3", "4", "5", "6", "7"]);
+        eventually("one on the wire, six queued", || p.all_links().first().is_some_and(|l| l.queue_len() == 6)).await;
+        assert!(!p.clone().wait_room(Duration::from_millis(100)).await, "six queued of 8: congested");
+        // the same node id, now at b's address: the old link keeps its six until its send times out
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![b.spec("a")])]).unwrap();
+        assert!(p.clone().wait_room(Duration::from_secs(5)).await, "the replaced link's queue held back the producer");
+        p.close();
+        held.abort();
+    });
+}
+
 /// A node whose announced address cannot be used is left out; the others of the same update
 /// are routed and get their workers (before, the error returned half-way: nodes listed before
 /// the bad one were installed without workers, and `flush` waited for them for ever).
