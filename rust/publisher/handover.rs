@@ -77,11 +77,11 @@ impl Publisher {
 
     /// Place what nodes refused during one dispatch because they left since the route was
     /// looked up (`send_to_route`): a queue member's share goes to another member of its group
-    /// (behind what that one has); a broadcast copy is dropped when another subscription of the topic took the
-    /// message in this dispatch (parked, it would reach that one twice). Returns the rest,
-    /// oldest first and once each, to park: parked one share after another, a queue group's
-    /// messages were out of order (1, 3, 5, 2, 4, 6), and a broadcast message refused by two
-    /// nodes was parked twice.
+    /// (behind what that one has); a broadcast copy is dropped when another subscription of the
+    /// topic took the message in this dispatch (parked, it would reach that one twice). Returns
+    /// the rest, oldest first and once each, to park: parked one share after another, a queue
+    /// group's messages were out of order (1, 3, 5, 2, 4, 6), and a broadcast message refused by
+    /// two nodes was parked twice.
     pub(super) fn place_refused(&self, refused: Vec<(Arc<NodeLink>, Vec<Msg>)>) -> Vec<Msg> {
         let mut unplaced = Vec::new();
         for (link, msgs) in refused {
