@@ -35,17 +35,7 @@ impl TestNode {
 
     /// A plain HTTP/1.1 node `id` (one JSON envelope per POST) at no address yet.
     fn spec_for(id: &str) -> NodeSpec {
-        NodeSpec {
-            id: id.into(),
-            address: String::new(),
-            batch: false,
-            frames: false,
-            secure: false,
-            h2: false,
-            max_body: None,
-            max_deliveries: None,
-            path: String::new(),
-        }
+        NodeSpec { address: String::new(), ..crate::node::tests::spec(id, false) }
     }
 
     fn got(&self) -> Vec<String> {
