@@ -80,20 +80,7 @@ fn refusing_port() -> (TcpSocket, NodeSpec) {
     let s = TcpSocket::new_v4().unwrap();
     s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = s.local_addr().unwrap().to_string();
-    (
-        s,
-        NodeSpec {
-            id: "a".into(),
-            address,
-            batch: false,
-            frames: false,
-            secure: false,
-            h2: false,
-            max_body: None,
-            max_deliveries: None,
-            path: String::new(),
-        },
-    )
+    (s, NodeSpec { address, ..TestNode::spec_for("a") })
 }
 
 async fn node(script: &[u16]) -> TestNode {
