@@ -276,8 +276,13 @@ impl Publisher {
                 let sent = self.send_all_to_route(&r, msgs);
                 if !sent.unplaced.is_empty() {
                     self.park_all(&topic, sent.unplaced);
-                    // a route set since the lookup drained the backlog before these got there
-                    self.drain_backlog(&topic);
+                    // a route set since the lookup drained the backlog before these got there;
+                    // while the route is the one looked up, its change is still to come and
+                    // drains then, or the topic's next publish does (draining now would send
+                    // the others their copies again)
+                    if !self.routes.get(&topic).is_some_and(|now| Arc::ptr_eq(&now, &r)) {
+                        self.drain_backlog(&topic);
+                    }
                 }
                 sent.congested
             }
@@ -377,7 +382,8 @@ impl Publisher {
                 }
             }
         }
-        Dispatched { congested, unplaced: self.place_refused(refused) }
+        let (moved_congested, unplaced) = self.place_refused(refused);
+        Dispatched { congested: congested || moved_congested, unplaced }
     }
 
     /// Queue messages on one node under one lock of its queue (`[msg]` for one); returns true

@@ -20,10 +20,6 @@ use crate::msg::{DeadLetter, Msg};
 use crate::node::NodeLink;
 use crate::stats::{Drop, Stats};
 
-/// Passes of `drain_backlog` in which a node refused what it was sent (it just left) before
-/// the drain leaves the rest to the route change under way.
-const DRAIN_REFUSALS: usize = 3;
-
 /// Tells a link, when dropped, that the lot it handed on (lowest sequence number `first`) is
 /// placed elsewhere (`NodeLink::handed_on`).
 struct HandedOn<'a> {
@@ -52,11 +48,12 @@ impl Publisher {
         self.count_drop(topic, Drop::BacklogOverflow, out.dropped);
     }
 
-    /// Send what waits in the backlog for `topic` to its route, oldest first. What nodes refuse
-    /// because they just left goes back to the front, and the route is looked up again: a few
-    /// times, then it waits for the route change under way, which drains again.
+    /// Send what waits in the backlog for `topic` to its route, oldest first. What a node refuses
+    /// because it just left goes back to the front, and the drain stops there: the route change
+    /// under way drains again once the route no longer lists that node, or the topic's next
+    /// publish does (sending again along the same route would hand the others their copies once
+    /// more).
     pub fn drain_backlog(self: &Arc<Self>, topic: &str) {
-        let mut refusals = 0;
         loop {
             let Some(route) = self.routes.get(topic).filter(|r| r.is_usable()) else { return };
             let items = self.backlog.drain(topic, 256);
@@ -67,41 +64,43 @@ impl Publisher {
             if !sent.unplaced.is_empty() {
                 let t: Arc<str> = Arc::from(topic);
                 self.park_front(&t, sent.unplaced);
-                refusals += 1;
-                if refusals == DRAIN_REFUSALS {
-                    return;
-                }
+                return;
             }
         }
     }
 
     /// Place what nodes refused during one dispatch because they left since the route was
-    /// looked up (`send_to_route`): a queue member's share goes to another member of its group
-    /// (behind what that one has); a broadcast copy is dropped when another subscription of the
-    /// topic took the message in this dispatch (parked, it would reach that one twice). Returns
-    /// the rest, oldest first and once each, to park: parked one share after another, a queue
-    /// group's messages were out of order (1, 3, 5, 2, 4, 6), and a broadcast message refused by
-    /// two nodes was parked twice.
-    pub(super) fn place_refused(&self, refused: Vec<(Arc<NodeLink>, Vec<Msg>)>) -> Vec<Msg> {
+    /// looked up (`send_to_route`), by the rule of `leftovers`: a queue member's share goes to
+    /// another member of its group (behind what that one has) or, with none, waits in the
+    /// backlog; then a broadcast copy is dropped when another subscription of the topic took the
+    /// message in this dispatch, a share moved just now included (parked, it would reach that
+    /// one twice). Returns (a node the moved shares went to is past the high-water mark, what is
+    /// left to park: oldest first, once each). Parked one share after another, a queue group's
+    /// messages were out of order (1, 3, 5, 2, 4, 6), and a broadcast message refused by two
+    /// nodes was parked twice.
+    pub(super) fn place_refused(&self, refused: Vec<(Arc<NodeLink>, Vec<Msg>)>) -> (bool, Vec<Msg>) {
+        let mut congested = false;
         let mut unplaced = Vec::new();
+        let mut broadcast = Vec::new();
         for (link, msgs) in refused {
             if link.queue_group.is_none() {
-                unplaced.extend(msgs.into_iter().filter(|m| m.share.holders() == 0 && !m.share.reached_someone()));
+                broadcast.extend(msgs);
                 continue;
             }
             let route = self.routes.get(&link.topic);
             match route.as_ref().and_then(|r| r.group(&link.queue_group)).and_then(|g| g.pick(Some(&link))) {
                 Some(other) if !Arc::ptr_eq(other, &link) => {
                     let mut again = Vec::new();
-                    let _ = self.enqueue_or_refuse(other, &mut again, msgs);
+                    congested |= self.enqueue_or_refuse(other, &mut again, msgs);
                     unplaced.extend(again.into_iter().flat_map(|(_, gone)| gone));
                 }
                 _ => unplaced.extend(msgs),
             }
         }
+        unplaced.extend(broadcast.into_iter().filter(|m| m.share.holders() == 0 && !m.share.reached_someone()));
         unplaced.sort_by_key(|m| m.seq);
         unplaced.dedup_by_key(|m| m.seq);
-        unplaced
+        (congested, unplaced)
     }
 
     /// Messages of a node that left (unsubscribed, disconnected, answered 404, or evicted), one
