@@ -87,14 +87,13 @@ impl Publisher {
                 broadcast.extend(msgs);
                 continue;
             }
-            let route = self.routes.get(&link.topic);
-            match route.as_ref().and_then(|r| r.group(&link.queue_group)).and_then(|g| g.pick(Some(&link))) {
-                Some(other) if !Arc::ptr_eq(other, &link) => {
+            match self.other_member(&link) {
+                Some(other) => {
                     let mut again = Vec::new();
-                    congested |= self.enqueue_or_refuse(other, &mut again, msgs);
+                    congested |= self.enqueue_or_refuse(&other, &mut again, msgs);
                     unplaced.extend(again.into_iter().flat_map(|(_, gone)| gone));
                 }
-                _ => unplaced.extend(msgs),
+                None => unplaced.extend(msgs),
             }
         }
         unplaced.extend(broadcast.into_iter().filter(|m| m.share.holders() == 0 && !m.share.reached_someone()));
@@ -147,14 +146,17 @@ impl Publisher {
         self.drain_backlog(&link.topic);
     }
 
+    /// Another member of `link`'s queue group in the topic's route now (`Group::pick`: round-robin,
+    /// healthy ones first, never `link`); None for a broadcast link or a group without another.
+    fn other_member(&self, link: &Arc<NodeLink>) -> Option<Arc<NodeLink>> {
+        link.queue_group.as_ref()?;
+        let route = self.routes.get(&link.topic)?;
+        route.group(&link.queue_group)?.pick(Some(link)).cloned()
+    }
+
     /// For a queue group, hand failed messages to a healthy member; returns what stays here.
     pub(crate) fn failover(&self, link: &Arc<NodeLink>, msgs: Vec<Msg>) -> Vec<Msg> {
-        if link.queue_group.is_none() {
-            return msgs;
-        }
-        let Some(route) = self.routes.get(&link.topic) else { return msgs };
-        let Some(g) = route.group(&link.queue_group) else { return msgs };
-        let Some(other) = g.pick(Some(link)).filter(|o| !o.is_failing()).cloned() else { return msgs };
+        let Some(other) = self.other_member(link).filter(|o| !o.is_failing()) else { return msgs };
         let shares: Vec<_> = msgs.iter().map(|m| m.share.clone()).collect();
         Stats::sub(&self.stats.in_flight, msgs.len() as u64); // `enqueue` counts them again
         let _ = self.enqueue(&other, msgs);
