@@ -4,6 +4,10 @@
 //! drops its oldest entry and counts the drop. Besides the per-topic count cap there is a byte cap
 //! across all topics: when it is exceeded the globally oldest entries are dropped (and counted
 //! against their topic) until the total fits. Safe to share between threads. Pure Rust.
+//!
+//! A ring can be *held* (`push_front_held`): everything in it waits for something other than
+//! the next drain (the caller's `tag` says what it waited on), so that the caller can skip
+//! draining it again until the tag changes (`held`). Any new entry lifts the hold.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -29,11 +33,13 @@ impl Weighted for Vec<u8> {
 struct Ring<T> {
     items: VecDeque<(u64, T)>,
     dropped: u64,
+    /// every entry waits for something other than the next drain (`push_front_held`)
+    held: Option<u64>,
 }
 
 impl<T> Default for Ring<T> {
     fn default() -> Self {
-        Ring { items: VecDeque::new(), dropped: 0 }
+        Ring { items: VecDeque::new(), dropped: 0, held: None }
     }
 }
 
@@ -94,6 +100,7 @@ impl<T: Weighted> Backlog<T> {
                 Some(r) => r,
                 None => inner.topics.entry(topic.to_string()).or_default(),
             };
+            ring.held = None;
             if ring.items.len() >= self.capacity {
                 if let Some((_, old)) = ring.items.pop_front() {
                     ring.dropped += 1;
@@ -127,10 +134,27 @@ impl<T: Weighted> Backlog<T> {
     /// could not be sent. They keep their place before anything pushed meanwhile; caps still apply
     /// (the oldest are dropped first).
     pub fn push_front_all(&self, topic: &str, items: Vec<T>) -> PushOutcome {
+        self.put_front(topic, items, None)
+    }
+
+    /// `push_front_all`, and when the ring then holds exactly `items` (nothing was pushed since
+    /// they were drained) it is held under `tag` until an entry is pushed: `held` returns `tag`.
+    pub fn push_front_held(&self, topic: &str, items: Vec<T>, tag: u64) -> PushOutcome {
+        self.put_front(topic, items, Some(tag))
+    }
+
+    /// The tag of a held ring (`push_front_held`), None when not held.
+    pub fn held(&self, topic: &str) -> Option<u64> {
+        self.inner.lock().topics.get(topic).and_then(|r| r.held)
+    }
+
+    fn put_front(&self, topic: &str, items: Vec<T>, hold: Option<u64>) -> PushOutcome {
         let mut dropped = 0;
         let mut g = self.inner.lock();
         let inner = &mut *g;
         let ring = inner.topics.entry(topic.to_string()).or_default();
+        let alone = ring.items.is_empty();
+        ring.held = None;
         // Older than anything present: sequence numbers below the current front.
         let mut front_seq = ring.items.front().map(|(s, _)| *s).unwrap_or(inner.next_seq);
         for item in items.into_iter().rev() {
@@ -144,6 +168,9 @@ impl<T: Weighted> Backlog<T> {
             inner.total_bytes += w;
             inner.total_len += 1;
             ring.items.push_front((front_seq, item));
+        }
+        if alone && !ring.items.is_empty() {
+            ring.held = hold;
         }
         inner.dropped_total += dropped;
         PushOutcome { dropped }
@@ -292,6 +319,31 @@ mod tests {
         bl.push("t", b("3"));
         bl.push_front_all("t", vec![b("1"), b("2")]);
         assert_eq!(bl.drain("t", 10), vec![b("1"), b("2"), b("3")]);
+    }
+
+    #[test]
+    fn a_held_ring_stays_held_until_an_entry_is_pushed() {
+        let bl = Backlog::new(10, 1 << 20);
+        bl.push("t", b("1"));
+        let items = bl.drain("t", 10);
+        bl.push_front_held("t", items, 7);
+        assert_eq!(bl.held("t"), Some(7));
+        assert_eq!(bl.len("t"), 1);
+        bl.push("t", b("2"));
+        assert_eq!(bl.held("t"), None, "a new entry lifts the hold");
+        // put back in front of an entry pushed since the drain: not held
+        let first = bl.drain("t", 1);
+        bl.push("t", b("3"));
+        bl.push_front_held("t", first, 7);
+        assert_eq!(bl.held("t"), None);
+        assert_eq!(bl.drain("t", 10), vec![b("1"), b("2"), b("3")]);
+        // an ordinary put-back lifts it too
+        bl.push("t", b("4"));
+        let items = bl.drain("t", 10);
+        bl.push_front_held("t", items, 1);
+        bl.push_front_all("t", vec![b("0")]);
+        assert_eq!(bl.held("t"), None);
+        assert_eq!(bl.held("missing"), None);
     }
 
     #[test]

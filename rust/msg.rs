@@ -56,11 +56,15 @@ pub struct Msg {
     pub attempts: u32,
     /// when it was published, for the delivery-latency histogram (None: not timed)
     pub published_at: Option<std::time::Instant>,
+    /// the queue group this message is still owed to, and only that one: a member's share
+    /// that waits in the backlog because its node left and the group had no other member
+    /// (the topic's other subscriptions are not sent it again). None: every subscription.
+    pub owed_to: Option<String>,
 }
 
 impl Msg {
     pub fn new(seq: u64, topic: Arc<str>, payload: Payload) -> Self {
-        Msg { seq, topic, payload: Arc::new(payload), share: Arc::default(), attempts: 0, published_at: None }
+        Msg { seq, topic, payload: Arc::new(payload), share: Arc::default(), attempts: 0, published_at: None, owed_to: None }
     }
 
     /// Start a fresh dispatch: unless this message's share record is unused, its copies get a

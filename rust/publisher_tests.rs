@@ -258,6 +258,63 @@ fn a_refused_share_waits_in_the_backlog_without_resending_the_others_copies() {
 }
 
 #[test]
+fn a_share_waiting_for_its_queue_group_is_not_sent_to_the_other_subscriptions_again() {
+    // the group's only member a left during the dispatch: its share waits for the group's next
+    // member, and the route changes without that group (before, the drain sent y "1" again and
+    // the group never got it)
+    run(async {
+        let (y, a, b) = (node(&[]).await, node(&[]).await, node(&[]).await);
+        let p = publisher();
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
+        remove_all_but(&p, &["y"]);
+        publish(&p, &["1"]);
+        assert!(flushed(&p).await);
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")])]).unwrap();
+        publish(&p, &["2", "3"]); // published while the group has no member: not owed to it
+        assert!(flushed(&p).await);
+        assert_eq!(y.got(), ["1", "2", "3"], "y got each message once");
+        assert_eq!(p.backlog.len("t"), 1, "the group's share still waits");
+        assert!(p.backlog.held("t").is_some(), "held: publishing does not drain it again and again");
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![b.spec("b")])]).unwrap();
+        eventually("the group's next member has its share", || b.got() == ["1"]).await;
+        assert!(flushed(&p).await);
+        assert_eq!(y.got(), ["1", "2", "3"]);
+        assert!(a.got().is_empty());
+        assert_eq!(p.backlog.len("t"), 0);
+        assert_eq!(p.stats().backlogged.load(Relaxed), 1, "parked once; waiting did not count again");
+        p.close();
+    });
+}
+
+#[test]
+fn a_leaving_queue_member_without_another_leaves_its_messages_to_the_groups_next_member() {
+    // a (the group's only member) never answers, so both messages stay on its queue; it leaves
+    // the route while the broadcast node y has them: they wait for the group, not for y
+    run(async {
+        let (_socket, gone) = refusing_port();
+        let (y, c) = (node(&[]).await, node(&[]).await);
+        let mut cfg = config();
+        cfg.evict_after = 1000; // keep the dead node in the route: it leaves, it is not evicted
+        let p = publisher_with(cfg);
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![gone])]).unwrap();
+        publish(&p, &["1", "2"]);
+        eventually("y has both", || y.got() == ["1", "2"]).await;
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")])]).unwrap();
+        eventually("the left member's messages are parked", || p.backlog.len("t") == 2).await;
+        publish(&p, &["3"]);
+        eventually("y has 3", || y.got().len() == 3).await;
+        assert_eq!(y.got(), ["1", "2", "3"], "y got nothing twice");
+        assert_eq!(p.backlog.len("t"), 2);
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![c.spec("c")])]).unwrap();
+        eventually("the group's next member has them, in order", || c.got() == ["1", "2"]).await;
+        assert!(flushed(&p).await);
+        assert_eq!(y.got(), ["1", "2", "3"]);
+        assert_eq!(p.stats().dropped.load(Relaxed), 0);
+        p.close();
+    });
+}
+
+#[test]
 fn no_route_parks_and_a_new_route_drains() {
     run(async {
         let a = node(&[]).await;

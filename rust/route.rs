@@ -141,6 +141,17 @@ impl TopicRoute {
         self.groups.iter().find(|g| g.queue == *queue)
     }
 
+    /// Which queue groups this route has, as one number (a hash of their names, in any order):
+    /// equal for two routes with the same groups. For the backlog's hold (`drain_backlog`).
+    pub fn queues_tag(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut names: Vec<&str> = self.groups.iter().filter_map(|g| g.queue.as_deref()).collect();
+        names.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        names.hash(&mut h);
+        h.finish()
+    }
+
     pub fn node_count(&self) -> usize {
         self.groups.iter().map(|g| g.nodes.len()).sum()
     }

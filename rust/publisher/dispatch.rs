@@ -11,6 +11,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::handover::owed_by;
 use super::Publisher;
 use crate::ingress::Entry;
 use crate::msg::Msg;
@@ -93,22 +94,33 @@ impl Publisher {
     }
 
     /// `send_to_route` for a list: one message goes as an array (no list per node).
-    pub(super) fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, mut msgs: Vec<Msg>) -> Dispatched {
+    pub(super) fn send_all_to_route(self: &Arc<Self>, route: &TopicRoute, msgs: Vec<Msg>) -> Dispatched {
+        self.send_all_to(route, None, msgs)
+    }
+
+    /// `send_all_to_route`, to the queue group `queue` of `route` only (messages it is owed:
+    /// `Msg::owed_to`).
+    pub(super) fn send_all_to_group(self: &Arc<Self>, route: &TopicRoute, queue: &str, msgs: Vec<Msg>) -> Dispatched {
+        self.send_all_to(route, Some(queue), msgs)
+    }
+
+    fn send_all_to(self: &Arc<Self>, route: &TopicRoute, only: Option<&str>, mut msgs: Vec<Msg>) -> Dispatched {
         if msgs.len() == 1 {
             return match msgs.pop() {
-                Some(m) => self.send_to_route(route, [m]),
+                Some(m) => self.send_to_route(route, only, [m]),
                 None => Dispatched::default(),
             };
         }
-        self.send_to_route(route, msgs)
+        self.send_to_route(route, only, msgs)
     }
 
-    /// Dispatch `msgs` (one topic, in order) along `route`: a broadcast node takes all of them
-    /// under one lock of its queue; a queue group picks a member per message, and each member
-    /// takes its share under one lock. What nodes refused because they left since the route
-    /// was looked up is placed once the dispatch is done (`place_refused`): what is left of it
-    /// comes back in `unplaced`, for the caller to park.
-    fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, mut msgs: M) -> Dispatched
+    /// Dispatch `msgs` (one topic, in order) along `route` (with `only`, to that queue group
+    /// alone): a broadcast node takes all of them under one lock of its queue; a queue group
+    /// picks a member per message, and each member takes its share under one lock. What nodes
+    /// refused because they left since the route was looked up is placed once the dispatch is
+    /// done (`place_refused`): what is left of it comes back in `unplaced`, for the caller to
+    /// park.
+    fn send_to_route<M>(self: &Arc<Self>, route: &TopicRoute, only: Option<&str>, mut msgs: M) -> Dispatched
     where
         M: AsRef<[Msg]> + AsMut<[Msg]> + IntoIterator<Item = Msg> + Clone,
     {
@@ -122,6 +134,9 @@ impl Publisher {
         let mut rest = Some(msgs);
         for (i, g) in groups.iter().enumerate() {
             let Some(msgs) = rest.as_ref() else { break };
+            if only.is_some() && g.queue().as_deref() != only {
+                continue;
+            }
             match g.queue() {
                 None => {
                     let Some((last, others)) = g.nodes().split_last() else { continue };
@@ -160,8 +175,8 @@ impl Publisher {
     pub(super) fn enqueue<M: AsRef<[Msg]> + IntoIterator<Item = Msg>>(&self, link: &Arc<NodeLink>, msgs: M) -> bool {
         let mut refused = Vec::new();
         let past_high_water = self.enqueue_or_refuse(link, &mut refused, msgs);
-        for (_, gone) in refused {
-            self.park_all(&link.topic, gone);
+        for (l, gone) in refused {
+            self.park_all(&link.topic, owed_by(&l, gone));
         }
         past_high_water
     }

@@ -4,6 +4,10 @@
 //! after `max_deliveries` failed handler attempts (`undeliverable`); and what a node refused
 //! during a dispatch because it left since the route was looked up (`place_refused`).
 //!
+//! A queue member's share that goes to the backlog because its group has no other member is
+//! owed to that group alone (`owed_by`, `Msg::owed_to`): the drain sends it to the group's next
+//! member, not to the topic's other subscriptions, which had their copies.
+//!
 //! Every move from one node's queue to another's counts in `Publisher::moved` (`note_moved`)
 //! after the messages reached their new queue and before the old one lets go of them, so that
 //! `flush`, reading the links one after another, never sees them on neither.
@@ -33,6 +37,29 @@ impl std::ops::Drop for HandedOn<'_> {
     }
 }
 
+/// `msgs` that `link` cannot take, marked for the backlog: a queue member's are owed to its
+/// group alone (`Msg::owed_to`); a broadcast node's keep what they were owed.
+pub(super) fn owed_by(link: &NodeLink, mut msgs: Vec<Msg>) -> Vec<Msg> {
+    if link.queue_group.is_some() {
+        for m in &mut msgs {
+            m.owed_to = link.queue_group.clone();
+        }
+    }
+    msgs
+}
+
+/// Consecutive runs of messages owed to the same subscriptions (`Msg::owed_to`), in order.
+fn runs_by_owner(items: Vec<Msg>) -> Vec<Vec<Msg>> {
+    let mut runs: Vec<Vec<Msg>> = Vec::new();
+    for m in items {
+        match runs.last_mut() {
+            Some(run) if run[0].owed_to == m.owed_to => run.push(m),
+            _ => runs.push(vec![m]),
+        }
+    }
+    runs
+}
+
 impl Publisher {
     /// Park messages of `topic` (oldest first), counting their overflow drops as one notice.
     pub(super) fn park_all(&self, topic: &Arc<str>, msgs: Vec<Msg>) {
@@ -48,24 +75,52 @@ impl Publisher {
         self.count_drop(topic, Drop::BacklogOverflow, out.dropped);
     }
 
-    /// Send what waits in the backlog for `topic` to its route, oldest first. What a node refuses
-    /// because it just left goes back to the front, and the drain stops there: the route change
-    /// under way drains again once the route no longer lists that node, or the topic's next
-    /// publish does (sending again along the same route would hand the others their copies once
-    /// more).
+    /// Send what waits in the backlog for `topic` to its route, oldest first, each message once:
+    /// to every subscription, or to the one queue group it is owed to (`Msg::owed_to`). A
+    /// message owed to a group the route lacks stays, in its place; when only such messages are
+    /// left the topic's ring is held until the route's queue groups change or a message is
+    /// parked (`Backlog::push_front_held`), so that publishing does not drain them again and
+    /// again. What a node refuses because it just left goes back to the front, and the drain
+    /// stops there: the route change under way drains again once the route no longer lists that
+    /// node, or the topic's next publish does (sending again along the same route would hand
+    /// the others their copies once more).
     pub fn drain_backlog(self: &Arc<Self>, topic: &str) {
-        loop {
-            let Some(route) = self.routes.get(topic).filter(|r| r.is_usable()) else { return };
-            let items = self.backlog.drain(topic, 256);
+        let Some(route) = self.routes.get(topic).filter(|r| r.is_usable()) else { return };
+        let queues = route.queues_tag();
+        if self.backlog.held(topic) == Some(queues) {
+            return; // owed to queue groups this route still lacks, nothing else
+        }
+        let mut left = self.backlog.len(topic);
+        let (mut waiting, mut refused) = (Vec::new(), Vec::new());
+        while left > 0 && refused.is_empty() {
+            let items = self.backlog.drain(topic, left.min(256));
             if items.is_empty() {
-                return;
+                break;
             }
-            let sent = self.send_all_to_route(&route, items);
-            if !sent.unplaced.is_empty() {
-                let t: Arc<str> = Arc::from(topic);
-                self.park_front(&t, sent.unplaced);
-                return;
+            left -= items.len();
+            for run in runs_by_owner(items) {
+                let sent = match run[0].owed_to.clone() {
+                    None => self.send_all_to_route(&route, run),
+                    Some(q) if route.group(&Some(q.clone())).is_some() => self.send_all_to_group(&route, &q, run),
+                    Some(_) => {
+                        waiting.extend(run);
+                        continue;
+                    }
+                };
+                refused.extend(sent.unplaced);
             }
+        }
+        if waiting.is_empty() && refused.is_empty() {
+            return;
+        }
+        Stats::add(&self.stats.backlogged, refused.len() as u64);
+        let hold = refused.is_empty() && left == 0;
+        let mut back = refused;
+        back.append(&mut waiting);
+        back.sort_by_key(|m| m.seq);
+        let out = if hold { self.backlog.push_front_held(topic, back, queues) } else { self.backlog.push_front_all(topic, back) };
+        if out.dropped > 0 {
+            self.count_drop(&Arc::from(topic), Drop::BacklogOverflow, out.dropped);
         }
     }
 
@@ -91,14 +146,15 @@ impl Publisher {
                 Some(other) => {
                     let mut again = Vec::new();
                     congested |= self.enqueue_or_refuse(&other, &mut again, msgs);
-                    unplaced.extend(again.into_iter().flat_map(|(_, gone)| gone));
+                    unplaced.extend(again.into_iter().flat_map(|(l, gone)| owed_by(&l, gone)));
                 }
-                None => unplaced.extend(msgs),
+                None => unplaced.extend(owed_by(&link, msgs)),
             }
         }
         unplaced.extend(broadcast.into_iter().filter(|m| m.share.holders() == 0 && !m.share.reached_someone()));
-        unplaced.sort_by_key(|m| m.seq);
-        unplaced.dedup_by_key(|m| m.seq);
+        // once each: a copy owed to every subscription covers one owed to a single group
+        unplaced.sort_by(|a, b| a.seq.cmp(&b.seq).then_with(|| a.owed_to.cmp(&b.owed_to)));
+        unplaced.dedup_by(|later, kept| later.seq == kept.seq && (kept.owed_to.is_none() || kept.owed_to == later.owed_to));
         (congested, unplaced)
     }
 
@@ -127,13 +183,18 @@ impl Publisher {
         }
         let mut park = Vec::with_capacity(msgs.len());
         let mut dropped = 0u64;
-        for m in msgs {
+        for mut m in msgs {
             let others = m.share.release(false);
             let covered = others > 0 || m.share.reached_someone();
             if link.queue_group.is_none() && covered {
                 dropped += 1;
             } else {
-                park.push(m); // nobody else has it: wait for the next subscriber
+                // nobody else has it: wait for the next subscriber; a queue member's share, for
+                // the group's next member only (the topic's other subscriptions had their copies)
+                if link.queue_group.is_some() {
+                    m.owed_to = link.queue_group.clone();
+                }
+                park.push(m);
             }
         }
         self.count_drop(&link.topic, Drop::LeftWhileOthersHaveIt, dropped);
