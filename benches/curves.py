@@ -189,12 +189,14 @@ async def _publish_round_robin(
     body: bytes,
     timeout: float,
     cpu_per_call: list[float],
+    cpu_per_message: list[float],
 ) -> tuple[list[float], list[float]]:
     """Per-call seconds of each timed burst of ``publish`` and per-message seconds of each timed
     burst of ``publish_many``; every burst is flushed (untimed) before the next one starts. The
     publishing thread's CPU seconds per ``publish`` call of each burst go into ``cpu_per_call``
     (wall time also counts the subscriber processes and the publisher's own I/O threads taking
-    the two cores while the calls run)."""
+    the two cores while the calls run); its CPU seconds per message of each ``publish_many``
+    burst go into ``cpu_per_message``."""
     perf_counter, thread_time = time.perf_counter, time.thread_time
     publish, publish_many = broker.publish, broker.publish_many
     n = len(topics)
@@ -215,10 +217,12 @@ async def _publish_round_robin(
         for i in range(start, min(start + BURST, many_messages), MANY_CHUNK):
             plan.append((topics[call % n], chunk[: min(MANY_CHUNK, many_messages - i)]))
             call += 1
-        t0 = perf_counter()
+        t0, c0 = perf_counter(), thread_time()
         for t, bodies in plan:
             await publish_many(t, bodies)
-        per_message.append((perf_counter() - t0) / sum(len(b) for _, b in plan))
+        sent = sum(len(b) for _, b in plan)
+        per_message.append((perf_counter() - t0) / sent)
+        cpu_per_message.append((thread_time() - c0) / sent)
         await broker.flush(timeout=timeout)
     return per_call, per_message
 
@@ -240,7 +244,8 @@ def measure_topic_cost(
     ``calls``) with ``publish_many``, flushing after every timed burst of :data:`BURST`.
 
     ``us_per_publish`` / ``us_per_message_many``: median over the bursts of the time per call /
-    per message (the user-visible cost; delivery is outside the timing). ``delivery_rate``:
+    per message (the user-visible cost; delivery is outside the timing); ``us_cpu_per_publish``
+    / ``us_cpu_per_message_many``: the same, in the publishing thread's CPU. ``delivery_rate``:
     every message over the whole publishing phase, flushes included (delivered msg/s when
     round-robin over the topics). ``h2``: the nodes announce HTTP/2 (one multiplexed connection
     per node instead of an HTTP/1.1 connection per concurrent request). ``loss`` is what
@@ -258,6 +263,7 @@ def measure_topic_cost(
         names = [t for node_topics in subs.topics for t in node_topics]
         wall = [float("nan")]  # publishing + flushing, every burst
         cpu_per_call: list[float] = []
+        cpu_per_message: list[float] = []
 
         async def run() -> tuple[list[float], list[float], dict[str, Any], float]:
             t0 = time.perf_counter()
@@ -266,7 +272,7 @@ def measure_topic_cost(
             try:
                 t1 = time.perf_counter()
                 per_call, per_message = await _publish_round_robin(
-                    broker, names, calls, many, body, timeout, cpu_per_call
+                    broker, names, calls, many, body, timeout, cpu_per_call, cpu_per_message
                 )
                 wall[0] = time.perf_counter() - t1
                 return per_call, per_message, broker.stats(), setup
@@ -295,6 +301,7 @@ def measure_topic_cost(
         "us_per_publish_mean": sum(per_call) / len(per_call) * 1e6,
         "us_cpu_per_publish": statistics.median(cpu_per_call) * 1e6,
         "us_per_message_many": us_many,
+        "us_cpu_per_message_many": statistics.median(cpu_per_message) * 1e6 if cpu_per_message else float("nan"),
         "delivery_rate": (calls + many) / wall[0],
         # ``rate`` so that bench_runs.summary() can take its median like any other figure
         "rate": 1e6 / us_call,
@@ -331,6 +338,7 @@ def targets(figs: dict[str, Any]) -> list[dict[str, Any]]:
             ("us_per_publish", "publish() per call"),
             ("us_cpu_per_publish", "publish() publishing-thread CPU per call"),
             ("us_per_message_many", "publish_many per message"),
+            ("us_cpu_per_message_many", "publish_many publishing-thread CPU per message"),
         ):
             ratio(
                 f"{what}: {last} topics / {first} topic{nodes}",

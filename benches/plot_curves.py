@@ -114,6 +114,7 @@ def plot_topics(data: dict[str, Any], out: Path) -> Path:
         ("us_per_publish", "publish() per call (wall)", "o"),
         ("us_cpu_per_publish", "publish() per call (publishing thread's CPU)", "s"),
         ("us_per_message_many", "publish_many() per message (wall)", "^"),
+        ("us_cpu_per_message_many", "publish_many() per message (publishing thread's CPU)", "v"),
     ):
         if any(key not in table[str(t)] for t in xs):
             continue  # figures of an older run
