@@ -632,3 +632,33 @@ async def test_concurrency_one_keeps_order_and_a_failure_is_retried_in_place(tb:
     with pytest.raises(ValueError, match="once"):
         await tb.flush()
     assert done == bodies(4)
+
+
+async def test_a_leaving_queue_members_messages_wait_for_the_groups_next_member(tb: TestBroker) -> None:
+    # as the real broker: with no other member, what the member still had waits in the backlog
+    # for the group, and the topic's broadcast subscriptions are not sent it again
+    release = asyncio.Event()
+    broadcast: list[bytes] = []
+    late_broadcast: list[bytes] = []
+    successor: list[bytes] = []
+
+    async def slow(ev: Event) -> None:
+        await release.wait()
+
+    a = await tb.subscribe("t", slow, queue="q")
+    await tb.subscribe("t", lambda ev: broadcast.append(ev.message.body))
+    for body in bodies(3):
+        await tb.publish("t", body)
+    await asyncio.sleep(0.01)
+    await a.unsubscribe()
+    await tb.flush()
+    assert broadcast == bodies(3)
+    assert (tb.stats()["backlog"], tb.stats()["dropped"]) == (3, 0)
+    await tb.subscribe("t", lambda ev: late_broadcast.append(ev.message.body))
+    await tb.flush()
+    assert late_broadcast == [] and tb.stats()["backlog"] == 3, "owed to the group, not to a new broadcast subscription"
+    await tb.subscribe("t", lambda ev: successor.append(ev.message.body), queue="q")
+    await tb.flush()
+    assert successor == bodies(3)
+    assert broadcast == bodies(3) and late_broadcast == []
+    assert tb.stats()["backlog"] == 0

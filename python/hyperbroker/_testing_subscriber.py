@@ -32,6 +32,9 @@ class Delivery:
     body: bytes
     attempts: int = 0
     last_error: str | None = None
+    #: in the backlog: the queue group it waits for (its member left and the group had no
+    #: other), not sent to the topic's other subscriptions; None: every subscription
+    owed_to: str | None = None
 
     def message(self) -> Message:
         return Message(dict(self.header) if self.header else {}, self.body)

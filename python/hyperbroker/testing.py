@@ -24,6 +24,10 @@ Semantics, the same as the real broker's (what differs is said so):
   published there with ``X-Hyperbroker-*`` headers.
 - no subscriber: the message waits in a per-topic backlog of ``backlog`` messages (the newest are
   kept, the dropped counted) and is delivered when a subscription of the topic appears.
+- a subscription that ends hands what it still had to another member of its queue group; with
+  none left, the messages wait in the backlog for the group's next member (the topic's other
+  subscriptions are not sent them again). A broadcast subscription's are dropped (the real
+  broker keeps one that no other subscription of the topic has).
 - ``flush()`` waits until every handler has finished (messages that handlers published meanwhile
   included) and then re-raises the first exception a handler raised since the last flush (once).
 - ``published`` records every ``(topic, Message)`` published, dead letters included.
@@ -256,9 +260,31 @@ class TestBroker(ConnectsInContext):
             else:
                 groups.setdefault(s.queue, []).append(s)
         for queue, members in groups.items():
-            n = self._rr.get((d.topic, queue), 0)
-            self._rr[(d.topic, queue)] = n + 1
-            self._enqueue(members[n % len(members)], dataclasses.replace(d))
+            self._enqueue(self._pick(d.topic, queue, members), dataclasses.replace(d))
+
+    def _members(self, topic: str, queue: str) -> list[TestSubscriber]:
+        return [s for s in self._subs.values() if s.topic == topic and s.queue == queue]
+
+    def _pick(self, topic: str, queue: str, members: list[TestSubscriber]) -> TestSubscriber:
+        """Round-robin over the members of one queue group."""
+        n = self._rr.get((topic, queue), 0)
+        self._rr[(topic, queue)] = n + 1
+        return members[n % len(members)]
+
+    def _drain_backlog(self, topic: str) -> None:
+        """What waits for ``topic``, in order, to its subscriptions now (a subscription just
+        appeared); a message owed to a queue group without a member waits on."""
+        parked = self._backlog.pop(topic, None)
+        waiting: deque[Delivery] = deque()
+        for d in parked or ():
+            if d.owed_to is None:
+                self._route(d)
+            elif members := self._members(topic, d.owed_to):
+                self._enqueue(self._pick(topic, d.owed_to, members), dataclasses.replace(d, owed_to=None))
+            else:
+                waiting.append(d)
+        if waiting:
+            self._backlog[topic] = waiting
 
     def _park(self, d: Delivery) -> None:
         parked = self._backlog.setdefault(d.topic, deque())
@@ -433,10 +459,7 @@ class TestBroker(ConnectsInContext):
                 sub.id, topic, options, complete=self._iter_complete, unsubscribe=self._unsubscribe_iter
             )
         self._subs[sub.id] = sub
-        parked = self._backlog.pop(topic, None)
-        if parked:
-            for d in parked:
-                self._route(d)
+        self._drain_backlog(topic)
         return result
 
     def subscriber(
@@ -478,21 +501,19 @@ class TestBroker(ConnectsInContext):
         # rest over when it returns
 
     def _orphan(self, sub: TestSubscriber) -> None:
-        """Messages left on a subscription that ended: to another member of its queue group,
-        else dropped."""
+        """Messages left on a subscription that ended: see :meth:`_hand_over`."""
         for d in sub.take_queued():
             self._hand_over(sub, d)
 
     def _hand_over(self, sub: TestSubscriber, d: Delivery) -> None:
-        """One message of a subscription that ended: to another member of its queue group, else
-        dropped; settled here either way (re-enqueuing counts it again)."""
-        members = [
-            s for s in self._subs.values() if s.topic == sub.topic and s.queue is not None and s.queue == sub.queue
-        ]
-        if members and self._connected:
-            n = self._rr.get((sub.topic, sub.queue or ""), 0)
-            self._rr[(sub.topic, sub.queue or "")] = n + 1
-            self._enqueue(members[n % len(members)], d)
+        """One message of a subscription that ended: to another member of its queue group; with
+        none, to the backlog, owed to that group; a broadcast subscription's is dropped. Settled
+        here either way (re-enqueuing counts it again)."""
+        members = self._members(sub.topic, sub.queue) if sub.queue is not None else []
+        if sub.queue is not None and members and self._connected:
+            self._enqueue(self._pick(sub.topic, sub.queue, members), d)
+        elif sub.queue is not None and self._connected:
+            self._park(dataclasses.replace(d, owed_to=sub.queue))
         else:
             self._stats["dropped"] += 1
         self._settle()
