@@ -24,6 +24,7 @@ __all__ = [
     "NODE_HEADER",
     "ORIGINAL_TOPIC_HEADER",
     "DeadLetter",
+    "dead_letter_header",
     "dead_letters",
     "dispatch",
     "encode_replies",
@@ -100,6 +101,22 @@ def dispatch(
         raise
 
 
+def dead_letter_header(
+    header: Mapping[str, str] | None, topic: str, node: str, error: str, attempts: int
+) -> dict[str, str]:
+    """A dead letter's header: the message's own, plus where and why it failed."""
+    out = dict(header or {})
+    out.update(
+        {
+            ORIGINAL_TOPIC_HEADER: topic,
+            NODE_HEADER: node,
+            ERROR_HEADER: error,
+            DELIVERIES_HEADER: str(attempts),
+        }
+    )
+    return out
+
+
 def dead_letters(
     dead: Sequence[DeadLetter],
     options: BrokerOptions,
@@ -115,15 +132,7 @@ def dead_letters(
             events.call("on_undeliverable", o.on_undeliverable, topic, msg, error)
         dlq = o.dead_letter_topic
         if dlq is not None and dlq != topic and publish is not None:
-            header = dict(msg.header)
-            header.update(
-                {
-                    ORIGINAL_TOPIC_HEADER: topic,
-                    NODE_HEADER: f"{node}@{address}",
-                    ERROR_HEADER: error,
-                    DELIVERIES_HEADER: str(attempts),
-                }
-            )
+            header = dead_letter_header(msg.header, topic, f"{node}@{address}", error, attempts)
             try:
                 publish(dlq, header, msg.body)
             except BrokerError as e:

@@ -44,20 +44,17 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, MutableSequence, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, MutableSequence, Sequence
 from typing import Any, TypeVar, overload
 
 from ._api import ConnectsInContext, check_queue, check_topic, decorator, decorator_kwargs, wait_for_count
-from ._dispatch import DELIVERIES_HEADER, ERROR_HEADER, NODE_HEADER, ORIGINAL_TOPIC_HEADER
+from ._broker_pair import BrokerPair, broker_pair
+from ._dispatch import DELIVERIES_HEADER, ERROR_HEADER, NODE_HEADER, ORIGINAL_TOPIC_HEADER, dead_letter_header
 from ._testing_subscriber import Delivery, TestSubscriber
-from .broker import Broker
 from .errors import BrokerError, FlushTimeoutError, NotConnectedError, RequestError, RequestTimeoutError
 from .iteration import IterSubscriber
 from .message import Event, Handler, Message, to_wire
 from .options import BrokerOptions, check_max_deliveries
-from .registry.memory import MemoryRegistry
 from .subscriber import Reply, Result, SubscribeOptions, SubscriptionBase, describe
 
 __all__ = [
@@ -637,47 +634,4 @@ class TestBroker(ConnectsInContext):
                     self._first_error = e
         dlt = self._options.dead_letter_topic
         if dlt is not None and dlt != d.topic and self._connected:
-            header = dict(d.header or {})
-            header[ORIGINAL_TOPIC_HEADER] = d.topic
-            header[NODE_HEADER] = sub.id
-            header[ERROR_HEADER] = reason
-            header[DELIVERIES_HEADER] = str(d.attempts)
-            self._publish(dlt, header, d.body)
-
-
-# --- real brokers for tests ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerPair:
-    """A connected publisher and subscriber :class:`Broker` sharing ``registry``."""
-
-    publisher: Broker
-    subscriber: Broker
-    registry: MemoryRegistry
-
-
-@asynccontextmanager
-async def broker_pair(**options: Any) -> AsyncIterator[BrokerPair]:
-    """Two real Brokers on 127.0.0.1 (free ports) sharing one :class:`MemoryRegistry` (or the
-    ``registry`` option), connected; disconnected on exit (publisher first, so what it still
-    holds is delivered within ``disconnect_timeout``, default 1 s here)."""
-    registry = options.pop("registry", None)
-    if registry is None:
-        registry = MemoryRegistry()
-    if not isinstance(registry, MemoryRegistry):
-        raise BrokerError("broker_pair needs a MemoryRegistry (or no registry option)")
-    options.setdefault("address", "127.0.0.1:0")
-    options.setdefault("disconnect_timeout", 1.0)
-    publisher = Broker(registry=registry, **options)
-    subscriber = Broker(registry=registry, **options)
-    await publisher.connect()
-    try:
-        await subscriber.connect()
-        try:
-            yield BrokerPair(publisher, subscriber, registry)
-        finally:
-            await publisher.disconnect()
-    finally:
-        await publisher.disconnect(timeout=0)  # a no-op unless the subscriber failed to connect
-        await subscriber.disconnect()
+            self._publish(dlt, dead_letter_header(d.header, d.topic, sub.id, reason, d.attempts), d.body)
