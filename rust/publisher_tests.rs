@@ -287,6 +287,27 @@ fn a_share_waiting_for_its_queue_group_is_not_sent_to_the_other_subscriptions_ag
 }
 
 #[test]
+fn a_message_a_drain_puts_back_is_counted_as_backlogged_once() {
+    // "1" waits for the group q; a drain sends it to q's member a, which has just left and
+    // refuses it: it goes back, still counted once ("2", refused by a too, is parked anew)
+    run(async {
+        let (y, a) = (node(&[]).await, node(&[]).await);
+        let p = publisher();
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
+        remove_all_but(&p, &["y"]);
+        publish(&p, &["1"]);
+        assert!(flushed(&p).await);
+        assert_eq!(p.stats().backlogged.load(Relaxed), 1);
+        publish(&p, &["2"]); // the route still lists a: the drain before it sends "1" to a again
+        assert!(flushed(&p).await);
+        assert_eq!(y.got(), ["1", "2"]);
+        assert_eq!(p.backlog.len("t"), 2);
+        assert_eq!(p.stats().backlogged.load(Relaxed), 2, "each message counted once");
+        p.close();
+    });
+}
+
+#[test]
 fn a_leaving_queue_member_without_another_leaves_its_messages_to_the_groups_next_member() {
     // a (the group's only member) never answers, so both messages stay on its queue; it leaves
     // the route while the broadcast node y has them: they wait for the group, not for y

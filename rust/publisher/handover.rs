@@ -113,7 +113,7 @@ impl Publisher {
         if waiting.is_empty() && refused.is_empty() {
             return;
         }
-        Stats::add(&self.stats.backlogged, refused.len() as u64);
+        // both came out of the backlog, counted in `backlogged` when first parked: not again
         let hold = refused.is_empty() && left == 0;
         let mut back = refused;
         back.append(&mut waiting);
