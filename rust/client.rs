@@ -46,7 +46,7 @@ struct Pools {
 }
 
 impl Pools {
-    fn new(tls: &rustls::ClientConfig) -> Self {
+    fn new(tls: &rustls::ClientConfig, idle: Duration) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.enforce_http(false);
@@ -57,16 +57,21 @@ impl Pools {
             .enable_http1()
             .enable_http2()
             .wrap_connector(conn.clone());
+        // `timer` drives HTTP/2 only; without `pool_timer` the pool never reaps idle
+        // connections, and those to nodes that left (alive, so they never close) stayed open
+        // for good: a file descriptor and ~56 KB (both ends on loopback) per departed node
         let https_or_http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(idle)
             .pool_max_idle_per_host(64)
             .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
             .build(https);
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_adaptive_window(true)
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
             .build(conn);
         Pools { https_or_http, h2c }
     }
@@ -174,7 +179,13 @@ pub struct Transport {
     /// deliveries in flight per node address over HTTP/1.1 (a connection each): `http1_slot`
     http1_slots: parking_lot::Mutex<HashMap<String, Arc<Semaphore>>>,
     http1_per_node: usize,
+    /// how long an idle pooled connection is kept (`Pools::new`)
+    pool_idle: Duration,
 }
+
+/// How long an idle pooled connection is kept by default (`PubConfig::pool_idle_timeout`); the
+/// pool checks every this often, so one to a node that left is closed within twice this.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The most HTTP/1.1 deliveries in flight to one node address (unless `node_inflight` is
 /// higher), hence the most connections the pool opens to it. Thousands of topics routed to one
@@ -188,14 +199,16 @@ const SLOTS_KEPT: usize = 256;
 
 impl Transport {
     /// Call inside the tokio runtime. `node_inflight`: requests one node link may have in flight
-    /// (the per-address HTTP/1.1 cap is never below it).
-    pub fn new(tls: &rustls::ClientConfig, request_timeout: Duration, node_inflight: usize) -> Self {
+    /// (the per-address HTTP/1.1 cap is never below it); `pool_idle`: how long an idle
+    /// connection is kept.
+    pub fn new(tls: &rustls::ClientConfig, request_timeout: Duration, node_inflight: usize, pool_idle: Duration) -> Self {
         Transport {
-            pools: RwLock::new(Arc::new(Pools::new(tls))),
+            pools: RwLock::new(Arc::new(Pools::new(tls, pool_idle))),
             auth: RwLock::new(None),
             request_timeout,
             http1_slots: Default::default(),
             http1_per_node: MAX_HTTP1_PER_NODE.max(node_inflight),
+            pool_idle,
         }
     }
 
@@ -215,7 +228,7 @@ impl Transport {
 
     /// Use this TLS client configuration for https peers from now on (inside the runtime).
     pub fn set_tls(&self, tls: &rustls::ClientConfig) {
-        *self.pools.write() = Arc::new(Pools::new(tls));
+        *self.pools.write() = Arc::new(Pools::new(tls, self.pool_idle));
     }
 
     /// The bearer token sent with every delivery (None: none).
@@ -423,7 +436,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _g = rt.enter();
         let tls = crate::tls::client_config(None, None).unwrap();
-        let t = Transport::new(&tls, Duration::from_secs(1), 1);
+        let t = Transport::new(&tls, Duration::from_secs(1), 1, POOL_IDLE_TIMEOUT);
         assert!(t.set_auth_token(Some("abc")).is_ok());
         assert_eq!(t.auth.read().as_ref().map(|v| v.to_str().unwrap().to_string()), Some("Bearer abc".to_string()));
         assert!(matches!(t.set_auth_token(Some("bad\ntoken")), Err(Error::Config(_))));

@@ -23,6 +23,9 @@ pub struct PubConfig {
     /// failed handler attempts after which a message is handed to the undeliverable sink (None:
     /// retried forever); a node's own registry metadata overrides it
     pub max_deliveries: Option<u32>,
+    /// how long an idle connection to a node stays pooled (`client::POOL_IDLE_TIMEOUT` unless a
+    /// test wants it shorter); one to a node that left closes within twice this
+    pub pool_idle_timeout: Duration,
 }
 
 /// The subscriber endpoint: limits and timeouts.

@@ -300,6 +300,7 @@ mod tests {
             evict_after: 2,
             node_inflight: 1,
             max_deliveries: None,
+            pool_idle_timeout: crate::client::POOL_IDLE_TIMEOUT,
         };
         let stats = Arc::new(Stats::default());
         let topics = Arc::new(crate::topic_stats::TopicStats::new(max_topics, true));

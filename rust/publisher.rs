@@ -113,7 +113,7 @@ impl Publisher {
                 links: Mutex::new(HashMap::new()),
                 retired: Mutex::new(Vec::new()),
                 backlog: Backlog::new(cfg.backlog, cfg.backlog_bytes),
-                transport: Transport::new(&tls, cfg.request_timeout, cfg.node_inflight),
+                transport: Transport::new(&tls, cfg.request_timeout, cfg.node_inflight, cfg.pool_idle_timeout),
                 stats,
                 cfg,
                 seq: AtomicU64::new(0),

@@ -26,6 +26,8 @@ struct TestNode {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Bytes>>>,
     task: tokio::task::JoinHandle<()>,
+    /// connections open to it now
+    open: Arc<AtomicUsize>,
 }
 
 impl TestNode {
@@ -48,7 +50,8 @@ async fn node_on(listener: TcpListener, script: &[u16]) -> TestNode {
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<u16>>()));
-    let g = got.clone();
+    let open = Arc::new(AtomicUsize::new(0));
+    let (g, o) = (got.clone(), open.clone());
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (g, script) = (g.clone(), script.clone());
@@ -68,10 +71,15 @@ async fn node_on(listener: TcpListener, script: &[u16]) -> TestNode {
                     Ok(resp)
                 }
             });
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+            let o = o.clone();
+            o.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                o.fetch_sub(1, Relaxed);
+            });
         }
     });
-    TestNode { addr, got, task }
+    TestNode { addr, got, task, open }
 }
 
 /// A loopback port that refuses connections (bound, not listening: no other test can take it);
@@ -100,6 +108,7 @@ fn config() -> PubConfig {
         evict_after: 2,
         node_inflight: 1,
         max_deliveries: Some(3),
+        pool_idle_timeout: crate::client::POOL_IDLE_TIMEOUT,
     }
 }
 
@@ -253,6 +262,26 @@ fn a_refused_share_waits_in_the_backlog_without_resending_the_others_copies() {
         assert_eq!(y.got(), ["1"], "y got its copy once");
         assert_eq!(p.backlog.len("t"), 1, "the queue group's share waits for its next member");
         assert_eq!(p.stats().backlogged.load(Relaxed), 1);
+        p.close();
+    });
+}
+
+#[test]
+fn the_pooled_connection_to_a_node_that_left_is_closed_once_idle() {
+    // a stays up (it only left the topic): before, the pool had no timer and kept its idle
+    // connection for good, a file descriptor and its buffers for every node that ever left
+    run(async {
+        let (a, b) = (node(&[]).await, node(&[]).await);
+        let p = publisher_with(PubConfig { pool_idle_timeout: Duration::from_millis(200), ..config() });
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![a.spec("a")])]).unwrap();
+        publish(&p, &["1"]);
+        assert!(flushed(&p).await);
+        assert_eq!(a.open.load(Relaxed), 1);
+        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![b.spec("b")])]).unwrap();
+        publish(&p, &["2"]);
+        assert!(flushed(&p).await);
+        eventually("a's idle connection is closed", || a.open.load(Relaxed) == 0).await;
+        assert_eq!((a.got(), b.got()), (vec!["1".to_string()], vec!["2".to_string()]));
         p.close();
     });
 }

@@ -113,6 +113,7 @@ pub fn engine_config(options: &Bound<'_, PyAny>) -> PyResult<(PubConfig, ServerC
         evict_after: o.evict_after,
         node_inflight: o.node_inflight,
         max_deliveries: o.max_deliveries,
+        pool_idle_timeout: crate::client::POOL_IDLE_TIMEOUT,
     };
     let server = ServerConfig {
         max_body: o.max_body,
