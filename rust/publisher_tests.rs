@@ -247,18 +247,26 @@ fn a_broadcast_copy_is_not_parked_when_a_moved_queue_share_reached_another_membe
     });
 }
 
+/// Topic "t" routed to the broadcast node y and the queue group q of one member, a; a leaves
+/// (marked removed, still in the route) and "1" is published and flushed: y has it, and a's
+/// share, refused, waits in the backlog for the group.
+async fn only_member_left_while_publishing() -> (Arc<Publisher>, TestNode, TestNode) {
+    let (y, a) = (node(&[]).await, node(&[]).await);
+    let p = publisher();
+    p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
+    remove_all_but(&p, &["y"]);
+    publish(&p, &["1"]);
+    assert!(flushed(&p).await);
+    (p, y, a)
+}
+
 #[test]
 fn a_refused_share_waits_in_the_backlog_without_resending_the_others_copies() {
     // the queue member a left during the dispatch and has no other member: its share waits in
     // the backlog for the group's next member, and nothing is sent again along the route that
     // still lists a (before, each drain pass sent y its copy again: four copies)
     run(async {
-        let (y, a) = (node(&[]).await, node(&[]).await);
-        let p = publisher();
-        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
-        remove_all_but(&p, &["y"]);
-        publish(&p, &["1"]);
-        assert!(flushed(&p).await);
+        let (p, y, _a) = only_member_left_while_publishing().await;
         assert_eq!(y.got(), ["1"], "y got its copy once");
         assert_eq!(p.backlog.len("t"), 1, "the queue group's share waits for its next member");
         assert_eq!(p.stats().backlogged.load(Relaxed), 1);
@@ -292,12 +300,8 @@ fn a_share_waiting_for_its_queue_group_is_not_sent_to_the_other_subscriptions_ag
     // member, and the route changes without that group (before, the drain sent y "1" again and
     // the group never got it)
     run(async {
-        let (y, a, b) = (node(&[]).await, node(&[]).await, node(&[]).await);
-        let p = publisher();
-        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
-        remove_all_but(&p, &["y"]);
-        publish(&p, &["1"]);
-        assert!(flushed(&p).await);
+        let (p, y, a) = only_member_left_while_publishing().await;
+        let b = node(&[]).await;
         p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")])]).unwrap();
         publish(&p, &["2", "3"]); // published while the group has no member: not owed to it
         assert!(flushed(&p).await);
@@ -320,12 +324,7 @@ fn a_message_a_drain_puts_back_is_counted_as_backlogged_once() {
     // "1" waits for the group q; a drain sends it to q's member a, which has just left and
     // refuses it: it goes back, still counted once ("2", refused by a too, is parked anew)
     run(async {
-        let (y, a) = (node(&[]).await, node(&[]).await);
-        let p = publisher();
-        p.set_routes("t", vec![(BROADCAST_VERSION.into(), vec![y.spec("y")]), ("q".into(), vec![a.spec("a")])]).unwrap();
-        remove_all_but(&p, &["y"]);
-        publish(&p, &["1"]);
-        assert!(flushed(&p).await);
+        let (p, y, _a) = only_member_left_while_publishing().await;
         assert_eq!(p.stats().backlogged.load(Relaxed), 1);
         publish(&p, &["2"]); // the route still lists a: the drain before it sends "1" to a again
         assert!(flushed(&p).await);
