@@ -466,5 +466,8 @@ mod dispatch;
 mod handover;
 
 #[cfg(test)]
+#[path = "handover_tests.rs"]
+mod handover_tests;
+#[cfg(test)]
 #[path = "publisher_tests.rs"]
 mod tests;
