@@ -246,7 +246,11 @@ async def test_soak_churn(tmp_path: Path, pytestconfig: pytest.Config) -> None:
     seconds = soak_seconds(pytestconfig)
     registry = MdnsRegistry(interfaces=[LO])
     pub = Broker(address=f"{LO}:0", registry=registry, **PUBLISHER)
-    fleet = Fleet(tmp_path, f"soak.{uuid.uuid4().hex[:12]}", queue_args=("--handler-delay", "0.005"))
+    # the subscriber processes' own safety exit comes after the run, not in it (it was 300 s:
+    # a 300 s soak lost its broadcast subscribers at the end and timed out)
+    fleet = Fleet(
+        tmp_path, f"soak.{uuid.uuid4().hex[:12]}", queue_args=("--handler-delay", "0.005"), max_lifetime=seconds + 120
+    )
     soak = Soak(pub, fleet, seconds)
     try:
         await pub.connect()

@@ -152,17 +152,21 @@ class Fleet:
     topic: str
     #: extra chaos_node.py arguments of queue members (e.g. ``("--handler-delay", "0.005")``)
     queue_args: tuple[str, ...] = ()
+    #: each process exits by itself after this many seconds (a safety net): longer than the run
+    max_lifetime: float = 300.0
     procs: list[SubProc] = field(default_factory=list)
     counter: int = 0
 
     async def start(self, role: str, queue: str | None = None, **kw: Any) -> SubProc:
         self.counter += 1
         extra = self.queue_args if queue else ()
+        kw.setdefault("max_lifetime", self.max_lifetime)
         sp = await SubProc.start(f"{role}-{self.counter:02d}", self.workdir, self.topic, queue, extra=extra, **kw)
         self.procs.append(sp)
         return sp
 
     async def start_many(self, roles: list[tuple[str, str | None]], **kw: Any) -> list[SubProc]:
+        kw.setdefault("max_lifetime", self.max_lifetime)
         names = []
         for role, _ in roles:
             self.counter += 1
