@@ -506,13 +506,12 @@ class TestBroker(ConnectsInContext):
         """One message of a subscription that ended: to another member of its queue group; with
         none, to the backlog, owed to that group; a broadcast subscription's is dropped. Settled
         here either way (re-enqueuing counts it again)."""
-        members = self._members(sub.topic, sub.queue) if sub.queue is not None else []
-        if sub.queue is not None and members and self._connected:
-            self._enqueue(self._pick(sub.topic, sub.queue, members), d)
-        elif sub.queue is not None and self._connected:
-            self._park(dataclasses.replace(d, owed_to=sub.queue))
-        else:
+        if sub.queue is None or not self._connected:
             self._stats["dropped"] += 1
+        elif members := self._members(sub.topic, sub.queue):
+            self._enqueue(self._pick(sub.topic, sub.queue, members), d)
+        else:
+            self._park(dataclasses.replace(d, owed_to=sub.queue))
         self._settle()
 
     # --- delivery -----------------------------------------------------------------------------

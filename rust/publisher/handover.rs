@@ -85,12 +85,16 @@ impl Publisher {
     /// node, or the topic's next publish does (sending again along the same route would hand
     /// the others their copies once more).
     pub fn drain_backlog(self: &Arc<Self>, topic: &str) {
+        // `route` calls this whenever any topic has a backlog: a topic without one costs a lookup
+        let mut left = self.backlog.len(topic);
+        if left == 0 {
+            return;
+        }
         let Some(route) = self.routes.get(topic).filter(|r| r.is_usable()) else { return };
         let queues = route.queues_tag();
         if self.backlog.held(topic) == Some(queues) {
             return; // owed to queue groups this route still lacks, nothing else
         }
-        let mut left = self.backlog.len(topic);
         let (mut waiting, mut refused) = (Vec::new(), Vec::new());
         while left > 0 && refused.is_empty() {
             let items = self.backlog.drain(topic, left.min(256));
@@ -99,9 +103,10 @@ impl Publisher {
             }
             left -= items.len();
             for run in runs_by_owner(items) {
-                let sent = match run[0].owed_to.clone() {
+                let owner = run[0].owed_to.clone();
+                let sent = match &owner {
                     None => self.send_all_to_route(&route, run),
-                    Some(q) if route.group(&Some(q.clone())).is_some() => self.send_all_to_group(&route, &q, run),
+                    Some(q) if route.group(&owner).is_some() => self.send_all_to_group(&route, q, run),
                     Some(_) => {
                         waiting.extend(run);
                         continue;
@@ -183,18 +188,13 @@ impl Publisher {
         }
         let mut park = Vec::with_capacity(msgs.len());
         let mut dropped = 0u64;
-        for mut m in msgs {
+        for m in msgs {
             let others = m.share.release(false);
             let covered = others > 0 || m.share.reached_someone();
             if link.queue_group.is_none() && covered {
                 dropped += 1;
             } else {
-                // nobody else has it: wait for the next subscriber; a queue member's share, for
-                // the group's next member only (the topic's other subscriptions had their copies)
-                if link.queue_group.is_some() {
-                    m.owed_to = link.queue_group.clone();
-                }
-                park.push(m);
+                park.push(m); // nobody else has it: wait for the next subscriber
             }
         }
         self.count_drop(&link.topic, Drop::LeftWhileOthersHaveIt, dropped);
@@ -202,8 +202,9 @@ impl Publisher {
         if park.is_empty() {
             return;
         }
-        // they are older than what was parked while the node was failing: they go first
-        self.park_front(&link.topic, park);
+        // they are older than what was parked while the node was failing: they go first; a queue
+        // member's share waits for the group's next member only (`owed_by`)
+        self.park_front(&link.topic, owed_by(link, park));
         self.drain_backlog(&link.topic);
     }
 
